@@ -1,0 +1,67 @@
+"""`python -m bot` starts the bot; `dream` and `selftest` use the engine without Discord."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from bot.settings import ENV_PREFIX, Settings
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="start the Discord bot (the default)")
+    commands.add_parser("selftest", help="check the install with a tiny model, no download")
+    dream = commands.add_parser("dream", help="generate images without Discord")
+    dream.add_argument("prompt")
+    dream.add_argument("--negative", default=None)
+    dream.add_argument("--model", default=None, help="a configured name, a folder or a file")
+    dream.add_argument("--seed", type=int, default=None)
+    dream.add_argument("--steps", type=int, default=None)
+    dream.add_argument("--cfg", type=float, default=None)
+    dream.add_argument("--size", default=None, help="WIDTHxHEIGHT")
+    dream.add_argument("--sampler", default=None)
+    dream.add_argument("--count", type=int, default=None)
+    dream.add_argument("--out", default=None, help="folder for the PNGs (default: DATA_DIR/out)")
+    return parser.parse_args(argv)
+
+
+def load_settings() -> Settings | None:
+    try:
+        return Settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper()
+            print(f"Setting {where}: {problem['msg']} (see .env.example)", file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = load_settings()
+    if settings is None:
+        return EXIT_CONFIG
+    from bot.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if args.command == "selftest":
+        from bot.cli import selftest
+
+        return selftest(settings)
+    if args.command == "dream":
+        from bot.cli import dream
+
+        return dream(settings, args)
+    from bot.runner import run_bot
+
+    return run_bot(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The `commands.Bot` subclass: dependencies in, everything asynchronous in `setup_hook`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.services import DreamService
+from bot.settings import Settings
+from bot.tree import SDCommandTree
+from data.store import Store
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.dream",)
+
+
+class SDBot(commands.Bot):
+    def __init__(self, settings: Settings, store: Store, dreams: DreamService) -> None:
+        # Slash commands only: no message-content intent is needed (DM text is readable).
+        intents = discord.Intents.default()
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=SDCommandTree,
+            help_command=None,
+        )
+        self.settings = settings
+        self.store = store
+        self.dreams = dreams
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    async def setup_hook(self) -> None:
+        await self.store.open()
+        stale = await self.dreams.recover()
+        if stale:
+            log.warning("%d job(s) left unfinished by the last run were marked failed", len(stale))
+        if not self.dreams.engine.running:
+            self.dreams.engine.start()
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self._dispatcher = asyncio.create_task(self.dreams.run(), name="sd-dispatcher")
+        await self.sync_dev_guild()
+
+    async def sync_dev_guild(self) -> None:
+        """Sync commands to the development guild at start; global sync is left to the owner."""
+        guild_id = self.settings.dev_guild_id
+        if guild_id is None:
+            return
+        guild = discord.Object(id=guild_id)
+        self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        log.info("synced %d command(s) to development guild %s", len(synced), guild_id)
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        await self.dreams.close()
+        await self.dreams.engine.stop()
+        await super().close()
+        await self.store.close()
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (%s)", self.user, self.user.id if self.user else "?")

@@ -1,0 +1,58 @@
+"""Building the bot from settings and running it until it is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from bot.app import SDBot
+from bot.services import DreamService
+from bot.settings import ENV_PREFIX, Settings
+from data.jobs import JobRepository
+from data.store import Store
+from engine.specs import ModelSpec
+from engine.worker import EngineConfig, EngineWorker
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None) -> EngineWorker:
+    return EngineWorker(
+        EngineConfig(
+            models=models if models is not None else settings.model_specs(),
+            device=settings.device,
+            dtype=settings.dtype,
+            preview_interval=settings.progress_interval,
+        )
+    )
+
+
+def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
+    """Everything the bot depends on, built here and passed down; nothing is started yet."""
+    store = Store(settings.db_path)
+    dreams = DreamService(settings, JobRepository(store), engine or build_engine(settings))
+    return SDBot(settings, store, dreams)
+
+
+def run_bot(settings: Settings) -> int:
+    if settings.discord_token is None:
+        print(
+            f"{ENV_PREFIX}DISCORD_TOKEN is not set: copy .env.example to .env and put the bot's "
+            "token there.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    bot = build_bot(settings)
+
+    async def runner() -> None:
+        async with bot:
+            await bot.start(settings.discord_token.get_secret_value())
+
+    try:
+        asyncio.run(runner())
+    except KeyboardInterrupt:
+        log.info("stopped")
+    return 0

@@ -1,0 +1,93 @@
+"""Typed settings, read from the environment and `.env` (see `.env.example`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.specs import ModelFamily, ModelSpec
+
+ENV_PREFIX = "SDBOT_"
+
+Device = Literal["auto", "cuda", "mps", "cpu"]
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+class ModelSettings(BaseModel):
+    """One named model as the owner configures it."""
+
+    source: str = Field(description="Hub id, local diffusers folder, or .safetensors/.ckpt file")
+    family: ModelFamily | Literal["auto"] = "auto"
+    config: str | None = Field(
+        default=None,
+        description="For single files: a local diffusers folder or Hub id holding the config",
+    )
+    default_size: tuple[int, int] | None = None
+    max_pixels: int | None = Field(default=None, gt=0)
+    note: str = ""
+
+    def to_spec(self, name: str) -> ModelSpec:
+        return ModelSpec(
+            name=name,
+            source=self.source,
+            family=None if self.family == "auto" else self.family,
+            config=self.config,
+            default_size=self.default_size,
+            max_pixels=self.max_pixels,
+            note=self.note,
+        )
+
+
+def _default_models() -> dict[str, ModelSettings]:
+    return {"sd15": ModelSettings(source="stable-diffusion-v1-5/stable-diffusion-v1-5")}
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot. `.env.example` documents each one; a test keeps them in step."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    discord_token: SecretStr | None = None
+    dev_guild_id: int | None = None
+    data_dir: Path = Path("var")
+    database_path: Path | None = None
+    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    default_model: str = "sd15"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    progress_interval: float = Field(default=2.0, ge=0.5)
+    max_prompt_length: int = Field(default=1500, ge=1, le=6000)
+    log_level: str = "INFO"
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one_model(cls, models: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        if not models:
+            raise ValueError("configure at least one model")
+        return models
+
+    @model_validator(mode="after")
+    def _default_model_is_known(self) -> Settings:
+        if self.default_model not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise ValueError(f"default_model {self.default_model!r} is not one of: {known}")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.database_path or self.data_dir / "bot.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def model_specs(self) -> dict[str, ModelSpec]:
+        return {name: model.to_spec(name) for name, model in self.models.items()}

@@ -1,0 +1,142 @@
+"""/dream: text to image."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.presenter import DreamPresenter
+from engine.params import MAX_CFG, MAX_COUNT, MAX_SEED, MAX_STEPS, check_size, parse_size
+from engine.samplers import SAMPLERS
+from engine.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from bot.app import SDBot
+
+from bot.services import DreamOptions
+
+log = logging.getLogger(__name__)
+
+# Aspect ratios offered in the size autocomplete, scaled to each model's native size.
+SIZE_PRESETS: tuple[tuple[str, float], ...] = (
+    ("square", 1.0),
+    ("portrait 2:3", 2 / 3),
+    ("landscape 3:2", 3 / 2),
+    ("portrait 3:4", 3 / 4),
+    ("landscape 4:3", 4 / 3),
+    ("tall 9:16", 9 / 16),
+    ("wide 16:9", 16 / 9),
+)
+MAX_CHOICES = 25  # Discord's limit for autocomplete results
+
+
+def preset_size(spec: ModelSpec, aspect: float) -> tuple[int, int]:
+    """The native pixel count at `aspect`, rounded to multiples of 64 as trained sizes are."""
+    native_w, native_h = spec.size_default()
+    area = native_w * native_h
+    width = round((area * aspect) ** 0.5 / 64) * 64
+    height = round((area / aspect) ** 0.5 / 64) * 64
+    return width, height
+
+
+def _model_for(interaction: discord.Interaction) -> ModelSpec:
+    bot: SDBot = interaction.client  # type: ignore[assignment]
+    models = bot.dreams.models
+    chosen = getattr(interaction.namespace, "model", None)
+    return models.get(chosen or "", models[bot.settings.default_model])
+
+
+class SizeTransformer(app_commands.Transformer):
+    """`768x512` (typed, or picked from presets that fit the chosen model) to (width, height)."""
+
+    async def transform(self, interaction: discord.Interaction, value: str) -> tuple[int, int]:
+        width, height = parse_size(value)
+        check_size(width, height, _model_for(interaction))
+        return width, height
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction, value: str
+    ) -> list[app_commands.Choice[str]]:
+        spec = _model_for(interaction)
+        choices = []
+        for label, aspect in SIZE_PRESETS:
+            width, height = preset_size(spec, aspect)
+            if width * height <= spec.pixel_cap():
+                text = f"{width}x{height}"
+                choices.append(app_commands.Choice(name=f"{text} ({label})", value=text))
+        typed = value.strip().lower()
+        return [choice for choice in choices if typed in choice.name.lower()][:MAX_CHOICES]
+
+
+SAMPLER_CHOICES = [app_commands.Choice(name=name, value=name) for name in SAMPLERS]
+
+
+class Dream(commands.Cog):
+    def __init__(self, bot: SDBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="dream", description="Generate images from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to avoid",
+        seed="Seed for the noise; -1 or empty for a random one",
+        steps="Denoising steps (more is slower, often finer)",
+        cfg="How closely to follow the prompt (CFG scale)",
+        size="WIDTHxHEIGHT, multiples of 8, or a preset",
+        sampler="Sampler, by its A1111 name",
+        count="How many images",
+        model="Which model to use",
+    )
+    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    async def dream(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative: app_commands.Range[str, 0, 6000] | None = None,
+        seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
+        size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
+        sampler: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        model: str | None = None,
+    ) -> None:
+        dreams = self.bot.dreams
+        # Checked before deferring (microseconds), so a mistake gets an ephemeral answer and
+        # never a public "thinking" message.
+        params = dreams.build_params(
+            DreamOptions(prompt, negative, seed, steps, cfg, size, sampler, count, model)
+        )
+        await interaction.response.defer(thinking=True)
+        presenter = DreamPresenter(interaction, self.bot.settings.progress_interval)
+        ticket = await dreams.submit(
+            params,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            interaction_id=interaction.id,
+            observer=presenter,
+        )
+        message_id = await presenter.queued(ticket)
+        if message_id is not None:
+            await dreams.set_message(ticket.job.id, message_id)
+
+    @dream.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        choices = []
+        for spec in self.bot.dreams.models.values():
+            label = f"{spec.name} — {spec.note}" if spec.note else spec.name
+            if typed in label.lower():
+                choices.append(app_commands.Choice(name=label[:100], value=spec.name))
+        return choices[:MAX_CHOICES]
+
+
+async def setup(bot: SDBot) -> None:
+    await bot.add_cog(Dream(bot))

@@ -1,0 +1,166 @@
+"""How a job looks in Discord while it waits, runs, succeeds or fails."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from typing import Any
+
+import discord
+
+from bot.services import JobOutcome, StoredImage, Ticket
+from data.jobs import Job
+from engine.images import EncodedImage, fit_to_limit
+from engine.params import GenerationParams, Progress
+
+log = logging.getLogger(__name__)
+
+# Discord: 25 MiB per request in all, whatever a single file may be.
+REQUEST_LIMIT = 25 * 1024 * 1024
+PROGRESS_BAR_WIDTH = 12
+FIELD_LIMIT = 1024
+DESCRIPTION_LIMIT = 4096
+
+
+def progress_line(progress: Progress) -> str:
+    filled = round(progress.fraction * PROGRESS_BAR_WIDTH)
+    bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
+    if progress.step == 0:
+        return "Starting…"
+    return f"`{bar}` step {progress.step}/{progress.total} ({progress.fraction:.0%})"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def result_embed(outcome: JobOutcome, requester: discord.abc.User) -> discord.Embed:
+    params = outcome.params
+    embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
+    embed.set_author(name=f"Dream for {requester.display_name}")
+    if params.negative:
+        embed.add_field(name="Negative", value=_clip(params.negative, FIELD_LIMIT), inline=False)
+    seeds = ", ".join(str(image.seed) for image in outcome.images)
+    embed.add_field(name="Seed" if len(outcome.images) == 1 else "Seeds", value=seeds)
+    embed.add_field(name="Steps", value=str(params.steps))
+    embed.add_field(name="Sampler", value=params.sampler)
+    embed.add_field(name="CFG", value=f"{params.cfg:g}")
+    embed.add_field(name="Size", value=params.size)
+    embed.add_field(name="Model", value=params.model)
+    embed.add_field(name="Time", value=f"{outcome.run_seconds:.1f}s")
+    embed.set_footer(text=f"job {outcome.job.id}")
+    return embed
+
+
+def encode_for_upload(images: list[StoredImage], file_limit: int) -> list[EncodedImage]:
+    """Every image, each under the per-file limit and all together under the request limit."""
+    per_file = min(file_limit, REQUEST_LIMIT // max(len(images), 1))
+    return [fit_to_limit(image.png, image.infotext, per_file) for image in images]
+
+
+def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> list[discord.File]:
+    encoded = encode_for_upload(images, file_limit)
+    return [
+        _png_file(item.data, f"{job_id}-{idx}-{image.seed}.{item.extension}")
+        for idx, (image, item) in enumerate(zip(images, encoded, strict=True))
+    ]
+
+
+class DreamPresenter:
+    """Owns the interaction's original response for one job; all edits go through a lock.
+
+    Progress edits are throttled to one per `interval` seconds and only when the text
+    changes (Discord rate-limits edits per route); the final edit always wins.
+    """
+
+    def __init__(self, interaction: discord.Interaction, interval: float) -> None:
+        self.interaction = interaction
+        self.interval = interval
+        self._lock = asyncio.Lock()
+        self._finished = False
+        self._last_text = ""
+        self._last_edit = float("-inf")
+        self._editing = False
+        self._preview: bytes | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def queued(self, ticket: Ticket) -> int | None:
+        """Show the queue position; returns the id of the message the job lives in."""
+        message = await self._edit(f"Queued: position {ticket.position}. {describe(ticket.params)}")
+        return message.id if message is not None else None
+
+    def progress(self, job_id: int, progress: Progress) -> None:
+        if progress.preview_png is not None:
+            self._preview = progress.preview_png
+        text = progress_line(progress)
+        if self._finished or self._editing or text == self._last_text:
+            return
+        if time.monotonic() - self._last_edit < self.interval:
+            return
+        self._editing = True
+        task = asyncio.create_task(self._progress_edit(text))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _progress_edit(self, text: str) -> None:
+        try:
+            preview, self._preview = self._preview, None
+            if preview is None:
+                await self._edit(text)
+            else:
+                await self._edit(text, attachments=[_png_file(preview, "preview.png")])
+        finally:
+            self._editing = False
+
+    async def _edit(self, text: str, **kwargs: Any) -> discord.InteractionMessage | None:
+        async with self._lock:
+            if self._finished:
+                return None
+            self._last_text = text
+            self._last_edit = time.monotonic()
+            try:
+                return await self.interaction.edit_original_response(content=text, **kwargs)
+            except discord.HTTPException as error:
+                log.warning("progress edit failed: %s", error)
+                return None
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        files = await asyncio.to_thread(
+            result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
+        )
+        embed = result_embed(outcome, self.interaction.user)
+        async with self._lock:
+            self._finished = True
+            message = await self.interaction.edit_original_response(
+                content=self.interaction.user.mention,
+                embed=embed,
+                attachments=files,
+                allowed_mentions=discord.AllowedMentions(users=True),
+            )
+        return message.id
+
+    async def failed(self, job: Job, message: str) -> None:
+        """The public progress message goes; the member alone reads why."""
+        async with self._lock:
+            self._finished = True
+            try:
+                await self.interaction.delete_original_response()
+            except discord.HTTPException:
+                log.warning("could not delete the progress message of job %s", job.id)
+            try:
+                await self.interaction.followup.send(f"❌ {message}", ephemeral=True)
+            except discord.HTTPException:
+                log.warning("could not tell user %s that job %s failed", job.user_id, job.id)
+
+
+def _png_file(data: bytes, filename: str) -> discord.File:
+    return discord.File(io.BytesIO(data), filename=filename)
+
+
+def describe(params: GenerationParams) -> str:
+    return (
+        f"{params.count}× {params.size}, {params.steps} steps, {params.sampler}, "
+        f"CFG {params.cfg:g}, seed {params.seed}, {params.model}"
+    )

@@ -1,0 +1,117 @@
+"""A1111's infotext: the PNG `parameters` chunk that its PNG Info tab reads.
+
+Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
+
+    <prompt>
+    Negative prompt: <negative>          (only when there is one)
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: ..., Model: ...
+
+and read back as A1111's `parse_generation_parameters` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from engine.params import GenerationParams, InvalidParams
+
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# A1111's own pattern for `key: value` pairs on the last line, quoted values included.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def quote(value: object) -> str:
+    """A1111 JSON-quotes a value that holds a comma, colon or newline."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return str(json.loads(text))
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def format_number(value: float) -> str:
+    """7.0 -> 7, 7.5 -> 7.5: the shortest form that reads back to the same float."""
+    return f"{value:g}" if float(value) == float(f"{value:g}") else repr(float(value))
+
+
+def build_infotext(params: GenerationParams, *, seed: int, model_hash: str | None) -> str:
+    """The infotext of one image of a job (each image carries its own seed)."""
+    fields: dict[str, str | None] = {
+        "Steps": str(params.steps),
+        "Sampler": params.sampler,
+        "CFG scale": format_number(params.cfg),
+        "Seed": str(seed),
+        "Size": params.size,
+        "Model hash": model_hash,
+        "Model": params.model,
+    }
+    last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
+    negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
+    return f"{params.prompt}{negative}\n{last_line}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Infotext:
+    prompt: str
+    negative: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def parse_infotext(text: str) -> Infotext:
+    """Split infotext into prompt, negative prompt and the `key: value` pairs."""
+    *lines, last_line = text.strip().split("\n")
+    # A prompt's own last line could hold a colon; A1111 needs 3 pairs to call it parameters.
+    if len(_PARAM_RE.findall(last_line)) < 3:
+        lines.append(last_line)
+        last_line = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        (negative if in_negative else prompt).append(line)
+    values = {key.strip(): unquote(value.strip()) for key, value in _PARAM_RE.findall(last_line)}
+    return Infotext(prompt="\n".join(prompt), negative="\n".join(negative), values=values)
+
+
+def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
+    """Our parameters from infotext; InvalidParams names a missing or unreadable value."""
+    info = parse_infotext(text)
+    values = info.values
+    try:
+        size = _SIZE_RE.match(values["Size"])
+        if size is None:
+            raise InvalidParams(f"Unreadable size {values['Size']!r} in the infotext.")
+        return GenerationParams(
+            prompt=info.prompt,
+            negative=info.negative,
+            seed=int(values["Seed"]),
+            steps=int(values["Steps"]),
+            cfg=float(values["CFG scale"]),
+            width=int(size.group(1)),
+            height=int(size.group(2)),
+            sampler=values["Sampler"],
+            count=count,
+            model=values.get("Model", ""),
+        )
+    except KeyError as missing:
+        raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
+    except ValueError as bad:
+        if isinstance(bad, InvalidParams):
+            raise
+        raise InvalidParams(f"The infotext has an unreadable value: {bad}.") from None

@@ -1,0 +1,232 @@
+"""Loading models from where users keep them, on the device they have.
+
+Runs on the engine thread only.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from engine.errors import ModelLoadError
+from engine.params import ModelInfo
+from engine.specs import ModelFamily, ModelSpec
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# Keys that only one family's original (CompVis/SGM) checkpoints have.
+_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+_SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when there is one, then Apple's MPS, then the CPU; or what the owner set."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """Half precision on GPUs (half the memory, tensor cores); fp32 on CPU, where fp16 is slow."""
+    if requested != "auto":
+        return _DTYPES[requested]
+    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    spec: ModelSpec
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    family: ModelFamily
+    model_hash: str | None
+    load_seconds: float
+    # The scheduler config the model shipped with; every sampler is built from it.
+    base_scheduler_config: Any = None
+
+    def __post_init__(self) -> None:
+        if self.base_scheduler_config is None:
+            self.base_scheduler_config = self.pipe.scheduler.config
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.spec.name,
+            family=self.family,
+            device=str(self.pipe.device),
+            dtype=str(self.pipe.dtype).removeprefix("torch."),
+            load_seconds=self.load_seconds,
+            model_hash=self.model_hash,
+        )
+
+
+class FileHashCache:
+    """A1111's model hash (first 10 hex digits of the file's sha256), once per file version."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+
+    def short_hash(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._known:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            self._known[key] = digest.hexdigest()[:10]
+        return self._known[key]
+
+
+def detect_single_file_family(path: Path) -> ModelFamily:
+    """Tell SD1, SD2 and SDXL apart from a checkpoint's key names, without loading tensors."""
+    if path.suffix.lower() != ".safetensors":
+        return "sd1"  # a pickle must be loaded to be read; configure `family` for SD2/SDXL .ckpt
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = set(handle.keys())
+    if _SDXL_KEY in keys:
+        return "sdxl"
+    if _SD2_KEY in keys:
+        return "sd2"
+    return "sd1"
+
+
+def family_of(pipe: DiffusionPipeline) -> ModelFamily:
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return "sdxl"
+    # SD2 replaced CLIP ViT-L (768 wide) with OpenCLIP ViT-H (1024 wide).
+    if pipe.text_encoder.config.hidden_size == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def _pipeline_class(family: ModelFamily) -> type[DiffusionPipeline]:
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _no_safety_checker(family: ModelFamily) -> dict[str, Any]:
+    # Content safety is a per-guild policy applied to outputs by the bot, not diffusers'
+    # built-in checker that silently blacks images out.
+    if family == "sdxl":
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
+def _load_single_file(
+    spec: ModelSpec, dtype: torch.dtype, hashes: FileHashCache
+) -> tuple[DiffusionPipeline, str]:
+    path = Path(spec.source).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(spec.name, f"file {path.name} was not found")
+    family = spec.family or detect_single_file_family(path)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_no_safety_checker(family)}
+    if spec.config:
+        kwargs["config"] = spec.config
+    pipe = _pipeline_class(family).from_single_file(str(path), **kwargs)
+    return pipe, hashes.short_hash(path)
+
+
+def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
+    folder = Path(spec.source).expanduser()
+    source = str(folder) if folder.is_dir() else spec.source
+    family = spec.family or spec.guessed_family()
+    return DiffusionPipeline.from_pretrained(
+        source, torch_dtype=dtype, **_no_safety_checker(family)
+    )
+
+
+def load_model(
+    spec: ModelSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+    hashes: FileHashCache | None = None,
+) -> LoadedModel:
+    """Load a Hub id, a local diffusers folder or a single checkpoint file onto `device`."""
+    started = time.perf_counter()
+    model_hash: str | None = None
+    try:
+        if spec.is_single_file:
+            pipe, model_hash = _load_single_file(spec, dtype, hashes or FileHashCache())
+        else:
+            pipe = _load_pretrained(spec, dtype)
+        if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
+            raise ModelLoadError(
+                spec.name, f"{type(pipe).__name__} is not a Stable Diffusion text-to-image model"
+            )
+        pipe.to(device)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # diffusers raises many types for a bad or missing model
+        log.exception("loading model %s from %s failed", spec.name, spec.source)
+        raise ModelLoadError(spec.name, _short_reason(error)) from error
+    pipe.set_progress_bar_config(disable=True)
+    seconds = time.perf_counter() - started
+    log.info(
+        "loaded model %s (%s) on %s/%s in %.1fs",
+        spec.name,
+        type(pipe).__name__,
+        device,
+        dtype,
+        seconds,
+    )
+    return LoadedModel(spec, pipe, family_of(pipe), model_hash, seconds)
+
+
+def _short_reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class ModelCache:
+    """Keeps the most recently used model loaded; switching models frees the previous one.
+
+    One resident model is the safe default for a gaming GPU: an SD1.5 pipeline in fp16 takes
+    about 2.5 GB of VRAM and an SDXL one about 7 GB.
+    """
+
+    def __init__(self, specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype):
+        self.specs = specs
+        self.device = device
+        self.dtype = dtype
+        self._hashes = FileHashCache()
+        self._loaded: LoadedModel | None = None
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def get(self, name: str) -> LoadedModel:
+        if self._loaded is not None and self._loaded.spec.name == name:
+            return self._loaded
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ModelLoadError(name, "no model of that name is configured")
+        self.release()
+        self._loaded = load_model(spec, self.device, self.dtype, self._hashes)
+        return self._loaded
+
+    def release(self) -> None:
+        if self._loaded is None:
+            return
+        self._loaded = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,59 @@
+"""What a model is, as plain data: no torch here, so settings and cogs can import it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ModelFamily = Literal["sd1", "sd2", "sdxl"]
+
+# Native resolution of each family: the size a model was trained at, used when the
+# member asks for none, and the base of the default pixel cap.
+NATIVE_SIZE: dict[ModelFamily, tuple[int, int]] = {
+    "sd1": (512, 512),
+    "sd2": (768, 768),
+    "sdxl": (1024, 1024),
+}
+
+# Past ~1.5x the native side length SD models tile their subject and VRAM use climbs
+# quadratically, so the default cap is (1.5 * native) ** 2 pixels.
+DEFAULT_CAP_FACTOR = 2.25
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A named model: where it comes from and the limits members get with it."""
+
+    name: str
+    source: str
+    family: ModelFamily | None = None
+    config: str | None = None
+    default_size: tuple[int, int] | None = None
+    max_pixels: int | None = None
+    note: str = ""
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.source.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+    def guessed_family(self) -> ModelFamily:
+        """The family before loading: configured, or guessed from the source's name."""
+        if self.family is not None:
+            return self.family
+        lowered = self.source.lower()
+        if "xl" in lowered:
+            return "sdxl"
+        if "stable-diffusion-2" in lowered or "sd2" in lowered or "v2-" in lowered:
+            return "sd2"
+        return "sd1"
+
+    def size_default(self) -> tuple[int, int]:
+        return self.default_size or NATIVE_SIZE[self.guessed_family()]
+
+    def pixel_cap(self) -> int:
+        if self.max_pixels is not None:
+            return self.max_pixels
+        width, height = NATIVE_SIZE[self.guessed_family()]
+        return int(width * height * DEFAULT_CAP_FACTOR)

@@ -1,0 +1,175 @@
+"""The engine thread: the one thread that touches torch, the pipelines and the GPU.
+
+Shaped like aiosqlite's connection thread: a thread-safe queue brings it (work, future)
+pairs, results go back to the event loop with `call_soon_threadsafe` (guarded against a
+future that is already done), and a sentinel stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from engine.errors import EngineError, EngineStopped, OutOfMemory
+from engine.params import GenerationResult, ModelInfo, Progress
+from engine.specs import ModelSpec
+from engine.txt2img import EngineJob, generate_batch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    models: dict[str, ModelSpec]
+    device: str = "auto"
+    dtype: str = "auto"
+    preview_interval: float = 2.0
+
+
+@dataclass(slots=True)
+class _Request:
+    work: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    # The submitter's context: callbacks posted back run in it, as with asyncio.to_thread,
+    # so whatever the submitting task carried (logging, tracing, test harnesses) follows.
+    context: contextvars.Context
+
+    def post(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args, context=self.context)
+        except RuntimeError:  # the loop closed while we worked: nobody is listening any more
+            log.warning("event loop closed before an engine callback could be delivered")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting side gave up (cancelled); nothing to deliver
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class EngineWorker:
+    """Runs generation on its own thread; `await generate(jobs)` from the event loop."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._cache: Any = None  # engine.loading.ModelCache, created on the thread
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the engine thread was already started")
+        self._thread = threading.Thread(target=self._run, name="sd-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish the batch in progress, refuse what is still queued, and join the thread."""
+        if self._thread is None or self._stopping:
+            return
+        self._stopping = True
+        self._requests.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    async def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the engine thread and wait for its result without blocking the loop."""
+        if self._thread is None or self._stopping:
+            raise EngineStopped()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._requests.put(_Request(work, future, loop, contextvars.copy_context()))
+        return await future
+
+    async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        """Generate a batch of compatible jobs. Progress reaches each job's `report` on the loop.
+
+        `report` callbacks given here are called on the event loop thread.
+        """
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        threaded = [
+            EngineJob(job.job_id, job.params, partial(_post, loop, context, job.report), job.cancel)
+            for job in jobs
+        ]
+        return await self.call(partial(self._generate, threaded))
+
+    async def preload(self, model: str) -> ModelInfo:
+        """Load a model ahead of the first job (or find it loaded) and describe it."""
+        return await self.call(lambda: self._models().get(model).info())
+
+    def _models(self) -> Any:
+        if self._cache is None:
+            # Imported and probed here, on the engine thread: nothing else touches CUDA.
+            from engine.loading import ModelCache, pick_device, pick_dtype
+
+            device = pick_device(self.config.device)
+            self._cache = ModelCache(
+                self.config.models, device, pick_dtype(self.config.dtype, device)
+            )
+        return self._cache
+
+    def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        import torch
+
+        loaded = self._models().get(jobs[0].params.model)
+        try:
+            with torch.inference_mode():
+                return generate_batch(loaded, jobs, self.config.preview_interval)
+        except torch.OutOfMemoryError:
+            log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfMemory() from None
+
+    def _run(self) -> None:
+        while (request := self._requests.get()) is not None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = request.work()
+            except EngineError as known:
+                error = known
+            except Exception as unexpected:  # keep serving: one bad job must not stop the engine
+                log.exception("engine work failed")
+                error = EngineError(f"Generation failed ({type(unexpected).__name__}).")
+                error.__cause__ = unexpected
+            request.post(_settle, request.future, result, error)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.post(_settle, request.future, None, EngineStopped())
+
+
+def _post(
+    loop: asyncio.AbstractEventLoop,
+    context: contextvars.Context,
+    report: Callable[[Progress], None],
+    progress: Progress,
+) -> None:
+    # RuntimeError: the loop closed, so nobody is listening any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(report, progress, context=context)
