@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     default_model: str = "sd15"
     device: Device = "auto"
     dtype: DType = "auto"
-    progress_interval: float = Field(default=2.0, ge=0.5)
+    progress_interval: float = Field(default=2.0, ge=0.0)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
     log_level: str = "INFO"
 

@@ -141,24 +141,26 @@ class JobRepository:
 
     async def mark_running(self, job_id: int) -> bool:
         """Claim a queued job; False if it is no longer queued (cancelled meanwhile)."""
-        cursor = await self._store.db.execute(
+        async with self._store.db.execute(
             "UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",
             (JobStatus.RUNNING, time.time(), job_id, JobStatus.QUEUED),
-        )
-        return cursor.rowcount == 1
+        ) as cursor:
+            return cursor.rowcount == 1
 
     async def finish(self, job_id: int, status: JobStatus, *, error: str | None = None) -> None:
         if not status.finished:
             raise ValueError(f"{status} is not a final status")
-        await self._store.db.execute(
+        async with self._store.db.execute(
             "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
             (status, error, time.time(), job_id),
-        )
+        ):
+            pass
 
     async def set_message(self, job_id: int, message_id: int) -> None:
-        await self._store.db.execute(
+        async with self._store.db.execute(
             "UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id)
-        )
+        ):
+            pass
 
     async def add_images(self, images: list[JobImage]) -> None:
         db = self._store.db

@@ -39,9 +39,10 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode = WAL")
-        await self._db.execute("PRAGMA foreign_keys = ON")
-        await self._db.execute("PRAGMA busy_timeout = 5000")
+        # A cursor left open keeps its statement in progress and blocks COMMIT: close each.
+        for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 5000"):
+            async with self._db.execute(f"PRAGMA {pragma}"):
+                pass
         await self.migrate()
 
     async def close(self) -> None:

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny real models saved to disk, settings that point at them, SimCord."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+# No test may reach the Hugging Face Hub: everything loads from folders the tests build.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from bot.settings import Settings  # noqa: E402
+from engine.tiny import save_tiny_model  # noqa: E402
+
+DEV_GUILD = 424242424242424242
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd1", "sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_sd1: Path) -> Callable[..., Settings]:
+    """Settings as an owner would write them, pointing at the tiny model; no `.env` read."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "discord_token": "test-token",
+            "dev_guild_id": DEV_GUILD,
+            "data_dir": tmp_path / "var",
+            "models": {
+                "tiny": {"source": str(tiny_sd1), "default_size": (64, 64), "max_pixels": 128 * 128,
+                         "note": "tiny random SD1"},
+            },
+            "default_model": "tiny",
+            "progress_interval": 0.0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+async def wait_until(env: Any, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait in real time for work SimCord cannot see (the engine thread), settling each round."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await env.settle()
+        if predicate():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s\n{env.transcript()}")
+        await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture
+async def sim(settings: Settings) -> AsyncIterator[Any]:
+    """A SimCord world with our bot logged in, a guild, a channel and two members."""
+    import simcord
+
+    from bot.runner import build_bot
+
+    bot = build_bot(settings)
+    env = simcord.Env(bot, settle_timeout=20.0)
+    bot.dreams.idle_wait = env.external_wait
+    await env.start()
+    guild = env.create_guild(id=DEV_GUILD)
+    world = SimWorld(env, bot, guild, guild.create_text_channel("art"))
+    try:
+        yield world
+    finally:
+        await env.shutdown()
+        await bot.close()
+    unexpected = env.errors_since(world.errors_seen)
+    if unexpected:
+        raise ExceptionGroup("the bot raised errors the test did not expect", list(unexpected))
+
+
+class SimWorld:
+    def __init__(self, env: Any, bot: Any, guild: Any, channel: Any) -> None:
+        self.env = env
+        self.bot = bot
+        self.guild = guild
+        self.channel = channel
+        self._members: dict[str, Any] = {}
+        self.errors_seen = 0
+
+    def expected_errors(self) -> list[BaseException]:
+        """Errors the bot handled (SimCord records them too); unread ones fail the test."""
+        errors = list(self.env.errors_since(self.errors_seen))
+        self.errors_seen += len(errors)
+        return errors
+
+    def member(self, name: str) -> Any:
+        if name not in self._members:
+            self._members[name] = self.guild.add_member(self.env.create_user(name))
+        return self._members[name]

@@ -1,0 +1,229 @@
+"""/dream through discord.py's real stack (SimCord), the engine thread and SQLite."""
+
+from __future__ import annotations
+
+import datetime
+import io
+
+import pytest
+from PIL import Image
+
+from engine.images import read_png_infotext
+from engine.infotext import params_from_infotext
+from tests.conftest import wait_until
+
+
+def original_edits(env, result) -> list[dict]:
+    interaction_id = str(result.response.message.interaction_metadata.id)
+    return [
+        r.json
+        for r in env.http_requests
+        if r.method == "PATCH" and r.path.endswith("/messages/@original") and interaction_id in r.path
+    ]
+
+
+def has_result(result) -> bool:
+    return bool(result.response.embeds)
+
+
+async def test_dream_posts_images_with_embed_and_infotext(sim):
+    alice = sim.member("alice")
+    started = sim.env.now()
+    result = await alice.slash(
+        sim.channel, "dream", prompt="a lighthouse, (stormy:1.2) sea", negative="blurry, text",
+        seed=1234, steps=3, cfg=6.5, count=2, sampler="DPM++ 2M Karras",
+    )
+    callbacks = [r.json for r in sim.env.http_requests if r.path.endswith("/callback")]
+    assert callbacks == [{"type": 5}], "the command defers first"
+    assert result.response.message.created_at - started < datetime.timedelta(seconds=3)
+
+    await wait_until(sim.env, lambda: has_result(result))
+    message = result.response
+    assert alice.mention in message.content
+    [embed] = message.embeds
+    fields = {field.name: field.value for field in embed.fields}
+    assert embed.description == "a lighthouse, (stormy:1.2) sea"
+    assert fields["Negative"] == "blurry, text"
+    assert fields["Seeds"] == "1234, 1235"
+    assert fields["Steps"] == "3"
+    assert fields["Sampler"] == "DPM++ 2M Karras"
+    assert fields["CFG"] == "6.5"
+    assert fields["Size"] == "64x64"
+    assert fields["Model"] == "tiny"
+    assert fields["Time"].endswith("s")
+
+    assert [a.filename for a in message.attachments] == [
+        f"{embed.footer.text.split()[-1]}-0-1234.png",
+        f"{embed.footer.text.split()[-1]}-1-1235.png",
+    ]
+    for attachment, seed in zip(message.attachments, (1234, 1235), strict=True):
+        png = await attachment.read()
+        assert Image.open(io.BytesIO(png)).size == (64, 64)
+        params = params_from_infotext(read_png_infotext(png), count=2)
+        assert params.prompt == "a lighthouse, (stormy:1.2) sea"
+        assert params.negative == "blurry, text"
+        assert (params.seed, params.steps, params.cfg) == (seed, 3, 6.5)
+        assert (params.width, params.height, params.sampler, params.model) == (
+            64, 64, "DPM++ 2M Karras", "tiny",
+        )
+
+
+async def test_progress_edits_arrive_before_the_result(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="a fox", steps=6, seed=5)
+    await wait_until(sim.env, lambda: has_result(result))
+    edits = original_edits(sim.env, result)
+    contents = [edit.get("content") for edit in edits]
+    assert contents[0].startswith("Queued: position 1.")
+    progress = [c for c in contents if c and "step" in c]
+    assert progress, contents
+    assert any(c.startswith("`") and "step 6/6" not in c for c in progress)
+    previews = [e for e in edits if any(a["filename"] == "preview.png" for a in e.get("attachments", []))]
+    assert previews, "at least one progress edit carries a latent preview"
+    # The last edit is the result: the preview is gone and the images are attached.
+    final = edits[-1]
+    assert [a["filename"].endswith(".png") for a in final["attachments"]] == [True]
+    assert "preview.png" not in [a.filename for a in result.response.attachments]
+
+
+async def test_job_row_records_the_run(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="a tree", seed=7, steps=2)
+    await wait_until(sim.env, lambda: has_result(result))
+    await sim.bot.dreams.drain()
+    [job] = await sim.bot.dreams.jobs.with_status(*__import__("data").JobStatus)
+    assert job.status == "succeeded"
+    assert job.user_id == alice.id
+    assert job.channel_id == sim.channel.id
+    assert job.message_id == result.response.id
+    assert job.params["seed"] == 7
+    assert job.started_at >= job.created_at and job.finished_at >= job.started_at
+    images = await sim.bot.dreams.jobs.images(job.id)
+    assert [image.seed for image in images] == [7]
+    with open(images[0].path, "rb") as handle:
+        assert read_png_infotext(handle.read()) == images[0].infotext
+
+
+async def test_same_seed_same_pixels_through_discord(sim):
+    alice = sim.member("alice")
+    pixels = []
+    for _ in range(2):
+        result = await alice.slash(sim.channel, "dream", prompt="a cat", seed=99, steps=2)
+        await wait_until(sim.env, lambda result=result: has_result(result))
+        png = await result.response.attachments[0].read()
+        pixels.append(Image.open(io.BytesIO(png)).tobytes())
+    assert pixels[0] == pixels[1]
+
+
+async def test_random_seed_is_shown_and_reproducible(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="a cat", steps=2)
+    await wait_until(sim.env, lambda: has_result(result))
+    seed = int({f.name: f.value for f in result.response.embeds[0].fields}["Seed"])
+    assert 0 <= seed < 2**32
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"size": "100x64"}, "multiples of 8"),
+        ({"size": "512x512"}, "allows at most"),
+        ({"size": "big"}, "is not WIDTHxHEIGHT"),
+        ({"prompt": "   "}, "The prompt is empty."),
+        ({"prompt": "x" * 2000}, "the limit is 1500"),
+        ({"model": "nope"}, "Unknown model 'nope'"),
+    ],
+)
+async def test_bad_input_gets_an_ephemeral_answer_and_no_job(sim, options, expected):
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", **{"prompt": "a cat", **options})
+    assert result.ephemeral
+    assert expected in result.response.content
+    [error] = sim.expected_errors()
+    assert expected in str(error.__cause__ or getattr(error, "original", error))
+    assert await sim.bot.dreams.jobs.with_status(*__import__("data").JobStatus) == []
+    # and the bot keeps serving
+    ok = await alice.slash(sim.channel, "dream", prompt="a cat", steps=1)
+    await wait_until(sim.env, lambda: has_result(ok))
+
+
+async def failed_jobs(sim) -> list:
+    await sim.bot.dreams.drain()
+    return await sim.bot.dreams.jobs.with_status(__import__("data").JobStatus.FAILED)
+
+
+def ephemeral_followups(result) -> list[str]:
+    return [message.content for message in result.followups if message.ephemeral]
+
+
+@pytest.fixture
+def settings(make_settings, tiny_sd1, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    return make_settings(
+        models={
+            "tiny": {"source": str(tiny_sd1), "default_size": (64, 64), "max_pixels": 128 * 128},
+            "broken": {"source": str(broken), "default_size": (64, 64)},
+        }
+    )
+
+
+async def test_model_that_fails_to_load_tells_the_member_and_the_bot_goes_on(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="a cat", model="broken", steps=1)
+    await wait_until(sim.env, lambda: ephemeral_followups(result))
+    [reason] = ephemeral_followups(result)
+    assert reason.startswith("❌ Model broken could not be loaded:")
+    assert result.response is None or not result.response.embeds
+    [job] = await failed_jobs(sim)
+    assert job.error.startswith("Model broken could not be loaded")
+
+    bob = sim.member("bob")
+    ok = await bob.slash(sim.channel, "dream", prompt="a dog", steps=1)
+    await wait_until(sim.env, lambda: has_result(ok))
+
+
+async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
+    import torch
+
+    import engine.worker
+
+    real = engine.worker.generate_batch
+
+    def out_of_memory(loaded, jobs, interval):
+        if jobs[0].params.prompt == "too big":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(loaded, jobs, interval)
+
+    monkeypatch.setattr(engine.worker, "generate_batch", out_of_memory)
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="too big", steps=1)
+    await wait_until(sim.env, lambda: ephemeral_followups(result))
+    assert ephemeral_followups(result) == [
+        "❌ The GPU ran out of memory. Try a smaller size or fewer images."
+    ]
+    [job] = await failed_jobs(sim)
+    assert job.error.startswith("The GPU ran out of memory")
+    ok = await alice.slash(sim.channel, "dream", prompt="small", steps=1)
+    await wait_until(sim.env, lambda: has_result(ok))
+
+
+async def test_unknown_sampler_is_refused_by_discord_choices(sim):
+    import simcord
+
+    alice = sim.member("alice")
+    with pytest.raises(simcord.OptionError):
+        await alice.slash(sim.channel, "dream", prompt="a cat", sampler="Euler Z")
+
+
+async def test_model_and_size_autocomplete(sim):
+    alice = sim.member("alice")
+    models = await alice.autocomplete(sim.channel, "dream", "model", "ti")
+    assert [choice["value"] for choice in models] == ["tiny"]
+    sizes = await alice.autocomplete(sim.channel, "dream", "size", "", model="tiny")
+    values = [choice["value"] for choice in sizes]
+    assert values[0] == "64x64"
+    for value in values:
+        width, height = map(int, value.split("x"))
+        assert width * height <= 128 * 128 and width % 8 == 0 and height % 8 == 0
