@@ -137,20 +137,36 @@ def _load_single_file(
     if not path.is_file():
         raise ModelLoadError(spec.name, f"file {path.name} was not found")
     family = spec.family or detect_single_file_family(path)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_no_safety_checker(family)}
+    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family)}
     if spec.config:
         kwargs["config"] = spec.config
     pipe = _pipeline_class(family).from_single_file(str(path), **kwargs)
     return pipe, hashes.short_hash(path)
 
 
+def _fp16_only(folder: Path) -> bool:
+    """A folder saved with `variant="fp16"` only loads when that variant is asked for."""
+    unet = folder / "unet"
+    return any(unet.glob("*.fp16.safetensors")) and not any(
+        path for path in unet.glob("*.safetensors") if ".fp16." not in path.name
+    )
+
+
 def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
     folder = Path(spec.source).expanduser()
-    source = str(folder) if folder.is_dir() else spec.source
     family = spec.family or spec.guessed_family()
-    return DiffusionPipeline.from_pretrained(
-        source, torch_dtype=dtype, **_no_safety_checker(family)
-    )
+    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family)}
+    if folder.is_dir():
+        if _fp16_only(folder):
+            kwargs["variant"] = "fp16"
+        return DiffusionPipeline.from_pretrained(str(folder), **kwargs)
+    if dtype == torch.float16:
+        # Hub repos often carry fp16 weights: half the download, where there are some.
+        try:
+            return DiffusionPipeline.from_pretrained(spec.source, variant="fp16", **kwargs)
+        except (OSError, ValueError):
+            log.info("model %s has no fp16 variant; loading the full weights", spec.name)
+    return DiffusionPipeline.from_pretrained(spec.source, **kwargs)
 
 
 def load_model(

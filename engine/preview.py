@@ -22,13 +22,18 @@ _FACTORS: dict[ModelFamily, list[list[float]]] = {
         [-0.2120, -0.2616, -0.7177],
     ],
     "sdxl": [
-        [0.3920, 0.4054, 0.4549],
-        [-0.2634, -0.0196, 0.0653],
-        [0.0568, 0.1687, -0.0755],
-        [-0.3112, -0.2359, -0.2076],
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
     ],
 }
 _FACTORS["sd2"] = _FACTORS["sd1"]  # SD2 kept SD1's VAE
+_BIAS: dict[ModelFamily, list[float]] = {
+    "sd1": [0.0, 0.0, 0.0],
+    "sd2": [0.0, 0.0, 0.0],
+    "sdxl": [0.1084, -0.0175, -0.0011],
+}
 
 PREVIEW_MAX_SIDE = 256
 
@@ -36,7 +41,8 @@ PREVIEW_MAX_SIDE = 256
 def latents_to_rgb(latents: torch.Tensor, family: ModelFamily) -> torch.Tensor:
     """(N, 4, h, w) latents to (N, h, w, 3) uint8 images."""
     factors = torch.tensor(_FACTORS[family], dtype=torch.float32)
-    rgb = torch.einsum("nchw,cr->nhwr", latents.detach().float().cpu(), factors)
+    bias = torch.tensor(_BIAS[family], dtype=torch.float32)
+    rgb = torch.einsum("nchw,cr->nhwr", latents.detach().float().cpu(), factors) + bias
     return ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8)
 
 

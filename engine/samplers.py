@@ -18,6 +18,8 @@ class SamplerSpec:
 
 
 _KARRAS = {"use_karras_sigmas": True}
+# A zero final sigma requires a lower-order last step; diffusers warns and switches otherwise.
+_SINGLESTEP = {"lower_order_final": True}
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler"),
@@ -39,8 +41,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DPM++ 2M SDE Karras": SamplerSpec(
         "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", **_KARRAS}
     ),
-    "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler"),
-    "DPM++ SDE Karras": SamplerSpec("DPMSolverSinglestepScheduler", _KARRAS),
+    # diffusers' table maps these to the single-step solver. DPMSolverSDEScheduler is closer
+    # to k-diffusion but needs torchsde and draws its noise outside the seeded generator.
+    "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler", _SINGLESTEP),
+    "DPM++ SDE Karras": SamplerSpec("DPMSolverSinglestepScheduler", {**_SINGLESTEP, **_KARRAS}),
     "DDIM": SamplerSpec("DDIMScheduler"),
     "PNDM": SamplerSpec("PNDMScheduler"),
     "UniPC": SamplerSpec("UniPCMultistepScheduler"),

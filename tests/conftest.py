@@ -41,8 +41,12 @@ def make_settings(tmp_path: Path, tiny_sd1: Path) -> Callable[..., Settings]:
             "dev_guild_id": DEV_GUILD,
             "data_dir": tmp_path / "var",
             "models": {
-                "tiny": {"source": str(tiny_sd1), "default_size": (64, 64), "max_pixels": 128 * 128,
-                         "note": "tiny random SD1"},
+                "tiny": {
+                    "source": str(tiny_sd1),
+                    "default_size": (64, 64),
+                    "max_pixels": 128 * 128,
+                    "note": "tiny random SD1",
+                },
             },
             "default_model": "tiny",
             "progress_interval": 0.0,

@@ -18,7 +18,9 @@ def original_edits(env, result) -> list[dict]:
     return [
         r.json
         for r in env.http_requests
-        if r.method == "PATCH" and r.path.endswith("/messages/@original") and interaction_id in r.path
+        if r.method == "PATCH"
+        and r.path.endswith("/messages/@original")
+        and interaction_id in r.path
     ]
 
 
@@ -30,8 +32,15 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
     alice = sim.member("alice")
     started = sim.env.now()
     result = await alice.slash(
-        sim.channel, "dream", prompt="a lighthouse, (stormy:1.2) sea", negative="blurry, text",
-        seed=1234, steps=3, cfg=6.5, count=2, sampler="DPM++ 2M Karras",
+        sim.channel,
+        "dream",
+        prompt="a lighthouse, (stormy:1.2) sea",
+        negative="blurry, text",
+        seed=1234,
+        steps=3,
+        cfg=6.5,
+        count=2,
+        sampler="DPM++ 2M Karras",
     )
     callbacks = [r.json for r in sim.env.http_requests if r.path.endswith("/callback")]
     assert callbacks == [{"type": 5}], "the command defers first"
@@ -64,7 +73,10 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
         assert params.negative == "blurry, text"
         assert (params.seed, params.steps, params.cfg) == (seed, 3, 6.5)
         assert (params.width, params.height, params.sampler, params.model) == (
-            64, 64, "DPM++ 2M Karras", "tiny",
+            64,
+            64,
+            "DPM++ 2M Karras",
+            "tiny",
         )
 
 
@@ -78,7 +90,9 @@ async def test_progress_edits_arrive_before_the_result(sim):
     progress = [c for c in contents if c and "step" in c]
     assert progress, contents
     assert any(c.startswith("`") and "step 6/6" not in c for c in progress)
-    previews = [e for e in edits if any(a["filename"] == "preview.png" for a in e.get("attachments", []))]
+    previews = [
+        e for e in edits if any(a["filename"] == "preview.png" for a in e.get("attachments", []))
+    ]
     assert previews, "at least one progress edit carries a latent preview"
     # The last edit is the result: the preview is gone and the images are attached.
     final = edits[-1]

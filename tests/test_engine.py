@@ -1,0 +1,217 @@
+"""The engine on its own: real tiny diffusers models loaded the way users' models are."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from engine.errors import EngineError, JobCancelled, ModelLoadError
+from engine.images import read_png_infotext
+from engine.infotext import params_from_infotext
+from engine.loading import detect_single_file_family, load_model, pick_device, pick_dtype
+from engine.params import GenerationParams, Progress
+from engine.samplers import SAMPLERS
+from engine.specs import ModelSpec
+from engine.tiny import build_tiny_sd1, build_tiny_sdxl
+from engine.txt2img import EngineJob
+from engine.worker import EngineConfig, EngineWorker
+from tests.ldm_layout import pipeline_to_ldm
+
+CPU = torch.device("cpu")
+
+
+def params(**overrides) -> GenerationParams:
+    values = dict(
+        prompt="a cat",
+        negative="",
+        seed=1,
+        steps=3,
+        cfg=7.0,
+        width=64,
+        height=64,
+        sampler="Euler a",
+        count=1,
+        model="tiny",
+    )
+    values.update(overrides)
+    return GenerationParams(**values)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture
+async def engine(tiny_sd1: Path, tiny_sdxl: Path):
+    worker = EngineWorker(
+        EngineConfig(
+            {"tiny": ModelSpec("tiny", str(tiny_sd1)), "xl": ModelSpec("xl", str(tiny_sdxl))},
+            device="cpu",
+            preview_interval=0.0,
+        )
+    )
+    worker.start()
+    yield worker
+    await worker.stop()
+
+
+async def generate(engine: EngineWorker, p: GenerationParams, **job) -> list[bytes]:
+    [result] = await engine.generate([EngineJob(1, p, **job)])
+    return [image.png for image in result.images]
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu") == CPU
+    assert pick_dtype("auto", CPU) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
+    assert pick_dtype("auto", torch.device("mps")) == torch.float16
+    assert pick_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert pick_device("auto") == CPU
+
+
+def test_loads_diffusers_folders_of_each_family(tiny_sd1, tiny_sdxl):
+    sd1 = load_model(ModelSpec("a", str(tiny_sd1)), CPU, torch.float32)
+    xl = load_model(ModelSpec("b", str(tiny_sdxl)), CPU, torch.float32)
+    assert (sd1.family, xl.family) == ("sd1", "sdxl")
+    assert sd1.model_hash is None
+    assert not hasattr(sd1.pipe, "safety_checker") or sd1.pipe.safety_checker is None
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_checkpoint_loads_and_matches_the_folder(tmp_path, family, suffix):
+    build = build_tiny_sdxl if family == "sdxl" else build_tiny_sd1
+    pipe = build(tmp_path / "work")
+    folder = tmp_path / "folder"
+    pipe.save_pretrained(str(folder))
+    checkpoint = tmp_path / f"model{suffix}"
+    state = pipeline_to_ldm(pipe)
+    if suffix == ".safetensors":
+        save_file(state, str(checkpoint))
+    else:
+        torch.save({"state_dict": state}, checkpoint)
+    spec_family = family if suffix == ".ckpt" else None  # a pickle is not opened to guess
+    single = load_model(
+        ModelSpec("single", str(checkpoint), family=spec_family, config=str(folder)),
+        CPU,
+        torch.float32,
+    )
+    from_folder = load_model(ModelSpec("folder", str(folder)), CPU, torch.float32)
+    assert single.family == family
+    assert len(single.model_hash) == 10
+    assert not any(p.is_meta for p in single.pipe.unet.parameters())
+    call = dict(prompt="a cat", width=64, height=64, num_inference_steps=2, output_type="np")
+    a = single.pipe(generator=torch.Generator().manual_seed(3), **call).images
+    b = from_folder.pipe(generator=torch.Generator().manual_seed(3), **call).images
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_single_file_family_is_read_from_the_keys(tmp_path):
+    sd1 = tmp_path / "sd1.safetensors"
+    save_file({"cond_stage_model.transformer.text_model.x": torch.zeros(1)}, str(sd1))
+    sd2 = tmp_path / "sd2.safetensors"
+    save_file(
+        {"cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(1)},
+        str(sd2),
+    )
+    xl = tmp_path / "xl.safetensors"
+    save_file(
+        {
+            "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(
+                1
+            )
+        },
+        str(xl),
+    )
+    assert [detect_single_file_family(p) for p in (sd1, sd2, xl)] == ["sd1", "sd2", "sdxl"]
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [("missing.safetensors", "was not found"), ("no/such/folder-or-hub-id", "")],
+)
+def test_missing_models_raise_a_readable_error(tmp_path, source, reason):
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(ModelSpec("gone", str(tmp_path / source)), CPU, torch.float32)
+    assert caught.value.user_message.startswith("Model gone could not be loaded: ")
+    assert reason in caught.value.user_message
+
+
+async def test_same_seed_same_pixels_and_infotext(engine):
+    p = params(negative="ugly", cfg=5.5, sampler="DPM++ 2M Karras")
+    first, second = await generate(engine, p), await generate(engine, p)
+    assert first == second
+    assert params_from_infotext(read_png_infotext(first[0])) == p
+
+
+async def test_batch_seeds_match_single_runs(engine):
+    batch = await generate(engine, params(seed=10, count=3))
+    for index, png in enumerate(batch):
+        [alone] = await generate(engine, params(seed=10 + index))
+        assert np.abs(pixels(png) - pixels(alone)).max() <= 1  # batched matmuls round differently
+        assert params_from_infotext(read_png_infotext(png)).seed == 10 + index
+
+
+async def test_jobs_of_different_members_share_a_batch(engine):
+    a, b = params(prompt="a cat", seed=1, count=2), params(prompt="a dog", seed=7)
+    results = await engine.generate([EngineJob(1, a), EngineJob(2, b)])
+    assert [len(r.images) for r in results] == [2, 1]
+    assert [i.seed for i in results[1].images] == [7]
+    [alone] = await generate(engine, b)
+    assert np.abs(pixels(results[1].images[0].png) - pixels(alone)).max() <= 1
+    with pytest.raises(EngineError, match="Generation failed") as caught:
+        await engine.generate([EngineJob(1, a), EngineJob(2, params(steps=4))])
+    assert "cannot share a batch" in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+async def test_every_sampler_runs(engine, sampler):
+    [png] = await generate(engine, params(sampler=sampler, steps=2))
+    assert params_from_infotext(read_png_infotext(png)).sampler == sampler
+
+
+async def test_sdxl_generates(engine):
+    [png] = await generate(engine, params(model="xl", count=1))
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+
+async def test_progress_reaches_the_loop_with_previews(engine):
+    seen: list[Progress] = []
+    loop_thread = []
+
+    def report(progress: Progress) -> None:
+        seen.append(progress)
+        loop_thread.append(asyncio.get_running_loop() is not None)
+
+    await generate(engine, params(steps=4, count=2), report=report)
+    assert [p.step for p in seen] == [0, 1, 2, 3, 4]
+    assert all(loop_thread)
+    previews = [p.preview_png for p in seen if p.preview_png]
+    assert previews
+    assert Image.open(io.BytesIO(previews[0])).size[0] <= 256
+
+
+async def test_cancel_stops_within_a_step_and_the_engine_goes_on(engine):
+    job = EngineJob(1, params(steps=50))
+    job.report = lambda progress: progress.step >= 2 and job.cancel.set()
+    with pytest.raises(JobCancelled):
+        await engine.generate([job])
+    assert len(await generate(engine, params(steps=1))) == 1
+
+
+async def test_unknown_model_and_stopped_engine(engine):
+    with pytest.raises(ModelLoadError, match="no model of that name"):
+        await engine.generate([EngineJob(1, params(model="nope"))])
+    await engine.stop()
+    from engine.errors import EngineStopped
+
+    with pytest.raises(EngineStopped):
+        await engine.generate([EngineJob(1, params())])
