@@ -15,8 +15,8 @@ import pytest_asyncio
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from bot.settings import Settings  # noqa: E402
-from engine.tiny import save_tiny_model  # noqa: E402
+from bot.settings import Settings
+from engine.tiny import save_tiny_model
 
 DEV_GUILD = 424242424242424242
 
@@ -62,16 +62,16 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-async def wait_until(env: Any, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+async def wait_until(env: Any, predicate: Callable[[], bool], limit: float = 20.0) -> None:
     """Wait in real time for work SimCord cannot see (the engine thread), settling each round."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while True:
         await env.settle()
         if predicate():
             return
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s\n{env.transcript()}")
+            raise AssertionError(f"condition not met within {limit}s\n{env.transcript()}")
         await asyncio.sleep(0.02)
 
 

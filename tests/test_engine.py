@@ -114,23 +114,17 @@ def test_single_file_checkpoint_loads_and_matches_the_folder(tmp_path, family, s
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+XL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+
+
 def test_single_file_family_is_read_from_the_keys(tmp_path):
-    sd1 = tmp_path / "sd1.safetensors"
-    save_file({"cond_stage_model.transformer.text_model.x": torch.zeros(1)}, str(sd1))
-    sd2 = tmp_path / "sd2.safetensors"
-    save_file(
-        {"cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(1)},
-        str(sd2),
-    )
-    xl = tmp_path / "xl.safetensors"
-    save_file(
-        {
-            "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(
-                1
-            )
-        },
-        str(xl),
-    )
+    files = []
+    for name, key in (("sd1", "cond_stage_model.transformer.x"), ("sd2", SD2_KEY), ("xl", XL_KEY)):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({key: torch.zeros(1)}, str(path))
+        files.append(path)
+    sd1, sd2, xl = files
     assert [detect_single_file_family(p) for p in (sd1, sd2, xl)] == ["sd1", "sd2", "sdxl"]
 
 
