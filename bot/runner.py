@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bot.app import SDBot
+from bot.queue import JobQueue
 from bot.services import DreamService
 from bot.settings import ENV_PREFIX, Settings
 from data.jobs import JobRepository
@@ -33,7 +34,12 @@ def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
 def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
     """Everything the bot depends on, built here and passed down; nothing is started yet."""
     store = Store(settings.db_path)
-    dreams = DreamService(settings, JobRepository(store), engine or build_engine(settings))
+    dreams = DreamService(
+        settings,
+        JobRepository(store),
+        engine or build_engine(settings),
+        JobQueue(max_batch=settings.max_batch),
+    )
     return SDBot(settings, store, dreams)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from bot.queue import JobQueue, QueuedJob
 from bot.settings import Settings
-from data.jobs import Job, JobImage, JobRepository, JobStatus
+from data.jobs import DuplicateInteraction, Job, JobImage, JobRepository, JobStatus
 from engine.errors import EngineError
 from engine.params import (
     GenerationParams,
@@ -136,14 +136,22 @@ class DreamService:
     ) -> Ticket:
         """Record the job, then queue it: a job is a row before it is queued."""
         check_params(params, self.models, self.settings.max_prompt_length)
-        job = await self.jobs.create(
-            kind=DREAM,
-            user_id=user_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            interaction_id=interaction_id,
-            params=params.to_dict(),
-        )
+        try:
+            job = await self.jobs.create(
+                kind=DREAM,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                interaction_id=interaction_id,
+                params=params.to_dict(),
+            )
+        except DuplicateInteraction as duplicate:  # a retried interaction: one job, not two
+            existing = duplicate.job
+            return Ticket(
+                existing,
+                GenerationParams.from_dict(existing.params),
+                self.queue.position(existing.id),
+            )
         self._observers[job.id] = observer
         engine_job = EngineJob(job.id, params, report=lambda p: observer.progress(job.id, p))
         position = self.queue.put(QueuedJob(job.id, user_id, engine_job, time.monotonic()))

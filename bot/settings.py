@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # `KEY=` left empty in .env means "use the default", as .env.example is written.
+        env_ignore_empty=True,
     )
 
     discord_token: SecretStr | None = None
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     device: Device = "auto"
     dtype: DType = "auto"
     progress_interval: float = Field(default=2.0, ge=0.0)
+    max_batch: int = Field(default=1, ge=1, le=16)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
     log_level: str = "INFO"
 

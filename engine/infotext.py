@@ -89,6 +89,17 @@ def parse_infotext(text: str) -> Infotext:
     return Infotext(prompt="\n".join(prompt), negative="\n".join(negative), values=values)
 
 
+def sampler_name(sampler: str, schedule: str | None) -> str:
+    """A1111 1.9+ writes `Sampler: DPM++ 2M, Schedule type: Karras`; older ones one name."""
+    if (
+        schedule
+        and schedule.lower() not in ("automatic", "uniform")
+        and " " + schedule not in sampler
+    ):
+        return f"{sampler} {schedule}"
+    return sampler
+
+
 def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
     """Our parameters from infotext; InvalidParams names a missing or unreadable value."""
     info = parse_infotext(text)
@@ -105,7 +116,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             cfg=float(values["CFG scale"]),
             width=int(size.group(1)),
             height=int(size.group(2)),
-            sampler=values["Sampler"],
+            sampler=sampler_name(values["Sampler"], values.get("Schedule type")),
             count=count,
             model=values.get("Model", ""),
         )

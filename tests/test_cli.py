@@ -1,0 +1,104 @@
+"""The console commands, run as a newcomer runs them: `python -m bot ...` in a fresh process."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.images import read_png_infotext
+from engine.infotext import params_from_infotext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bot(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SDBOT_")}
+    environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_no_token_exits_2_naming_the_setting(tmp_path):
+    done = run_bot(cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "SDBOT_DISCORD_TOKEN is not set: copy .env.example to .env and put the bot's token there."
+    ]
+
+
+def test_bad_setting_exits_2_naming_it(tmp_path):
+    done = run_bot(cwd=tmp_path, SDBOT_DEVICE="tpu")
+    assert done.returncode == 2
+    assert done.stderr.startswith("Setting SDBOT_DEVICE: Input should be")
+
+
+def test_selftest_prints_ok(tmp_path):
+    done = run_bot("selftest", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK build ")
+    assert "generate" in done.stdout
+
+
+def test_dream_writes_pngs_whose_infotext_matches(tmp_path, tiny_sd1):
+    out = tmp_path / "out"
+    args = (
+        "dream",
+        "a red fox, (snow:1.1)",
+        "--negative",
+        "blurry",
+        "--model",
+        str(tiny_sd1),
+        "--seed",
+        "77",
+        "--steps",
+        "3",
+        "--cfg",
+        "6",
+        "--size",
+        "80x64",
+        "--sampler",
+        "DPM++ 2M Karras",
+        "--count",
+        "2",
+        "--out",
+        str(out),
+    )
+    runs = [run_bot(*args, cwd=tmp_path) for _ in range(2)]
+    images = []
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert [line.split("\tseed=")[1] for line in lines] == ["77", "78"]
+        images.append([Path(line.split("\t")[0]).read_bytes() for line in lines])
+    for index, png in enumerate(images[0]):
+        params = params_from_infotext(read_png_infotext(png), count=2)
+        assert params.prompt == "a red fox, (snow:1.1)"
+        assert params.negative == "blurry"
+        assert (params.seed, params.steps, params.cfg) == (77 + index, 3, 6.0)
+        assert (params.width, params.height, params.sampler) == (80, 64, "DPM++ 2M Karras")
+        assert params.model == str(tiny_sd1)
+    first = [np.asarray(Image.open(io.BytesIO(png))) for png in images[0]]
+    second = [np.asarray(Image.open(io.BytesIO(png))) for png in images[1]]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_dream_refuses_bad_input_with_exit_2(tmp_path, tiny_sd1):
+    done = run_bot("dream", "a cat", "--model", str(tiny_sd1), "--size", "65x64", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "multiples of 8" in done.stderr
+    done = run_bot("dream", "a cat", "--model", "not-a-model", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Unknown model 'not-a-model'" in done.stderr
