@@ -1,0 +1,249 @@
+"""What the bot adds on top of diffusers, and how responsive the event loop stays.
+
+For the same model and parameters it times a plain diffusers pipeline call against a job
+through the bot (service -> SQLite row -> queue -> engine thread -> PNG bytes with infotext
+-> files written), alternating the two, and reports medians and their ratio. While the
+engine works, a 10 ms ticker on the event loop records how late it wakes up.
+
+    python bench/overhead.py                 # tiny model, then full-size SD 1.5 at 256x256
+    python bench/overhead.py --only tiny     # seconds
+    python bench/overhead.py --only full --steps 10 --repeats 3
+
+Targets: ratio <= 1.05, event-loop lag p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+
+from bot.logs import configure_logging  # noqa: E402
+from bot.queue import JobQueue  # noqa: E402
+from bot.services import DreamService, JobOutcome  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from data.jobs import JobRepository  # noqa: E402
+from data.store import Store  # noqa: E402
+from engine.params import GenerationParams, Progress  # noqa: E402
+from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer  # noqa: E402
+from engine.worker import EngineConfig, EngineWorker  # noqa: E402
+
+TICK = 0.010
+
+
+def save_sd15_architecture(folder: Path) -> Path:
+    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L text encoder, random weights."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        tokenizer = tiny_tokenizer(Path(workdir))  # speed does not depend on the vocabulary
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_attention_heads=12,
+                num_hidden_layers=12,
+                vocab_size=49408,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        )
+        StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).save_pretrained(str(folder))
+    return folder
+
+
+@dataclass
+class Figures:
+    plain: list[float]
+    engine: list[float]
+    lags: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.engine) / statistics.median(self.plain)
+
+    def lag_ms(self, quantile: float) -> float:
+        ordered = sorted(self.lags)
+        return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+
+class Waiter:
+    """A JobObserver that just waits for the outcome."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.outcome: JobOutcome | None = None
+        self.error: str | None = None
+
+    def progress(self, job_id: int, progress: Progress) -> None:
+        pass
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        self.outcome = outcome
+        self.done.set()
+        return None
+
+    async def failed(self, job: object, message: str) -> None:
+        self.error = message
+        self.done.set()
+
+
+async def ticker(lags: list[float], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        expected = loop.time() + TICK
+        await asyncio.sleep(TICK)
+        lags.append(max(0.0, loop.time() - expected))
+
+
+def plain_call(pipe: StableDiffusionPipeline, params: GenerationParams) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        pipe(
+            prompt=params.prompt,
+            negative_prompt=params.negative,
+            width=params.width,
+            height=params.height,
+            num_inference_steps=params.steps,
+            guidance_scale=params.cfg,
+            generator=torch.Generator().manual_seed(params.seed),
+            output_type="pil",
+        )
+    return time.perf_counter() - started
+
+
+async def job_call(service: DreamService, params: GenerationParams, lags: list[float]) -> float:
+    waiter = Waiter()
+    stop = asyncio.Event()
+    tick = asyncio.create_task(ticker(lags, stop))
+    started = time.perf_counter()
+    await service.submit(
+        params, user_id=1, guild_id=None, channel_id=None, interaction_id=None, observer=waiter
+    )
+    await waiter.done.wait()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await tick
+    if waiter.error:
+        raise RuntimeError(waiter.error)
+    assert waiter.outcome is not None and waiter.outcome.images[0].png
+    return elapsed
+
+
+async def measure(folder: Path, params: GenerationParams, repeats: int, data: Path) -> Figures:
+    settings = Settings(
+        _env_file=None,
+        data_dir=data,
+        models={params.model: {"source": str(folder)}},
+        default_model=params.model,
+    )
+    store = Store(settings.db_path)
+    await store.open()
+    engine = EngineWorker(
+        EngineConfig(settings.model_specs(), device="cpu", preview_interval=2.0)
+    )
+    engine.start()
+    service = DreamService(settings, JobRepository(store), engine, JobQueue())
+    dispatcher = asyncio.create_task(service.run())
+    plain_pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+    plain_pipe.set_progress_bar_config(disable=True)
+    figures = Figures([], [], [])
+    try:
+        await job_call(service, params, [])  # warm-up: loads the model in the engine
+        plain_call(plain_pipe, params)
+        for _ in range(repeats):
+            figures.plain.append(await asyncio.to_thread(plain_call, plain_pipe, params))
+            figures.engine.append(await job_call(service, params, figures.lags))
+    finally:
+        dispatcher.cancel()
+        await engine.stop()
+        await store.close()
+    return figures
+
+
+def report(name: str, params: GenerationParams, figures: Figures) -> None:
+    plain = statistics.median(figures.plain)
+    through = statistics.median(figures.engine)
+    print(f"{name}: {params.width}x{params.height}, {params.steps} steps, {params.sampler}, "
+          f"CFG {params.cfg:g}, {len(figures.plain)} runs each (medians)")
+    print(f"  plain diffusers call    {plain:8.3f} s")
+    print(f"  job through the bot     {through:8.3f} s")
+    print(f"  ratio                   {figures.ratio:8.3f}   (target <= 1.05)")
+    print(f"  event-loop lag p50/p99/max  {figures.lag_ms(0.5):.1f} / {figures.lag_ms(0.99):.1f} "
+          f"/ {1000 * max(figures.lags):.1f} ms over {len(figures.lags)} ticks (target p99 <= 50)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["tiny", "full"])
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    with tempfile.TemporaryDirectory(prefix="sdbot-bench-") as workdir:
+        root = Path(workdir)
+        if args.only in (None, "tiny"):
+            folder = save_tiny_model(root / "tiny")
+            params = GenerationParams("a lighthouse at dusk", "blurry", 1, args.steps or 20, 7.0,
+                                      64, 64, "Euler a", 1, "tiny")
+            report("tiny model", params, await measure(folder, params, args.repeats or 15,
+                                                       root / "data-tiny"))
+        if args.only in (None, "full"):
+            started = time.perf_counter()
+            folder = save_sd15_architecture(root / "sd15")
+            print(f"(built and saved the SD 1.5 architecture in {time.perf_counter() - started:.0f} s)")
+            params = GenerationParams("a lighthouse at dusk", "blurry", 1, args.steps or 10, 7.0,
+                                      256, 256, "Euler a", 1, "sd15")
+            report("SD 1.5 architecture, random weights", params,
+                   await measure(folder, params, args.repeats or 3, root / "data-full"))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
