@@ -185,9 +185,7 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
     )
     store = Store(settings.db_path)
     await store.open()
-    engine = EngineWorker(
-        EngineConfig(settings.model_specs(), device="cpu", preview_interval=2.0)
-    )
+    engine = EngineWorker(EngineConfig(settings.model_specs(), device="cpu", preview_interval=2.0))
     engine.start()
     service = DreamService(settings, JobRepository(store), engine, JobQueue())
     dispatcher = asyncio.create_task(service.run())
@@ -210,13 +208,17 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
 def report(name: str, params: GenerationParams, figures: Figures) -> None:
     plain = statistics.median(figures.plain)
     through = statistics.median(figures.engine)
-    print(f"{name}: {params.width}x{params.height}, {params.steps} steps, {params.sampler}, "
-          f"CFG {params.cfg:g}, {len(figures.plain)} runs each (medians)")
+    print(
+        f"{name}: {params.width}x{params.height}, {params.steps} steps, {params.sampler}, "
+        f"CFG {params.cfg:g}, {len(figures.plain)} runs each (medians)"
+    )
     print(f"  plain diffusers call    {plain:8.3f} s")
     print(f"  job through the bot     {through:8.3f} s")
     print(f"  ratio                   {figures.ratio:8.3f}   (target <= 1.05)")
-    print(f"  event-loop lag p50/p99/max  {figures.lag_ms(0.5):.1f} / {figures.lag_ms(0.99):.1f} "
-          f"/ {1000 * max(figures.lags):.1f} ms over {len(figures.lags)} ticks (target p99 <= 50)")
+    print(
+        f"  event-loop lag p50/p99/max  {figures.lag_ms(0.5):.1f} / {figures.lag_ms(0.99):.1f} "
+        f"/ {1000 * max(figures.lags):.1f} ms over {len(figures.lags)} ticks (target p99 <= 50)"
+    )
 
 
 async def main() -> None:
@@ -231,18 +233,46 @@ async def main() -> None:
         root = Path(workdir)
         if args.only in (None, "tiny"):
             folder = save_tiny_model(root / "tiny")
-            params = GenerationParams("a lighthouse at dusk", "blurry", 1, args.steps or 20, 7.0,
-                                      64, 64, "Euler a", 1, "tiny")
-            report("tiny model", params, await measure(folder, params, args.repeats or 15,
-                                                       root / "data-tiny"))
+            params = GenerationParams(
+                "a lighthouse at dusk",
+                "blurry",
+                1,
+                args.steps or 20,
+                7.0,
+                64,
+                64,
+                "Euler a",
+                1,
+                "tiny",
+            )
+            report(
+                "tiny model",
+                params,
+                await measure(folder, params, args.repeats or 15, root / "data-tiny"),
+            )
         if args.only in (None, "full"):
             started = time.perf_counter()
             folder = save_sd15_architecture(root / "sd15")
-            print(f"(built and saved the SD 1.5 architecture in {time.perf_counter() - started:.0f} s)")
-            params = GenerationParams("a lighthouse at dusk", "blurry", 1, args.steps or 10, 7.0,
-                                      256, 256, "Euler a", 1, "sd15")
-            report("SD 1.5 architecture, random weights", params,
-                   await measure(folder, params, args.repeats or 3, root / "data-full"))
+            print(
+                f"(built and saved the SD 1.5 architecture in {time.perf_counter() - started:.0f} s)"
+            )
+            params = GenerationParams(
+                "a lighthouse at dusk",
+                "blurry",
+                1,
+                args.steps or 10,
+                7.0,
+                256,
+                256,
+                "Euler a",
+                1,
+                "sd15",
+            )
+            report(
+                "SD 1.5 architecture, random weights",
+                params,
+                await measure(folder, params, args.repeats or 3, root / "data-full"),
+            )
 
 
 if __name__ == "__main__":

@@ -87,21 +87,22 @@ async def sim(settings: Settings) -> AsyncIterator[Any]:
     bot.dreams.idle_wait = env.external_wait
     await env.start()
     guild = env.create_guild(id=DEV_GUILD)
-    world = SimWorld(env, bot, guild, guild.create_text_channel("art"))
+    world = SimWorld(env, bot, guild, guild.create_text_channel("art"), settings)
     try:
         yield world
     finally:
         await env.shutdown()
-        await bot.close()
+        await world.bot.close()
     unexpected = env.errors_since(world.errors_seen)
     if unexpected:
         raise ExceptionGroup("the bot raised errors the test did not expect", list(unexpected))
 
 
 class SimWorld:
-    def __init__(self, env: Any, bot: Any, guild: Any, channel: Any) -> None:
+    def __init__(self, env: Any, bot: Any, guild: Any, channel: Any, settings: Settings) -> None:
         self.env = env
         self.bot = bot
+        self.settings = settings
         self.guild = guild
         self.channel = channel
         self._members: dict[str, Any] = {}
@@ -112,6 +113,16 @@ class SimWorld:
         errors = list(self.env.errors_since(self.errors_seen))
         self.errors_seen += len(errors)
         return errors
+
+    async def restart(self) -> None:
+        """A new bot process on the same data folder, as after a crash or an update."""
+        from bot.runner import build_bot
+
+        old = self.bot
+        await old.close()  # stops the engine thread and closes the database
+        self.bot = build_bot(self.settings)
+        self.bot.dreams.idle_wait = self.env.external_wait
+        await self.env.restart_bot(self.bot)
 
     def member(self, name: str) -> Any:
         if name not in self._members:

@@ -244,3 +244,54 @@ async def test_model_and_size_autocomplete(sim):
         width, height = map(int, value.split("x"))
         assert width * height <= 128 * 128
         assert width % 8 == height % 8 == 0
+
+
+async def test_results_over_the_upload_limit_are_reencoded_not_dropped(sim, monkeypatch):
+    import cogs.presenter
+
+    monkeypatch.setattr(cogs.presenter, "REQUEST_LIMIT", 2 * 4000)  # two files of <= 4 kB
+    alice = sim.member("alice")
+    result = await alice.slash(
+        sim.channel, "dream", prompt="a cat", steps=2, count=2, seed=3, size="128x128"
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    names = [attachment.filename for attachment in result.response.attachments]
+    assert len(names) == 2
+    for attachment in result.response.attachments:
+        data = await attachment.read()
+        assert len(data) <= 4000
+        if attachment.filename.endswith(".webp"):
+            assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert any(name.endswith(".webp") for name in names)
+
+
+async def test_progress_edits_are_throttled(sim, monkeypatch):
+    sim.bot.settings.progress_interval = 3600.0
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="a fox", steps=8, seed=5)
+    await wait_until(sim.env, lambda: has_result(result))
+    contents = [edit.get("content", "") for edit in original_edits(sim.env, result)]
+    assert len(contents) == 2, contents
+    assert contents[0].startswith("Queued: position 1.")
+    assert alice.mention in contents[1]
+
+
+async def test_a_restart_fails_jobs_the_last_run_left_unfinished(sim):
+    assert sim.settings.db_path.is_file()
+    jobs = sim.bot.dreams.jobs
+    left = await jobs.create(
+        kind="dream",
+        user_id=1,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        params={"prompt": "x"},
+    )
+    await jobs.mark_running(left.id)
+    await sim.restart()
+    job = await sim.bot.dreams.jobs.get(left.id)
+    assert job.status == "failed"
+    assert job.error == "The bot restarted before this job finished."
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "dream", prompt="after the restart", steps=1)
+    await wait_until(sim.env, lambda: has_result(result))
