@@ -27,24 +27,24 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from diffusers import (  # noqa: E402
+import torch
+from diffusers import (
     AutoencoderKL,
     EulerAncestralDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from bot.logs import configure_logging  # noqa: E402
-from bot.queue import JobQueue  # noqa: E402
-from bot.services import DreamService, JobOutcome  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from data.jobs import JobRepository  # noqa: E402
-from data.store import Store  # noqa: E402
-from engine.params import GenerationParams, Progress  # noqa: E402
-from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer  # noqa: E402
-from engine.worker import EngineConfig, EngineWorker  # noqa: E402
+from bot.logs import configure_logging
+from bot.queue import JobQueue
+from bot.services import DreamService, JobOutcome
+from bot.settings import Settings
+from data.jobs import JobRepository
+from data.store import Store
+from engine.params import GenerationParams, Progress
+from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
+from engine.worker import EngineConfig, EngineWorker
 
 TICK = 0.010
 
@@ -172,7 +172,8 @@ async def job_call(service: DreamService, params: GenerationParams, lags: list[f
     await tick
     if waiter.error:
         raise RuntimeError(waiter.error)
-    assert waiter.outcome is not None and waiter.outcome.images[0].png
+    assert waiter.outcome is not None
+    assert waiter.outcome.images[0].png
     return elapsed
 
 
@@ -253,9 +254,8 @@ async def main() -> None:
         if args.only in (None, "full"):
             started = time.perf_counter()
             folder = save_sd15_architecture(root / "sd15")
-            print(
-                f"(built and saved the SD 1.5 architecture in {time.perf_counter() - started:.0f} s)"
-            )
+            seconds = time.perf_counter() - started
+            print(f"(built and saved the SD 1.5 architecture in {seconds:.0f} s)")
             params = GenerationParams(
                 "a lighthouse at dusk",
                 "blurry",

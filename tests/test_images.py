@@ -11,7 +11,10 @@ from bot.services import StoredImage
 from cogs.presenter import encode_for_upload
 from engine.images import EXIF_IFD, EXIF_USER_COMMENT, encode_png, fit_to_limit, read_png_infotext
 
-INFOTEXT = "a cat, (fluffy:1.2)\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+INFOTEXT = (
+    "a cat, (fluffy:1.2)\nNegative prompt: dog\n"
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+)
 
 
 def noisy_image(size: int = 512) -> Image.Image:
