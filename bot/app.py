@@ -16,7 +16,7 @@ from data.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.dream",)
+EXTENSIONS = ("cogs.dream", "cogs.admin")
 
 
 class SDBot(commands.Bot):
@@ -28,6 +28,8 @@ class SDBot(commands.Bot):
             intents=intents,
             tree_cls=SDCommandTree,
             help_command=None,
+            # Empty means "the application's owner or team", which discord.py looks up.
+            owner_ids=set(settings.owner_ids) or None,
         )
         self.settings = settings
         self.store = store

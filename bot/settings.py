@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = None
+    owner_ids: list[int] = Field(default_factory=list)
     data_dir: Path = Path("var")
     database_path: Path | None = None
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)

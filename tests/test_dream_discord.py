@@ -295,3 +295,18 @@ async def test_a_restart_fails_jobs_the_last_run_left_unfinished(sim):
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "dream", prompt="after the restart", steps=1)
     await wait_until(sim.env, lambda: has_result(result))
+
+
+async def test_only_the_owner_syncs_commands_globally(sim):
+    owner = sim.member("owner")
+    stranger = sim.member("stranger")
+    sim.bot.owner_ids = {owner.id}
+    bot_mention = f"<@{sim.bot.user.id}>"
+    await stranger.send(sim.channel, f"{bot_mention} sync")
+    assert sim.channel.last_message.content == "Only the bot's owner can do that."
+    await owner.send(sim.channel, f"{bot_mention} sync")
+    assert sim.channel.last_message.content.startswith("Synced ")
+    assert sim.channel.last_message.content.endswith(" command(s) globally.")
+    await owner.send(sim.channel, f"{bot_mention} sync everywhere")
+    assert "Usage: `@bot sync [global|here|clear]`" in sim.channel.last_message.content
+    sim.expected_errors()
