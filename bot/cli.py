@@ -12,7 +12,7 @@ from pathlib import Path
 from bot.runner import build_engine
 from bot.services import DreamOptions, resolve_options
 from bot.settings import Settings
-from engine.errors import EngineError
+from engine.errors import EngineError, ModelLoadError
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
 from engine.params import GenerationParams, InvalidParams, ModelInfo, parse_size
@@ -62,6 +62,9 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
     engine = build_engine(settings, models=specs)
     try:
         images = asyncio.run(_generate(engine, params))
+    except ModelLoadError as error:  # the console user is the owner: show the whole reason
+        print(f"error: {error.detail}", file=sys.stderr)
+        return EXIT_FAILED
     except EngineError as error:
         print(f"error: {error.user_message}", file=sys.stderr)
         return EXIT_FAILED

@@ -43,11 +43,12 @@ class Admin(commands.Cog):
         if isinstance(error, commands.NotOwner):
             await ctx.reply("Only the bot's owner can do that.", mention_author=False)
         elif isinstance(error, commands.UserInputError | commands.NoPrivateMessage):
-            await ctx.reply(f"{error} Usage: `@bot sync [global|here|clear]`.", mention_author=False)
+            await ctx.reply(
+                f"{error} Usage: `@bot sync [global|here|clear]`.", mention_author=False
+            )
         else:
             raise error
 
 
 async def setup(bot: SDBot) -> None:
     await bot.add_cog(Admin(bot))
-

@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.services import DreamOptions
 from cogs.presenter import DreamPresenter
 from engine.params import MAX_CFG, MAX_COUNT, MAX_SEED, MAX_STEPS, check_size, parse_size
 from engine.samplers import SAMPLERS
@@ -16,8 +17,6 @@ from engine.specs import ModelSpec
 
 if TYPE_CHECKING:
     from bot.app import SDBot
-
-from bot.services import DreamOptions
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,18 @@ class EngineError(Exception):
 
 
 class ModelLoadError(EngineError):
-    def __init__(self, model: str, reason: str) -> None:
-        super().__init__(f"Model {model} could not be loaded: {reason}")
+    """`reason` is shown to members only when it is ours (`public`): library errors can
+    carry the owner's file paths, so members read that the log has the details."""
+
+    def __init__(self, model: str, reason: str, *, public: bool = True) -> None:
+        shown = reason if public else "the bot's log has the details"
+        super().__init__(f"Model {model} could not be loaded: {shown}")
         self.model = model
         self.reason = reason
+
+    @property
+    def detail(self) -> str:
+        return f"Model {self.model} could not be loaded: {self.reason}"
 
 
 class OutOfMemory(EngineError):

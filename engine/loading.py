@@ -192,7 +192,7 @@ def load_model(
         raise
     except Exception as error:  # diffusers raises many types for a bad or missing model
         log.exception("loading model %s from %s failed", spec.name, spec.source)
-        raise ModelLoadError(spec.name, _short_reason(error)) from error
+        raise ModelLoadError(spec.name, _short_reason(error), public=False) from error
     pipe.set_progress_bar_config(disable=True)
     seconds = time.perf_counter() - started
     log.info(
