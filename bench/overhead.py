@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +41,7 @@ from bot.logs import configure_logging
 from bot.queue import JobQueue
 from bot.services import DreamService, JobOutcome
 from bot.settings import Settings
+from data.credits import CreditRepository
 from data.jobs import JobRepository
 from data.store import Store
 from engine.params import GenerationParams, Progress
@@ -142,7 +144,16 @@ async def ticker(lags: list[float], stop: asyncio.Event) -> None:
         lags.append(max(0.0, loop.time() - expected))
 
 
+def load_plain(folder: Path) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    # The same sampler as the job ("Euler a"), whatever scheduler the model was saved with.
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
 def plain_call(pipe: StableDiffusionPipeline, params: GenerationParams) -> float:
+    assert params.sampler == "Euler a"
     started = time.perf_counter()
     with torch.inference_mode():
         pipe(
@@ -181,6 +192,7 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
     settings = Settings(
         _env_file=None,
         data_dir=data,
+        starting_credits=1_000_000,
         models={params.model: {"source": str(folder)}},
         default_model=params.model,
     )
@@ -188,16 +200,21 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
     await store.open()
     engine = EngineWorker(EngineConfig(settings.model_specs(), device="cpu", preview_interval=2.0))
     engine.start()
-    service = DreamService(settings, JobRepository(store), engine, JobQueue())
+    policy = settings.credit_policy()
+    service = DreamService(
+        settings, JobRepository(store, policy), CreditRepository(store, policy), engine, JobQueue()
+    )
     dispatcher = asyncio.create_task(service.run())
-    plain_pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
-    plain_pipe.set_progress_bar_config(disable=True)
+    # The plain call runs on the engine's own thread too: torch keeps an OpenMP team per
+    # calling thread, and two teams on two cores slow each other down, which would blur
+    # what this measures (the bot's own overhead).
+    plain_pipe = await engine.call(partial(load_plain, folder))
     figures = Figures([], [], [])
     try:
         await job_call(service, params, [])  # warm-up: loads the model in the engine
-        plain_call(plain_pipe, params)
+        await engine.call(partial(plain_call, plain_pipe, params))
         for _ in range(repeats):
-            figures.plain.append(await asyncio.to_thread(plain_call, plain_pipe, params))
+            figures.plain.append(await engine.call(partial(plain_call, plain_pipe, params)))
             figures.engine.append(await job_call(service, params, figures.lags))
     finally:
         dispatcher.cancel()

@@ -29,6 +29,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     dream.add_argument("--sampler", default=None)
     dream.add_argument("--count", type=int, default=None)
     dream.add_argument("--out", default=None, help="folder for the PNGs (default: DATA_DIR/out)")
+    credits = commands.add_parser("credits", help="members' credits").add_subparsers(
+        dest="action", required=True
+    )
+    grant = credits.add_parser("grant", help="give a member credits")
+    grant.add_argument("user_id", type=int)
+    grant.add_argument("amount", type=int)
+    grant.add_argument("--reason", default="granted from the console")
+    credits.add_parser("show", help="a member's balance and history").add_argument(
+        "user_id", type=int
+    )
+    db = commands.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
+    db.add_parser("check", help="ledger equals balances, no job charged twice, ...")
     return parser.parse_args(argv)
 
 
@@ -58,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.cli import dream
 
         return dream(settings, args)
+    if args.command in ("credits", "db"):
+        from bot.cli import books
+
+        return books(settings, args)
     from bot.runner import run_bot
 
     return run_bot(settings)

@@ -9,6 +9,7 @@ import logging
 import discord
 from discord.ext import commands
 
+from bot.credits import CreditService
 from bot.services import DreamService
 from bot.settings import Settings
 from bot.tree import SDCommandTree
@@ -16,13 +17,16 @@ from data.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.dream", "cogs.admin")
+EXTENSIONS = ("cogs.dream", "cogs.admin", "cogs.credits", "cogs.queue")
 
 
 class SDBot(commands.Bot):
-    def __init__(self, settings: Settings, store: Store, dreams: DreamService) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, dreams: DreamService, credits: CreditService
+    ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
+        intents.dm_messages = True  # `balance` and `help` by DM
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -34,17 +38,23 @@ class SDBot(commands.Bot):
         self.settings = settings
         self.store = store
         self.dreams = dreams
+        self.credits = credits
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
         await self.store.open()
-        stale = await self.dreams.recover()
-        if stale:
-            log.warning("%d job(s) left unfinished by the last run were marked failed", len(stale))
         if not self.dreams.engine.running:
             self.dreams.engine.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        # After the cogs: they tell the service how to reach members of restored jobs.
+        restored, failed = await self.dreams.recover()
+        if restored or failed:
+            log.warning(
+                "restart: %d job(s) back in the queue, %d failed and refunded",
+                len(restored),
+                len(failed),
+            )
         self._dispatcher = asyncio.create_task(self.dreams.run(), name="sd-dispatcher")
         await self.sync_dev_guild()
 
@@ -67,6 +77,12 @@ class SDBot(commands.Bot):
         await self.dreams.engine.stop()
         await super().close()
         await self.store.close()
+
+    def is_admin(self, user: discord.abc.User) -> bool:
+        """Configured owners, and members who may manage the server they are in."""
+        if user.id in self.settings.owner_ids or (self.owner_ids and user.id in self.owner_ids):
+            return True
+        return isinstance(user, discord.Member) and user.guild_permissions.manage_guild
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s)", self.user, self.user.id if self.user else "?")

@@ -7,9 +7,11 @@ import logging
 import sys
 
 from bot.app import SDBot
+from bot.credits import CreditService
 from bot.queue import JobQueue
-from bot.services import DreamService
+from bot.services import STANDARD_JOB, DreamService
 from bot.settings import ENV_PREFIX, Settings
+from data.credits import CreditRepository
 from data.jobs import JobRepository
 from data.store import Store
 from engine.specs import ModelSpec
@@ -34,13 +36,16 @@ def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
 def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
     """Everything the bot depends on, built here and passed down; nothing is started yet."""
     store = Store(settings.db_path)
+    policy = settings.credit_policy()
     dreams = DreamService(
         settings,
-        JobRepository(store),
+        JobRepository(store, policy),
+        CreditRepository(store, policy),
         engine or build_engine(settings),
         JobQueue(max_batch=settings.max_batch),
     )
-    return SDBot(settings, store, dreams)
+    credits = CreditService(dreams.credits, dreams.price(STANDARD_JOB))
+    return SDBot(settings, store, dreams, credits)
 
 
 def run_bot(settings: Settings) -> int:

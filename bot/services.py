@@ -9,17 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from bot.queue import JobQueue, QueuedJob
 from bot.settings import Settings
-from data.jobs import DuplicateInteraction, Job, JobImage, JobRepository, JobStatus
-from engine.errors import EngineError
+from data.credits import CreditRepository, InsufficientCredits
+from data.jobs import (
+    DuplicateInteraction,
+    Job,
+    JobImage,
+    JobRepository,
+    JobStatus,
+    QueueCaps,
+    QueueFull,
+)
+from engine.errors import EngineError, JobCancelled
 from engine.params import (
     GenerationParams,
     GenerationResult,
@@ -37,7 +47,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DREAM = "dream"
-RESTART_MESSAGE = "The bot restarted before this job finished."
+# A job left running by a crash is started again once; a second crash fails it.
+MAX_ATTEMPTS = 2
+CRASH_MESSAGE = "The bot stopped twice while running this job, so it was given up."
+UNREADABLE = "After an update the bot could not read this job back."
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,7 @@ class JobOutcome:
     model_hash: str | None
     run_seconds: float
     queued_seconds: float
+    balance: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,28 @@ class Ticket:
     job: Job
     params: GenerationParams
     position: int
+    balance: int | None = None
+    duplicate: bool = False
+
+
+class JobRefused(Exception):
+    """The job was not accepted (credits, caps); the message is for the member."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    job_id: int
+    user_id: int
+    position: int  # 0 = running
+    params: GenerationParams
+    wait_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    job_id: int
+    message: str
+    refunded: int = 0
 
 
 class JobObserver(Protocol):
@@ -75,7 +111,7 @@ class JobObserver(Protocol):
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         """Show the result; returns the id of the message that holds it, if any."""
 
-    async def failed(self, job: Job, message: str) -> None: ...
+    async def failed(self, job: Job, message: str, refunded: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +138,23 @@ class DreamService:
         self,
         settings: Settings,
         jobs: JobRepository,
+        credits: CreditRepository,
         engine: EngineWorker,
         queue: JobQueue | None = None,
     ) -> None:
         self.settings = settings
         self.models: dict[str, ModelSpec] = settings.model_specs()
         self.jobs = jobs
+        self.credits = credits
         self.engine = engine
         self.queue = queue or JobQueue()
+        self.caps = QueueCaps(settings.max_pending_per_member, settings.max_queued_total)
         self._observers: dict[int, JobObserver] = {}
+        # Who hears about a job whose member is no longer waiting on an interaction (jobs
+        # restored after a restart): the Discord layer sets it, e.g. to post in the channel.
+        self.fallback_observer: Callable[[Job], JobObserver] | None = None
+        # Measured speed: seconds per price unit (a 512x512, 20-step image), for wait estimates.
+        self.seconds_per_unit: float | None = None
         # How the dispatcher waits for work. A test harness that must tell an idle bot from
         # a busy one (SimCord's `external_wait`) replaces it.
         self.idle_wait: IdleWait = plain_wait
@@ -124,6 +168,10 @@ class DreamService:
             options, self.models, self.settings.default_model, self.settings.max_prompt_length
         )
 
+    def price(self, params: GenerationParams) -> int:
+        """Credits for a job: proportional to pixels x steps x images, never below 1."""
+        return max(1, math.ceil(price_units(params) * self.settings.price_per_image - 1e-9))
+
     async def submit(
         self,
         params: GenerationParams,
@@ -134,7 +182,11 @@ class DreamService:
         interaction_id: int | None,
         observer: JobObserver,
     ) -> Ticket:
-        """Record the job, then queue it: a job is a row before it is queued."""
+        """Charge and record the job in one transaction, then queue it.
+
+        Raises JobRefused (caps, credits) having changed nothing. A retried interaction
+        gets its existing job back, charged once.
+        """
         check_params(params, self.models, self.settings.max_prompt_length)
         try:
             job = await self.jobs.create(
@@ -144,32 +196,77 @@ class DreamService:
                 channel_id=channel_id,
                 interaction_id=interaction_id,
                 params=params.to_dict(),
+                cost=self.price(params),
+                caps=self.caps,
             )
-        except DuplicateInteraction as duplicate:  # a retried interaction: one job, not two
+        except DuplicateInteraction as duplicate:
             existing = duplicate.job
             return Ticket(
                 existing,
                 GenerationParams.from_dict(existing.params),
                 self.queue.position(existing.id),
+                duplicate=True,
             )
-        self._observers[job.id] = observer
-        engine_job = EngineJob(job.id, params, report=lambda p: observer.progress(job.id, p))
-        position = self.queue.put(QueuedJob(job.id, user_id, engine_job, time.monotonic()))
-        log.info("job=%s kind=%s user=%s queued position=%s", job.id, DREAM, user_id, position)
-        return Ticket(job, params, position)
+        except (QueueFull, InsufficientCredits) as refused:
+            raise JobRefused(str(refused)) from None
+        position = self._enqueue(job, params, observer)
+        balance = (await self.credits.account(user_id)).balance
+        log.info(
+            "job=%s kind=%s user=%s cost=%s queued position=%s",
+            job.id,
+            DREAM,
+            user_id,
+            job.cost,
+            position,
+        )
+        return Ticket(job, params, position, balance)
+
+    def _enqueue(self, job: Job, params: GenerationParams, observer: JobObserver | None) -> int:
+        if observer is not None:
+            self._observers[job.id] = observer
+        engine_job = EngineJob(job.id, params, report=lambda p: self._progress(job.id, p))
+        return self.queue.put(QueuedJob(job.id, job.user_id, engine_job, time.monotonic()))
+
+    def _progress(self, job_id: int, progress: Progress) -> None:
+        observer = self._observers.get(job_id)
+        if observer is not None:
+            observer.progress(job_id, progress)
 
     async def set_message(self, job_id: int, message_id: int) -> None:
         await self.jobs.set_message(job_id, message_id)
 
     # -- start-up and the dispatcher ------------------------------------------------------
 
-    async def recover(self) -> list[Job]:
-        """Jobs a previous run left unfinished are failed, so none stays `running` forever."""
-        stale = await self.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING)
-        for job in stale:
-            await self.jobs.finish(job.id, JobStatus.FAILED, error=RESTART_MESSAGE)
-            log.warning("job=%s outcome=failed reason=restart", job.id)
-        return stale
+    async def recover(self) -> tuple[list[Job], list[Job]]:
+        """Rebuild the queue from the rows a previous run left: (restored, failed).
+
+        Queued jobs go back in line in their order. A job left running by a crash is run
+        once more; one that was already retried is failed and refunded, exactly once.
+        """
+        restored, failed = [], []
+        for job in await self.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
+            try:
+                params = GenerationParams.from_dict(job.params)
+            except TypeError:  # a row this version cannot read: give the credits back
+                refunded = await self.jobs.finish(job.id, JobStatus.FAILED, error=UNREADABLE)
+                self._notify_failed(job, UNREADABLE, refunded)
+                failed.append(job)
+                continue
+            if job.status is JobStatus.RUNNING:
+                if job.attempts >= MAX_ATTEMPTS:
+                    refunded = await self.jobs.finish(job.id, JobStatus.FAILED, error=CRASH_MESSAGE)
+                    log.warning(
+                        "job=%s outcome=failed reason=crashed-twice refunded=%s", job.id, refunded
+                    )
+                    failed.append(job)
+                    self._notify_failed(job, CRASH_MESSAGE, refunded)
+                    continue
+                await self.jobs.requeue(job.id)
+            observer = self.fallback_observer(job) if self.fallback_observer else None
+            self._enqueue(job, params, observer)
+            restored.append(job)
+            log.info("job=%s restored to the queue after a restart", job.id)
+        return restored, failed
 
     async def run(self) -> None:
         """The dispatcher: one batch at a time to the engine thread, forever."""
@@ -183,13 +280,22 @@ class DreamService:
             return
         self.queue.running = claimed
         try:
-            results = await self.engine.generate([entry.engine_job for entry in claimed])
+            results = await self.idle_wait(
+                self.engine.generate([entry.engine_job for entry in claimed]),
+                reason="the engine thread is generating",
+            )
+        except JobCancelled:
+            for entry in claimed:
+                await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
         except EngineError as error:
             for entry in claimed:
                 await self._fail(entry, error.user_message)
         else:
             for entry, result in zip(claimed, results, strict=True):
-                await self._succeed(entry, result)
+                if entry.engine_job.cancel.is_set():  # cancelled while batched with others
+                    await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
+                else:
+                    await self._succeed(entry, result)
         finally:
             self.queue.running = []
 
@@ -222,21 +328,99 @@ class DreamService:
             queued,
             result.seconds,
         )
-        outcome = JobOutcome(job, params, stored, result.model_hash, result.seconds, queued)
+        self._learn_speed(params, result.seconds)
+        balance = (await self.credits.account(job.user_id)).balance
+        outcome = JobOutcome(
+            job, params, stored, result.model_hash, result.seconds, queued, balance
+        )
         observer = self._observers.pop(entry.job_id, None)
         if observer is not None:
             self._spawn(self._deliver(observer, outcome))
 
-    async def _fail(self, entry: QueuedJob, message: str) -> None:
-        await self.jobs.finish(entry.job_id, JobStatus.FAILED, error=message)
+    async def _fail(
+        self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
+    ) -> None:
+        refunded = await self.jobs.finish(entry.job_id, status, error=message)
         job = await self.jobs.get(entry.job_id)
         assert job is not None
         log.info(
-            "job=%s kind=%s user=%s outcome=failed error=%r", job.id, job.kind, job.user_id, message
+            "job=%s kind=%s user=%s outcome=%s refunded=%s error=%r",
+            job.id,
+            job.kind,
+            job.user_id,
+            status,
+            refunded,
+            message,
         )
-        observer = self._observers.pop(entry.job_id, None)
+        self._notify_failed(job, message, refunded)
+
+    def _notify_failed(self, job: Job, message: str, refunded: int) -> None:
+        observer = self._observers.pop(job.id, None)
+        if observer is None and self.fallback_observer is not None:
+            observer = self.fallback_observer(job)
         if observer is not None:
-            self._spawn(observer.failed(job, message))
+            self._spawn(observer.failed(job, message, refunded))
+
+    def _learn_speed(self, params: GenerationParams, seconds: float) -> None:
+        sample = seconds / max(price_units(params), 1e-6)
+        previous = self.seconds_per_unit
+        # An exponential moving average: recent jobs count most, one outlier does not rule.
+        self.seconds_per_unit = sample if previous is None else 0.7 * previous + 0.3 * sample
+
+    # -- what members can see and do while they wait -------------------------------------
+
+    def queue_entries(self) -> list[QueueEntry]:
+        """Everything running (position 0) and waiting, in the order it will be served."""
+        entries = [
+            QueueEntry(q.job_id, q.user_id, 0, q.engine_job.params, None)
+            for q in self.queue.running
+        ]
+        waited = 0.0
+        if self.seconds_per_unit is not None:
+            waited = (
+                sum(
+                    self.seconds_per_unit * price_units(q.engine_job.params)
+                    for q in self.queue.running
+                )
+                / 2
+            )  # on average a running job is half done
+        offset = 1 if self.queue.running else 0
+        for index, queued in enumerate(self.queue.in_order()):
+            wait = waited if self.seconds_per_unit is not None else None
+            entries.append(
+                QueueEntry(
+                    queued.job_id,
+                    queued.user_id,
+                    index + 1 + offset,
+                    queued.engine_job.params,
+                    wait,
+                )
+            )
+            if self.seconds_per_unit is not None:
+                waited += self.seconds_per_unit * price_units(queued.engine_job.params)
+        return entries
+
+    async def cancel(self, job_id: int, *, by_user: int, is_admin: bool) -> CancelResult:
+        """Cancel a queued job at once, or a running one within a step; refunded either way."""
+        job = await self.jobs.get(job_id)
+        if job is None:
+            raise JobRefused(f"There is no job {job_id}.")
+        if job.user_id != by_user and not is_admin:
+            raise JobRefused(f"Job {job_id} is not yours to cancel.")
+        if job.status.finished:
+            raise JobRefused(f"Job {job_id} has already {job.status.value}; nothing to cancel.")
+        waiting = self.queue.remove(job_id)
+        if waiting is not None:
+            refunded = await self.jobs.finish(job_id, JobStatus.CANCELLED, error="Cancelled.")
+            self._notify_failed(job, "Cancelled.", refunded)
+            return CancelResult(job_id, f"Job {job_id} was cancelled.", refunded)
+        running = next((q for q in self.queue.running if q.job_id == job_id), None)
+        if running is None:
+            raise JobRefused(f"Job {job_id} is not in the queue any more.")
+        running.engine_job.cancel.set()  # the engine stops at its next step
+        return CancelResult(
+            job_id, f"Job {job_id} is stopping; its credits will be refunded.", job.cost
+        )
 
     async def _deliver(self, observer: JobObserver, outcome: JobOutcome) -> None:
         message_id = await observer.succeeded(outcome)
@@ -276,6 +460,20 @@ class DreamService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.drain()
+
+
+STANDARD_PIXELS = 512 * 512
+STANDARD_STEPS = 20
+
+
+# What "the price of a standard image" means when members ask.
+STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512, "Euler a", 1, "")
+
+
+def price_units(params: GenerationParams) -> float:
+    """How many standard images (512x512, 20 steps) a job is worth."""
+    pixels = params.width * params.height / STANDARD_PIXELS
+    return pixels * params.steps / STANDARD_STEPS * params.count
 
 
 def resolve_options(

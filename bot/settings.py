@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data.credits import CreditPolicy
 from engine.specs import ModelFamily, ModelSpec
 
 ENV_PREFIX = "SDBOT_"
@@ -69,6 +70,13 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=2.0, ge=0.0)
     max_batch: int = Field(default=1, ge=1, le=16)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
+    price_per_image: float = Field(default=1.0, ge=0.0)
+    starting_credits: int = Field(default=50, ge=0)
+    topup_amount: int = Field(default=20, ge=0)
+    topup_ceiling: int = Field(default=50, ge=0)
+    topup_hours: float = Field(default=24.0, gt=0)
+    max_pending_per_member: int = Field(default=3, ge=1)
+    max_queued_total: int = Field(default=100, ge=1)
     log_level: str = "INFO"
 
     @field_validator("models")
@@ -92,6 +100,14 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    def credit_policy(self) -> CreditPolicy:
+        return CreditPolicy(
+            starting=self.starting_credits,
+            topup_amount=self.topup_amount,
+            topup_ceiling=self.topup_ceiling,
+            topup_interval=self.topup_hours * 3600,
+        )
 
     def model_specs(self) -> dict[str, ModelSpec]:
         return {name: model.to_spec(name) for name, model in self.models.items()}

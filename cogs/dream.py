@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.services import DreamOptions
-from cogs.presenter import DreamPresenter
+from bot.services import DreamOptions, JobRefused
+from cogs.presenter import ChannelPresenter, DreamPresenter
 from engine.params import MAX_CFG, MAX_COUNT, MAX_SEED, MAX_STEPS, check_size, parse_size
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
@@ -78,6 +79,13 @@ class Dream(commands.Cog):
     def __init__(self, bot: SDBot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        # Jobs restored after a restart have no interaction left: post in their channel.
+        self.bot.dreams.fallback_observer = partial(ChannelPresenter, self.bot)
+
+    async def cog_unload(self) -> None:
+        self.bot.dreams.fallback_observer = None
+
     @app_commands.command(name="dream", description="Generate images from a text prompt")
     @app_commands.describe(
         prompt="What to draw",
@@ -112,14 +120,18 @@ class Dream(commands.Cog):
         )
         await interaction.response.defer(thinking=True)
         presenter = DreamPresenter(interaction, self.bot.settings.progress_interval)
-        ticket = await dreams.submit(
-            params,
-            user_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            interaction_id=interaction.id,
-            observer=presenter,
-        )
+        try:
+            ticket = await dreams.submit(
+                params,
+                user_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                interaction_id=interaction.id,
+                observer=presenter,
+            )
+        except JobRefused as refused:
+            await presenter.refused(f"❌ {refused}")
+            return
         message_id = await presenter.queued(ticket)
         if message_id is not None:
             await dreams.set_message(ticket.job.id, message_id)

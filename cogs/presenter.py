@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Discord: 25 MiB per request in all, whatever a single file may be.
 REQUEST_LIMIT = 25 * 1024 * 1024
+# Discord's upload limit for a server without boosts; used where no interaction says more.
+DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 PROGRESS_BAR_WIDTH = 12
 FIELD_LIMIT = 1024
 DESCRIPTION_LIMIT = 4096
@@ -36,10 +38,11 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(outcome: JobOutcome, requester: discord.abc.User) -> discord.Embed:
+def result_embed(outcome: JobOutcome, requester: discord.abc.User | None) -> discord.Embed:
     params = outcome.params
     embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
-    embed.set_author(name=f"Dream for {requester.display_name}")
+    if requester is not None:
+        embed.set_author(name=f"Dream for {requester.display_name}")
     if params.negative:
         embed.add_field(name="Negative", value=_clip(params.negative, FIELD_LIMIT), inline=False)
     seeds = ", ".join(str(image.seed) for image in outcome.images)
@@ -50,7 +53,10 @@ def result_embed(outcome: JobOutcome, requester: discord.abc.User) -> discord.Em
     embed.add_field(name="Size", value=params.size)
     embed.add_field(name="Model", value=params.model)
     embed.add_field(name="Time", value=f"{outcome.run_seconds:.1f}s")
-    embed.set_footer(text=f"job {outcome.job.id}")
+    footer = f"job {outcome.job.id} · cost {credits_text(outcome.job.cost)}"
+    if outcome.balance is not None:
+        footer += f" · balance {outcome.balance}"
+    embed.set_footer(text=footer)
     return embed
 
 
@@ -88,7 +94,11 @@ class DreamPresenter:
 
     async def queued(self, ticket: Ticket) -> int | None:
         """Show the queue position; returns the id of the message the job lives in."""
-        message = await self._edit(f"Queued: position {ticket.position}. {describe(ticket.params)}")
+        money = f" Cost {credits_text(ticket.job.cost)}"
+        money += f", balance {ticket.balance}." if ticket.balance is not None else "."
+        message = await self._edit(
+            f"Queued: position {ticket.position}. {describe(ticket.params)}.{money}"
+        )
         return message.id if message is not None else None
 
     def progress(self, job_id: int, progress: Progress) -> None:
@@ -131,28 +141,111 @@ class DreamPresenter:
             result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
         )
         embed = result_embed(outcome, self.interaction.user)
+        mention = self.interaction.user.mention
         async with self._lock:
             self._finished = True
-            message = await self.interaction.edit_original_response(
-                content=self.interaction.user.mention,
-                embed=embed,
-                attachments=files,
-                allowed_mentions=discord.AllowedMentions(users=True),
-            )
-        return message.id
+            try:
+                message = await self.interaction.edit_original_response(
+                    content=mention,
+                    embed=embed,
+                    attachments=files,
+                    allowed_mentions=discord.AllowedMentions(users=True),
+                )
+                return message.id
+            except discord.HTTPException as error:
+                # The interaction token lives 15 minutes; a long queue outlives it.
+                log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
+        channel = self.interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        files = await asyncio.to_thread(
+            result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
+        )
+        sent = await channel.send(mention, embed=embed, files=files)
+        return sent.id
 
-    async def failed(self, job: Job, message: str) -> None:
+    async def failed(self, job: Job, message: str, refunded: int) -> None:
+        await self.refused(failure_text(message, refunded))
+
+    async def refused(self, text: str) -> None:
         """The public progress message goes; the member alone reads why."""
         async with self._lock:
             self._finished = True
             try:
+                if not self._last_text:
+                    # Still "thinking": until the deferred response is completed, Discord
+                    # turns the first followup into that (public) response, ephemeral or not.
+                    await self.interaction.edit_original_response(content="…")
                 await self.interaction.delete_original_response()
             except discord.HTTPException:
-                log.warning("could not delete the progress message of job %s", job.id)
+                log.warning("could not delete the progress message of %s", self.interaction.id)
             try:
-                await self.interaction.followup.send(f"❌ {message}", ephemeral=True)
+                await self.interaction.followup.send(text, ephemeral=True)
             except discord.HTTPException:
-                log.warning("could not tell user %s that job %s failed", job.user_id, job.id)
+                log.warning("could not tell user %s: %s", self.interaction.user.id, text)
+
+
+def credits_text(amount: int) -> str:
+    return f"{amount} credit" if amount == 1 else f"{amount} credits"
+
+
+def failure_text(message: str, refunded: int) -> str:
+    sentence = message if message.endswith((".", "!", "?")) else message + "."
+    refund = f" Your {credits_text(refunded)} {'was' if refunded == 1 else 'were'} refunded."
+    return f"❌ {sentence}{refund if refunded else ''}"
+
+
+class ChannelPresenter:
+    """For a job nobody waits on an interaction for (restored after a restart): the result
+    is posted as a new message in the job's channel, a failure told by DM."""
+
+    def __init__(self, client: discord.Client, job: Job) -> None:
+        self.client = client
+        self.job = job
+
+    def progress(self, job_id: int, progress: Progress) -> None:
+        """No message to edit: the member hears when it is done."""
+
+    async def _channel(self) -> discord.abc.Messageable | None:
+        if self.job.channel_id is None:
+            return None
+        channel = self.client.get_channel(self.job.channel_id)
+        if channel is None:
+            try:
+                channel = await self.client.fetch_channel(self.job.channel_id)
+            except discord.HTTPException:
+                return None
+        return channel if isinstance(channel, discord.abc.Messageable) else None
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        channel = await self._channel()
+        if channel is None:
+            log.warning("job %s: its channel is gone; the images stay on disk", self.job.id)
+            return None
+        files = await asyncio.to_thread(
+            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+        )
+        sent = await channel.send(
+            f"<@{self.job.user_id}> your job {self.job.id} finished after a restart.",
+            embed=result_embed(outcome, None),
+            files=files,
+            allowed_mentions=discord.AllowedMentions(users=True),
+        )
+        return sent.id
+
+    async def failed(self, job: Job, message: str, refunded: int) -> None:
+        text = f"Job {job.id}: {failure_text(message, refunded)}"
+        try:
+            user = self.client.get_user(job.user_id) or await self.client.fetch_user(job.user_id)
+            await user.send(text)
+            return
+        except discord.HTTPException as error:  # 50007: the member closed their DMs
+            log.info("job %s: could not DM user %s (%s)", job.id, job.user_id, error)
+        channel = await self._channel()
+        if channel is not None:
+            await channel.send(
+                f"<@{job.user_id}> {text}", allowed_mentions=discord.AllowedMentions(users=True)
+            )
 
 
 def _png_file(data: bytes, filename: str) -> discord.File:

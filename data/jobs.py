@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -11,6 +10,8 @@ from typing import Any
 
 import aiosqlite
 
+import data.credits as credits
+from data.credits import CreditPolicy
 from data.store import Store
 
 
@@ -41,6 +42,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    cost: int = 0
+    attempts: int = 0
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -58,6 +61,8 @@ class Job:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            cost=row["cost"],
+            attempts=row["attempts"],
         )
 
 
@@ -80,9 +85,29 @@ class DuplicateInteraction(Exception):
         self.job = job
 
 
+class QueueFull(Exception):
+    """A cap on queued jobs was reached; the message says which, for the member."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCaps:
+    per_member: int = 3  # queued or running, per member
+    total: int = 100  # queued, everyone together
+
+
+PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+async def _count(db: aiosqlite.Connection, sql: str, args: tuple[object, ...]) -> int:
+    async with db.execute(sql, args) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 class JobRepository:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: CreditPolicy | None = None) -> None:
         self._store = store
+        self.policy = policy or CreditPolicy()
 
     async def create(
         self,
@@ -93,12 +118,25 @@ class JobRepository:
         channel_id: int | None,
         interaction_id: int | None,
         params: dict[str, Any],
+        cost: int = 0,
+        caps: QueueCaps | None = None,
     ) -> Job:
-        db = self._store.db
-        try:
+        """Accept a job: caps checked, row written and `cost` charged, all in one transaction.
+
+        Raises DuplicateInteraction (nothing changes), QueueFull or InsufficientCredits.
+        """
+        async with self._store.transaction() as db:
+            if interaction_id is not None:
+                existing = await self._by_interaction(db, interaction_id)
+                if existing is not None:
+                    raise DuplicateInteraction(existing)
+            if caps is not None:
+                await self._check_caps(db, user_id, caps)
+            if cost > 0:
+                await credits.touch(db, user_id, self.policy)
             async with db.execute(
                 "INSERT INTO jobs (kind, status, user_id, guild_id, channel_id, interaction_id,"
-                " params, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " params, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     kind,
                     JobStatus.QUEUED,
@@ -107,17 +145,40 @@ class JobRepository:
                     channel_id,
                     interaction_id,
                     json.dumps(params, ensure_ascii=False),
+                    cost,
                     time.time(),
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
-        except sqlite3.IntegrityError:
-            existing = await self.by_interaction(interaction_id) if interaction_id else None
-            if existing is None:
-                raise
-            raise DuplicateInteraction(existing) from None
-        assert row is not None
-        return Job.from_row(row)
+            assert row is not None
+            job = Job.from_row(row)
+            if cost > 0:
+                await credits.charge(db, user_id, cost, job.id)
+        return job
+
+    @staticmethod
+    async def _by_interaction(db: aiosqlite.Connection, interaction_id: int) -> Job | None:
+        async with db.execute(
+            "SELECT * FROM jobs WHERE interaction_id = ?", (interaction_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Job.from_row(row) if row else None
+
+    @staticmethod
+    async def _check_caps(db: aiosqlite.Connection, user_id: int, caps: QueueCaps) -> None:
+        mine = await _count(
+            db,
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN (?, ?)",
+            (user_id, *PENDING),
+        )
+        if mine >= caps.per_member:
+            raise QueueFull(
+                f"You already have {mine} job(s) waiting or running (the limit is "
+                f"{caps.per_member}). Try again when one finishes."
+            )
+        queued = await _count(db, "SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED,))
+        if queued >= caps.total:
+            raise QueueFull(f"The queue is full ({queued} jobs). Try again in a few minutes.")
 
     async def get(self, job_id: int) -> Job | None:
         async with self._store.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
@@ -141,40 +202,68 @@ class JobRepository:
 
     async def mark_running(self, job_id: int) -> bool:
         """Claim a queued job; False if it is no longer queued (cancelled meanwhile)."""
-        async with self._store.db.execute(
-            "UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",
-            (JobStatus.RUNNING, time.time(), job_id, JobStatus.QUEUED),
-        ) as cursor:
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND status = ?",
+                (JobStatus.RUNNING, time.time(), job_id, JobStatus.QUEUED),
+            ) as cursor,
+        ):
             return cursor.rowcount == 1
 
-    async def finish(self, job_id: int, status: JobStatus, *, error: str | None = None) -> None:
+    async def requeue(self, job_id: int) -> bool:
+        """Put a job a crash left running back in the queue (its charge stands)."""
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET status = ?, started_at = NULL WHERE id = ? AND status = ?",
+                (JobStatus.QUEUED, job_id, JobStatus.RUNNING),
+            ) as cursor,
+        ):
+            return cursor.rowcount == 1
+
+    async def finish(self, job_id: int, status: JobStatus, *, error: str | None = None) -> int:
+        """End a pending job; a failed or cancelled one is refunded in the same transaction.
+
+        Returns the credits refunded. A job that already ended is left as it is (0).
+        """
         if not status.finished:
             raise ValueError(f"{status} is not a final status")
-        async with self._store.db.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-            (status, error, time.time(), job_id),
-        ):
-            pass
+        async with self._store.transaction() as db:
+            async with db.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?"
+                " WHERE id = ? AND status IN (?, ?)",
+                (status, error, time.time(), job_id, *PENDING),
+            ) as cursor:
+                if cursor.rowcount != 1:
+                    return 0
+            if status is JobStatus.SUCCEEDED:
+                return 0
+            return await credits.refund(db, job_id, reason=error or status.value)
 
     async def set_message(self, job_id: int, message_id: int) -> None:
-        async with self._store.db.execute(
-            "UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id)
+        async with (
+            self._store.transaction() as db,
+            db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id)),
         ):
             pass
 
     async def add_images(self, images: list[JobImage]) -> None:
-        db = self._store.db
-        await db.execute("BEGIN")
-        try:
+        async with self._store.transaction() as db:
             await db.executemany(
                 "INSERT INTO images (job_id, idx, seed, path, width, height, infotext)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(i.job_id, i.idx, i.seed, i.path, i.width, i.height, i.infotext) for i in images],
             )
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
+
+    async def pending_for(self, user_id: int) -> list[Job]:
+        async with self._store.db.execute(
+            "SELECT * FROM jobs WHERE user_id = ? AND status IN (?, ?) ORDER BY id",
+            (user_id, *PENDING),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Job.from_row(row) for row in rows]
 
     async def images(self, job_id: int) -> list[JobImage]:
         async with self._store.db.execute(

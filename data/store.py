@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +30,22 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every coroutine, so two transactions would interleave their
+        # statements. Every write runs inside `transaction()`, one at a time.
+        self._write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises (or is cancelled)."""
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await asyncio.shield(db.execute("ROLLBACK"))
+                raise
+            await db.execute("COMMIT")
 
     @property
     def db(self) -> aiosqlite.Connection:

@@ -62,9 +62,11 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
     assert fields["Model"] == "tiny"
     assert fields["Time"].endswith("s")
 
+    job_id = embed.footer.text.split()[1]
+    assert embed.footer.text == f"job {job_id} · cost 1 credit · balance 49"
     assert [a.filename for a in message.attachments] == [
-        f"{embed.footer.text.split()[-1]}-0-1234.png",
-        f"{embed.footer.text.split()[-1]}-1-1235.png",
+        f"{job_id}-0-1234.png",
+        f"{job_id}-1-1235.png",
     ]
     for attachment, seed in zip(message.attachments, (1234, 1235), strict=True):
         png = await attachment.read()
@@ -190,7 +192,10 @@ async def test_model_that_fails_to_load_tells_the_member_and_the_bot_goes_on(sim
     result = await alice.slash(sim.channel, "dream", prompt="a cat", model="broken", steps=1)
     await wait_until(sim.env, lambda: ephemeral_followups(result))
     [reason] = ephemeral_followups(result)
-    assert reason == "❌ Model broken could not be loaded: the bot's log has the details"
+    assert reason == (
+        "❌ Model broken could not be loaded: the bot's log has the details."
+        " Your 1 credit was refunded."
+    )
     assert result.response is None or not result.response.embeds
     [job] = await failed_jobs(sim)
     assert job.error.startswith("Model broken could not be loaded")
@@ -218,6 +223,7 @@ async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
     await wait_until(sim.env, lambda: ephemeral_followups(result))
     assert ephemeral_followups(result) == [
         "❌ The GPU ran out of memory. Try a smaller size or fewer images."
+        " Your 1 credit was refunded."
     ]
     [job] = await failed_jobs(sim)
     assert job.error.startswith("The GPU ran out of memory")
@@ -276,25 +282,77 @@ async def test_progress_edits_are_throttled(sim, monkeypatch):
     assert alice.mention in contents[1]
 
 
-async def test_a_restart_fails_jobs_the_last_run_left_unfinished(sim):
-    assert sim.settings.db_path.is_file()
-    jobs = sim.bot.dreams.jobs
-    left = await jobs.create(
-        kind="dream",
-        user_id=1,
-        guild_id=None,
-        channel_id=None,
-        interaction_id=None,
-        params={"prompt": "x"},
+async def leave_job(sim, member, status: str, attempts: int, **params):
+    """A job row as a crashed run would leave it, accepted and charged through the service."""
+    from engine.params import GenerationParams
+
+    values = dict(
+        prompt="left behind",
+        negative="",
+        seed=4,
+        steps=1,
+        cfg=7.0,
+        width=64,
+        height=64,
+        sampler="Euler a",
+        count=1,
+        model="tiny",
     )
-    await jobs.mark_running(left.id)
+    values.update(params)
+    dreams = sim.bot.dreams
+    job = await dreams.jobs.create(
+        kind="dream",
+        user_id=member.id,
+        guild_id=sim.guild.id,
+        channel_id=sim.channel.id,
+        interaction_id=None,
+        params=values,
+        cost=dreams.price(GenerationParams(**values)),
+    )
+    async with dreams.jobs._store.transaction() as db:
+        await db.execute(
+            "UPDATE jobs SET status = ?, attempts = ? WHERE id = ?", (status, attempts, job.id)
+        )
+    return job
+
+
+def posted_for(sim, job_id: int):
+    return [m for m in sim.channel.history() if f"job {job_id} finished" in m.content]
+
+
+async def test_restart_runs_queued_and_crashed_jobs_and_posts_them_as_new_messages(sim):
+    alice, bob = sim.member("alice"), sim.member("bob")
+    queued = await leave_job(sim, alice, "queued", 0)
+    crashed_once = await leave_job(sim, bob, "running", 1)
     await sim.restart()
-    job = await sim.bot.dreams.jobs.get(left.id)
-    assert job.status == "failed"
-    assert job.error == "The bot restarted before this job finished."
+    await wait_until(
+        sim.env, lambda: posted_for(sim, queued.id) and posted_for(sim, crashed_once.id)
+    )
+    [message] = posted_for(sim, crashed_once.id)
+    assert message.content.startswith(bob.mention)
+    assert message.attachments[0].filename.endswith(".png")
+    await sim.bot.dreams.drain()
+    jobs = sim.bot.dreams.jobs
+    assert (await jobs.get(queued.id)).status == "succeeded"
+    assert (await jobs.get(crashed_once.id)).attempts == 2
+    assert await sim.bot.credits.check() == []
+
+
+async def test_restart_fails_a_job_that_crashed_twice_and_refunds_it_once(sim):
     alice = sim.member("alice")
-    result = await alice.slash(sim.channel, "dream", prompt="after the restart", steps=1)
-    await wait_until(sim.env, lambda: has_result(result))
+    job = await leave_job(sim, alice, "running", 2)
+    balance = (await sim.bot.credits.balance(alice.id)).account.balance
+    await sim.restart()
+    await sim.bot.dreams.drain()
+    done = await sim.bot.dreams.jobs.get(job.id)
+    assert done.status == "failed"
+    assert (await sim.bot.credits.balance(alice.id)).account.balance == balance + job.cost
+    await sim.restart()  # a second restart refunds nothing more
+    assert (await sim.bot.credits.balance(alice.id)).account.balance == balance + job.cost
+    assert await sim.bot.credits.check() == []
+    dm = alice.dm_channel.last_message if hasattr(alice, "dm_channel") else None
+    if dm is not None:
+        assert "stopped twice" in dm.content
 
 
 async def test_only_the_owner_syncs_commands_globally(sim):
