@@ -160,3 +160,62 @@ async def test_restart_failure_is_told_in_the_channel_when_dms_are_closed(sim):
         ),
     )
     assert sim.channel.last_message.content.startswith(f"{alice.mention} Job {job.id}:")
+
+
+async def test_fifty_members_three_commands_each_at_once(sim):
+    """150 /dream at once: each answered in time, queued and charged or refused with a
+    reason, served round-robin, and the books balance afterwards."""
+    members = [sim.member(f"member{i:02d}") for i in range(50)]
+    # SimCord runs one actor operation at a time; each returns once the bot is idle or
+    # parked, so the 150 arrive within the same virtual instant while the engine works.
+    started = sim.env.now()
+    results = []
+    for round_ in range(3):
+        for member in members:
+            results.append(
+                await member.slash(sim.channel, "dream", prompt=f"{round_} {member.name}", steps=1)
+            )
+    assert sim.env.now() == started
+    assert all(result.acknowledged for result in results)
+    callbacks = [r.json for r in sim.env.http_requests if r.path.endswith("/callback")]
+    assert callbacks == [{"type": 5}] * 150, "every command deferred first"
+
+    dreams = sim.bot.dreams
+    await wait_until(
+        sim.env,
+        lambda: all(has_result(r) or ephemeral_followups(r) for r in results),
+        limit=120,
+    )
+    await dreams.drain()
+    jobs = await dreams.jobs.with_status(*JobStatus)
+    by_interaction = {job.interaction_id: job for job in jobs}
+    refused = 0
+    for result in results:
+        job = by_interaction.get(
+            result.response.message.interaction_metadata.id if result.response else None
+        )
+        if job is None:
+            [reason] = ephemeral_followups(result)
+            assert reason.startswith("❌ The queue is full") or "You already have" in reason
+            refused += 1
+        else:
+            assert job.status == JobStatus.SUCCEEDED
+            assert job.cost == 1
+    assert len(jobs) + refused == 150
+    assert len(jobs) >= 100  # the global cap bounds what waits at once, not what is served
+
+    # Round-robin: nobody is served two rounds ahead of a member who was already waiting.
+    served = sorted(jobs, key=lambda job: job.started_at)
+    index_of: dict[int, int] = {}
+    rank = {}
+    for job in sorted(jobs, key=lambda job: job.id):
+        rank[job.id] = index_of.get(job.user_id, 0)
+        index_of[job.user_id] = rank[job.id] + 1
+    for position, later in enumerate(served):
+        for earlier in served[position + 1 :]:
+            waiting_first = earlier.created_at < later.started_at
+            assert not (waiting_first and rank[earlier.id] + 1 < rank[later.id]), (
+                f"job {later.id} (turn {rank[later.id]}) ran before job {earlier.id} "
+                f"(turn {rank[earlier.id]})"
+            )
+    assert await sim.bot.credits.check() == []
