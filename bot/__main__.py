@@ -59,9 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     if settings is None:
         return EXIT_CONFIG
+    starts_bot = args.command in (None, "run")
+    # Checked before anything imports torch and diffusers: a mistake is told in a blink.
+    if starts_bot and settings.discord_token is None:
+        print(
+            f"{ENV_PREFIX}DISCORD_TOKEN is not set: copy .env.example to .env and put the bot's "
+            "token there.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     from bot.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, quiet_ml=args.command not in ("credits", "db"))
     if args.command == "selftest":
         from bot.cli import selftest
 
@@ -71,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return dream(settings, args)
     if args.command in ("credits", "db"):
-        from bot.cli import books
+        from bot.books import books
 
         return books(settings, args)
     from bot.runner import run_bot

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", *, quiet_ml: bool = True) -> None:
+    """`quiet_ml` also mutes diffusers' and transformers' progress bars (importing them takes
+    seconds, so console commands that never touch a model pass False)."""
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -13,6 +15,8 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # Libraries that are chatty at INFO: progress bars and per-request lines.
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+    if not quiet_ml:
+        return
     try:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from bot.app import SDBot
 from bot.credits import CreditService
 from bot.queue import JobQueue
 from bot.services import STANDARD_JOB, DreamService
-from bot.settings import ENV_PREFIX, Settings
+from bot.settings import Settings
 from data.credits import CreditRepository
 from data.jobs import JobRepository
 from data.store import Store
@@ -18,8 +17,6 @@ from engine.specs import ModelSpec
 from engine.worker import EngineConfig, EngineWorker
 
 log = logging.getLogger(__name__)
-
-EXIT_CONFIG = 2
 
 
 def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None) -> EngineWorker:
@@ -49,13 +46,8 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
 
 
 def run_bot(settings: Settings) -> int:
-    if settings.discord_token is None:
-        print(
-            f"{ENV_PREFIX}DISCORD_TOKEN is not set: copy .env.example to .env and put the bot's "
-            "token there.",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    """Run until stopped; the caller has checked that there is a token."""
+    assert settings.discord_token is not None
     bot = build_bot(settings)
 
     async def runner() -> None:

@@ -102,3 +102,27 @@ def test_dream_refuses_bad_input_with_exit_2(tmp_path, tiny_sd1):
     done = run_bot("dream", "a cat", "--model", "not-a-model", cwd=tmp_path)
     assert done.returncode == 2
     assert "Unknown model 'not-a-model'" in done.stderr
+
+
+def test_console_credits_and_db_check(tmp_path):
+    env = {"SDBOT_DATA_DIR": str(tmp_path / "var")}
+    granted = run_bot("credits", "grant", "1234", "25", "--reason", "prize", cwd=tmp_path, **env)
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout.strip() == "user 1234: balance 75"
+    shown = run_bot("credits", "show", "1234", cwd=tmp_path, **env)
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0] == "user 1234: balance 75"
+    assert lines[1].endswith("+25 adjust (prize)")
+    assert lines[2].endswith("+50 grant (welcome)")
+    refused = run_bot("credits", "grant", "1234", "0", cwd=tmp_path, **env)
+    assert refused.returncode == 2
+    assert "positive" in refused.stderr
+    assert run_bot("db", "check", cwd=tmp_path, **env).stdout.strip() == "OK"
+
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var" / "bot.sqlite3") as db:
+        db.execute("UPDATE accounts SET balance = 5")
+    broken = run_bot("db", "check", cwd=tmp_path, **env)
+    assert broken.returncode == 1
+    assert broken.stdout.strip() == "user 1234: balance 5 but the ledger sums to 75"
