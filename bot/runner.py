@@ -47,12 +47,13 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
 
 def run_bot(settings: Settings) -> int:
     """Run until stopped; the caller has checked that there is a token."""
-    assert settings.discord_token is not None
+    token = settings.discord_token
+    assert token is not None
     bot = build_bot(settings)
 
     async def runner() -> None:
         async with bot:
-            await bot.start(settings.discord_token.get_secret_value())
+            await bot.start(token.get_secret_value())
 
     try:
         asyncio.run(runner())

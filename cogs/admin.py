@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from discord.ext import commands
 
@@ -18,7 +18,9 @@ class Admin(commands.Cog):
     @commands.is_owner()
     @commands.guild_only()
     async def sync(
-        self, ctx: commands.Context[SDBot], scope: Literal["global", "here", "clear"] = "global"
+        self,
+        ctx: commands.Context[commands.Bot],
+        scope: Literal["global", "here", "clear"] = "global",
     ) -> None:
         """`@bot sync` publishes the slash commands everywhere (Discord may take a while);
         `@bot sync here` copies them to this server at once; `@bot sync clear` removes
@@ -39,7 +41,7 @@ class Admin(commands.Cog):
             where = f"to {guild.name} (cleared)"
         await ctx.reply(f"Synced {len(synced)} command(s) {where}.", mention_author=False)
 
-    async def cog_command_error(self, ctx: commands.Context[SDBot], error: Exception) -> None:
+    async def cog_command_error(self, ctx: commands.Context[Any], error: Exception) -> None:
         if isinstance(error, commands.NotOwner):
             await ctx.reply("Only the bot's owner can do that.", mention_author=False)
         elif isinstance(error, commands.UserInputError | commands.NoPrivateMessage):

@@ -66,4 +66,4 @@ def fit_to_limit(png: bytes, infotext: str, limit: int) -> EncodedImage:
                 return EncodedImage(data, "webp")
         if min(image.size) <= 16:
             return EncodedImage(data, "webp")
-        image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)

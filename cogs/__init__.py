@@ -1,0 +1,1 @@
+"""discord.py cogs: one per command family. They validate, defer, call a service, render."""
