@@ -9,7 +9,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
+from bot.services import DreamOptions
+from cogs.dream import SizeTransformer, model_autocomplete
 from data.credits import LedgerEntry
+from engine.params import MAX_COUNT, MAX_STEPS
 
 if TYPE_CHECKING:
     from bot.app import SDBot
@@ -60,6 +63,29 @@ class Credits(commands.Cog):
     async def balance(self, interaction: discord.Interaction) -> None:
         report = await self.bot.credits.balance(interaction.user.id)
         await interaction.response.send_message(balance_text(report), ephemeral=True)
+
+    @app_commands.command(name="price", description="What a /dream would cost, before you run it")
+    @app_commands.describe(size="WIDTHxHEIGHT", steps="Denoising steps", count="How many images")
+    @app_commands.autocomplete(model=model_autocomplete)
+    async def price(
+        self,
+        interaction: discord.Interaction,
+        size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        model: str | None = None,
+    ) -> None:
+        dreams = self.bot.dreams
+        params = dreams.build_params(
+            DreamOptions("price", size=size, steps=steps, count=count, model=model)
+        )
+        cost = dreams.price(params)
+        report = await self.bot.credits.balance(interaction.user.id)
+        await interaction.response.send_message(
+            f"{params.count}× {params.size}, {params.steps} steps on {params.model} costs "
+            f"{cost} credit{'s' if cost != 1 else ''}; you have {report.account.balance}.",
+            ephemeral=True,
+        )
 
     @credits_group.command(name="history", description="Your last credit changes")
     async def history(self, interaction: discord.Interaction) -> None:

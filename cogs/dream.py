@@ -72,6 +72,19 @@ class SizeTransformer(app_commands.Transformer):
         return [choice for choice in choices if typed in choice.name.lower()][:MAX_CHOICES]
 
 
+async def model_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    bot: SDBot = interaction.client  # type: ignore[assignment]
+    typed = current.strip().lower()
+    choices = []
+    for spec in bot.dreams.models.values():
+        label = f"{spec.name} — {spec.note}" if spec.note else spec.name
+        if typed in label.lower():
+            choices.append(app_commands.Choice(name=label[:100], value=spec.name))
+    return choices[:MAX_CHOICES]
+
+
 SAMPLER_CHOICES = [app_commands.Choice(name=name, value=name) for name in SAMPLERS]
 
 
@@ -99,6 +112,7 @@ class Dream(commands.Cog):
         model="Which model to use",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
+    @app_commands.autocomplete(model=model_autocomplete)
     async def dream(
         self,
         interaction: discord.Interaction,
@@ -135,18 +149,6 @@ class Dream(commands.Cog):
         message_id = await presenter.queued(ticket)
         if message_id is not None:
             await dreams.set_message(ticket.job.id, message_id)
-
-    @dream.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        typed = current.strip().lower()
-        choices = []
-        for spec in self.bot.dreams.models.values():
-            label = f"{spec.name} — {spec.note}" if spec.note else spec.name
-            if typed in label.lower():
-                choices.append(app_commands.Choice(name=label[:100], value=spec.name))
-        return choices[:MAX_CHOICES]
 
 
 async def setup(bot: SDBot) -> None:

@@ -99,4 +99,13 @@ async def second(data: Path, model: Path) -> None:
 if __name__ == "__main__":
     phase, data_dir, model_dir = sys.argv[1:4]
     run = first if phase == "first" else second
-    asyncio.run(run(Path(data_dir), Path(model_dir)))
+    # aiosqlite's thread is not a daemon: never let a failure leave the process hanging.
+    try:
+        asyncio.run(run(Path(data_dir), Path(model_dir)))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)

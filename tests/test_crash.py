@@ -29,6 +29,8 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, 
     data = tmp_path / "var"
     first = harness("first", data, tiny_sd1)
     line = first.stdout.readline()
+    if not line.startswith("RUNNING "):
+        first.kill()
     assert line.startswith("RUNNING "), first.stderr.read()
     killed_job = int(line.split()[1])
     first.send_signal(signal.SIGKILL)
@@ -36,7 +38,10 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, 
     assert first.returncode == -signal.SIGKILL
 
     second = harness("second", data, tiny_sd1)
-    out, err = second.communicate(timeout=300)
+    try:
+        out, err = second.communicate(timeout=300)
+    finally:
+        second.kill()
     assert second.returncode == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     statuses = {job["id"]: job for job in report["jobs"]}

@@ -219,3 +219,17 @@ async def test_fifty_members_three_commands_each_at_once(sim):
                 f"(turn {rank[earlier.id]})"
             )
     assert await sim.bot.credits.check() == []
+
+
+async def test_price_is_shown_before_running(sim):
+    sim.bot.dreams.settings.price_per_image = 100.0
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "price", size="128x128", steps=40, count=2)
+    assert result.ephemeral
+    # 128x128 is 1/16 of a standard image, x2 steps, x2 images: 0.25 units -> 25 credits
+    assert result.response.content == "2× 128x128, 40 steps on tiny costs 25 credits; you have 50."
+    bad = await alice.slash(sim.channel, "price", size="100x100")
+    assert bad.ephemeral
+    assert "multiples of 8" in bad.response.content
+    sim.expected_errors()
+    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
