@@ -6,7 +6,10 @@ Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
     Negative prompt: <negative>          (only when there is one)
     Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: ..., Model: ...
 
-and read back as A1111's `parse_generation_parameters` reads it.
+with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
+and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
+it. `Prompt syntax` (ours, written only for the optimized fork's sub-prompts) comes last;
+A1111 shows a key it does not know and otherwise ignores it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,18 @@ def format_number(value: float) -> str:
     return f"{value:g}" if float(value) == float(f"{value:g}") else repr(float(value))
 
 
-def build_infotext(params: GenerationParams, *, seed: int, model_hash: str | None) -> str:
-    """The infotext of one image of a job (each image carries its own seed)."""
+def build_infotext(
+    params: GenerationParams,
+    *,
+    seed: int,
+    model_hash: str | None,
+    variation_seed: int | None = None,
+) -> str:
+    """The infotext of one image of a job (each image carries its own seed and variation
+    seed; `variation_seed` defaults to the job's)."""
+    variation = params.has_variation
+    if variation and variation_seed is None:
+        variation_seed = params.variation_seed
     fields: dict[str, str | None] = {
         "Steps": str(params.steps),
         "Sampler": params.sampler,
@@ -56,6 +69,11 @@ def build_infotext(params: GenerationParams, *, seed: int, model_hash: str | Non
         "Size": params.size,
         "Model hash": model_hash,
         "Model": params.model,
+        # A1111 writes these only at a strength above 0, and clip skip only past 1.
+        "Variation seed": str(variation_seed) if variation else None,
+        "Variation seed strength": format_number(params.variation_strength) if variation else None,
+        "Clip skip": str(params.clip_skip) if params.clip_skip != 1 else None,
+        "Prompt syntax": params.prompt_syntax if params.prompt_syntax != "a1111" else None,
     }
     last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
     negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
@@ -119,6 +137,10 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             sampler=sampler_name(values["Sampler"], values.get("Schedule type")),
             count=count,
             model=values.get("Model", ""),
+            clip_skip=int(values.get("Clip skip", "1")),
+            prompt_syntax=values.get("Prompt syntax", "a1111"),
+            variation_seed=_optional_int(values.get("Variation seed")),
+            variation_strength=float(values.get("Variation seed strength", "0")),
         )
     except KeyError as missing:
         raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
@@ -126,3 +148,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
         if isinstance(bad, InvalidParams):
             raise
         raise InvalidParams(f"The infotext has an unreadable value: {bad}.") from None
+
+
+def _optional_int(text: str | None) -> int | None:
+    return None if text is None else int(text)

@@ -13,6 +13,12 @@ MIN_STEPS, MAX_STEPS = 1, 150
 MIN_CFG, MAX_CFG = 0.0, 30.0
 MIN_COUNT, MAX_COUNT = 1, 4
 MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
+# A1111 counts CLIP layers from the end: 1 is the last, 2 the penultimate; CLIP ViT-L has 12.
+MIN_CLIP_SKIP, MAX_CLIP_SKIP = 1, 12
+MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH = 0.0, 1.0
+# How prompt text is read: A1111's emphasis syntax, the optimized fork's `text:weight`
+# sub-prompts, or whichever one the text unambiguously uses (engine/prompts.py).
+PROMPT_SYNTAXES = ("a1111", "subprompt", "auto")
 MIN_SIDE = 64
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8, so latents need whole pixels
 
@@ -37,18 +43,40 @@ class GenerationParams:
     sampler: str
     count: int
     model: str
+    clip_skip: int = 1
+    prompt_syntax: str = "a1111"
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+
+    @property
+    def has_variation(self) -> bool:
+        """A1111 blends in the variation seed's noise only at a strength above 0."""
+        return self.variation_seed is not None and self.variation_strength > 0
 
     @property
     def seeds(self) -> list[int]:
-        """A batch uses seed, seed+1, ... as A1111 does."""
-        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+        """A batch uses seed, seed+1, ... as A1111 does. With a variation, A1111 keeps the
+        seed for every image and counts the variation seed up instead (variation_seeds)."""
+        step = 0 if self.has_variation else 1
+        return [(self.seed + i * step) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def variation_seeds(self) -> list[int | None]:
+        """Each image's variation seed: variation_seed, +1, ...; None without a variation."""
+        if self.variation_seed is None or not self.has_variation:
+            return [None] * self.count
+        return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.count)]
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one UNet batch."""
+        """Jobs with equal keys can share one UNet batch.
+
+        Prompt syntax and clip skip are not in it: embeddings are made per job anyway. Nor
+        are variation seeds: the engine draws every image's starting noise itself.
+        """
         return (self.model, self.width, self.height, self.steps, self.sampler, self.cfg)
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +95,7 @@ class GeneratedImage:
     width: int
     height: int
     infotext: str
+    variation_seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +176,30 @@ def check_params(params: GenerationParams, models: dict[str, ModelSpec], max_pro
     if not 0 <= params.seed <= MAX_SEED:
         raise InvalidParams(f"Seed must be 0-{MAX_SEED} (or -1 for random), not {params.seed}.")
     check_size(params.width, params.height, spec)
+    check_prompt_options(params)
+
+
+def check_prompt_options(params: GenerationParams) -> None:
+    """Clip skip, prompt syntax and the variation seed (issue 7's options)."""
+    if not MIN_CLIP_SKIP <= params.clip_skip <= MAX_CLIP_SKIP:
+        raise InvalidParams(
+            f"Clip skip must be {MIN_CLIP_SKIP}-{MAX_CLIP_SKIP}, not {params.clip_skip}."
+        )
+    if params.prompt_syntax not in PROMPT_SYNTAXES:
+        raise InvalidParams(
+            f"Unknown prompt syntax {params.prompt_syntax!r}. "
+            f"Syntaxes: {', '.join(PROMPT_SYNTAXES)}."
+        )
+    strength = params.variation_strength
+    if not MIN_VARIATION_STRENGTH <= strength <= MAX_VARIATION_STRENGTH:
+        raise InvalidParams(
+            f"Variation strength must be {MIN_VARIATION_STRENGTH:g}-{MAX_VARIATION_STRENGTH:g}, "
+            f"not {strength:g}."
+        )
+    variation = params.variation_seed
+    if variation is not None and not 0 <= variation <= MAX_SEED:
+        raise InvalidParams(
+            f"Variation seed must be 0-{MAX_SEED} (or -1 for random), not {variation}."
+        )
+    if strength > 0 and variation is None:
+        raise InvalidParams("A variation strength above 0 needs a variation seed.")

@@ -57,7 +57,9 @@ def preview_png(latents: torch.Tensor, family: ModelFamily) -> bytes:
         grid.paste(frame, ((index % columns) * width, (index // columns) * height))
     scale = PREVIEW_MAX_SIDE / max(grid.size)
     if scale > 1:
-        grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.Resampling.NEAREST)
+        grid = grid.resize(
+            (round(grid.width * scale), round(grid.height * scale)), Image.Resampling.NEAREST
+        )
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     return buffer.getvalue()

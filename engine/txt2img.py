@@ -17,6 +17,7 @@ from engine.infotext import build_infotext
 from engine.loading import LoadedModel
 from engine.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.preview import preview_png
+from engine.prompts import Conditioning, PromptEncoder, PromptPair
 from engine.samplers import SAMPLERS
 
 
@@ -39,17 +40,66 @@ def set_sampler(loaded: LoadedModel, sampler: str) -> None:
     loaded.pipe.scheduler = scheduler_cls.from_config(loaded.base_scheduler_config, **spec.options)
 
 
-def cpu_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image: the same seed gives the same noise on any device."""
-    return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's spherical interpolation of two (C, H, W) noise tensors (modules/rng.py).
+
+    As in A1111 the vectors are taken along dim 1 (the latent's height), one per channel and
+    column, and nearly equal noises are blended linearly with the weights the other way
+    round; both matter for getting A1111's exact noise.
+    """
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    low_part = (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low
+    return low_part + (torch.sin(val * omega) / so).unsqueeze(1) * high
+
+
+def image_noise(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    seed: int,
+    variation_seed: int | None = None,
+    strength: float = 0.0,
+) -> tuple[torch.Tensor, torch.Generator]:
+    """One image's starting noise (unscaled, as `latents=` takes it) and its generator.
+
+    Drawn exactly as diffusers' `randn_tensor` draws it from a CPU generator, so an image
+    without a variation is the one a plain pipeline call gives; the same seed gives the same
+    noise on any device. The generator goes on to the sampler (ancestral samplers draw from
+    it at each step), so, as in A1111, only the starting noise takes the variation seed.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype)
+    if variation_seed is not None and strength != 0:
+        own = torch.Generator(device="cpu").manual_seed(variation_seed)
+        other = torch.randn(shape, generator=own, device="cpu", dtype=dtype)
+        # A1111 blends (C, H, W) tensors in float32.
+        blended = slerp(strength, noise[0].float(), other[0].float())
+        noise = blended.unsqueeze(0).to(dtype)
+    return noise, generator
 
 
 class StepReporter:
-    """`callback_on_step_end`: progress, previews at most every `interval` s, cancellation."""
+    """`callback_on_step_end`: progress, previews at most every `interval` s, cancellation.
 
-    def __init__(self, loaded: LoadedModel, jobs: Sequence[EngineJob], interval: float):
+    `jobs` are the ones in this pipeline call; `batch` all jobs of the batch (by default the
+    same), which must all be cancelled for the work to stop.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        jobs: Sequence[EngineJob],
+        interval: float,
+        batch: Sequence[EngineJob] | None = None,
+    ):
         self.loaded = loaded
         self.jobs = jobs
+        self.batch = jobs if batch is None else batch
         self.interval = interval
         self._last_preview = time.monotonic()
         self._slices: list[slice] = []
@@ -61,7 +111,7 @@ class StepReporter:
     def __call__(
         self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        if all(job.cancel.is_set() for job in self.jobs):
+        if all(job.cancel.is_set() for job in self.batch):
             raise JobCancelled()
         total = pipe.num_timesteps
         now = time.monotonic()
@@ -78,7 +128,12 @@ class StepReporter:
 def generate_batch(
     loaded: LoadedModel, jobs: Sequence[EngineJob], preview_interval: float
 ) -> list[GenerationResult]:
-    """Run compatible jobs as one UNet batch; each image keeps its own seed and generator."""
+    """Run compatible jobs as one UNet batch; each image keeps its own seed and generator.
+
+    Jobs whose prompts encode to different numbers of 75-token chunks run one after the
+    other, each length in its own call: padding a short prompt to a batch mate's length
+    would change its image, and the same parameters must give the same image.
+    """
     first = jobs[0].params
     if any(job.params.batch_key() != first.batch_key() for job in jobs):
         raise ValueError("generate_batch got jobs that cannot share a batch")
@@ -86,29 +141,128 @@ def generate_batch(
     set_sampler(loaded, first.sampler)
     for job in jobs:
         job.report(Progress(step=0, total=first.steps))
-    output = loaded.pipe(
-        prompt=[job.params.prompt for job in jobs for _ in range(job.params.count)],
-        negative_prompt=[job.params.negative for job in jobs for _ in range(job.params.count)],
+    pairs = encode_prompts(loaded, [job.params for job in jobs])
+    images: list[list[GeneratedImage]] = [[] for _ in jobs]
+    for run in _runs_of_equal_length(pairs):
+        if all(job.cancel.is_set() for job in jobs):
+            raise JobCancelled()
+        if all(jobs[index].cancel.is_set() for index in run):
+            continue  # nobody waits for these images any more
+        run_jobs = [jobs[index] for index in run]
+        pil_images = _run_pipeline(
+            loaded, run_jobs, [pairs[index] for index in run], jobs, preview_interval
+        )
+        produced = iter(pil_images)
+        for index, job in zip(run, run_jobs, strict=True):
+            params = job.params
+            images[index] = [
+                _encode(next(produced), params, seed, variation_seed, loaded)
+                for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True)
+            ]
+    seconds = time.perf_counter() - started
+    return [GenerationResult(images_of_job, loaded.model_hash, seconds) for images_of_job in images]
+
+
+def encode_prompts(loaded: LoadedModel, all_params: Sequence[GenerationParams]) -> list[PromptPair]:
+    """Each job's prompt and negative prompt, encoded as A1111 would (engine/prompts.py)."""
+    encoders: dict[int, PromptEncoder] = {}
+    pairs = []
+    for params in all_params:
+        encoder = encoders.get(params.clip_skip)
+        if encoder is None:
+            encoder = encoders[params.clip_skip] = PromptEncoder(
+                loaded.pipe, loaded.family, params.clip_skip
+            )
+        pairs.append(encoder.encode_pair(params.prompt, params.negative, params.prompt_syntax))
+    return pairs
+
+
+def _runs_of_equal_length(pairs: Sequence[PromptPair]) -> list[list[int]]:
+    runs: dict[int, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        runs.setdefault(pair.chunks, []).append(index)
+    return list(runs.values())
+
+
+def _embeds_dtype(pipe: Any) -> torch.dtype:
+    # diffusers casts passed embeddings to this dtype and draws its latents in it.
+    encoder = getattr(pipe, "text_encoder_2", None) or pipe.text_encoder
+    return encoder.dtype
+
+
+def _run_pipeline(
+    loaded: LoadedModel,
+    jobs: Sequence[EngineJob],
+    pairs: Sequence[PromptPair],
+    batch: Sequence[EngineJob],
+    preview_interval: float,
+) -> list[Any]:
+    """One pipeline call for jobs whose embeddings have the same length; PIL images in order."""
+    pipe: Any = loaded.pipe  # diffusers is untyped here; mypy sees its dummy classes
+    first = jobs[0].params
+    dtype = _embeds_dtype(pipe)
+    counts = [job.params.count for job in jobs]
+
+    def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        # One row per image: each job's embeddings repeated for its count.
+        rows = [t.expand(count, *t.shape[1:]) for t, count in zip(tensors, counts, strict=True)]
+        return torch.cat(rows).to(device=pipe.device, dtype=dtype)
+
+    embeds: dict[str, torch.Tensor] = {
+        "prompt_embeds": stacked([pair.positive.embeds for pair in pairs]),
+        "negative_prompt_embeds": stacked([pair.negative.embeds for pair in pairs]),
+    }
+    if loaded.family == "sdxl":
+        embeds["pooled_prompt_embeds"] = stacked([_pooled(pair.positive) for pair in pairs])
+        embeds["negative_pooled_prompt_embeds"] = stacked(
+            [_pooled(pair.negative) for pair in pairs]
+        )
+    shape = (
+        1,
+        pipe.unet.config.in_channels,
+        first.height // pipe.vae_scale_factor,
+        first.width // pipe.vae_scale_factor,
+    )
+    noises, generators = [], []
+    for job in jobs:
+        params = job.params
+        for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True):
+            noise, generator = image_noise(
+                shape, dtype, seed, variation_seed, params.variation_strength
+            )
+            noises.append(noise)
+            generators.append(generator)
+    output = pipe(
+        **embeds,
         width=first.width,
         height=first.height,
         num_inference_steps=first.steps,
         guidance_scale=first.cfg,
-        generator=cpu_generators([seed for job in jobs for seed in job.params.seeds]),
-        callback_on_step_end=StepReporter(loaded, jobs, preview_interval),
+        generator=generators,
+        # Unscaled: prepare_latents multiplies by the scheduler's init_noise_sigma itself.
+        latents=torch.cat(noises),
+        callback_on_step_end=StepReporter(loaded, jobs, preview_interval, batch=batch),
         output_type="pil",
     )
-    images = iter(output.images)
-    encoded: list[list[GeneratedImage]] = []
-    for job in jobs:
-        encoded.append(
-            [_encode(next(images), job.params, seed, loaded) for seed in job.params.seeds]
-        )
-    seconds = time.perf_counter() - started
-    return [
-        GenerationResult(images_of_job, loaded.model_hash, seconds) for images_of_job in encoded
-    ]
+    return list(output.images)
 
 
-def _encode(image: Any, params: GenerationParams, seed: int, loaded: LoadedModel) -> GeneratedImage:
-    infotext = build_infotext(params, seed=seed, model_hash=loaded.model_hash)
-    return GeneratedImage(seed, encode_png(image, infotext), image.width, image.height, infotext)
+def _pooled(cond: Conditioning) -> torch.Tensor:
+    if cond.pooled is None:
+        raise ValueError("an SDXL prompt was encoded without its pooled embedding")
+    return cond.pooled
+
+
+def _encode(
+    image: Any,
+    params: GenerationParams,
+    seed: int,
+    variation_seed: int | None,
+    loaded: LoadedModel,
+) -> GeneratedImage:
+    infotext = build_infotext(
+        params, seed=seed, model_hash=loaded.model_hash, variation_seed=variation_seed
+    )
+    return GeneratedImage(
+        seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed
+    )

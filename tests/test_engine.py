@@ -20,7 +20,7 @@ from engine.params import GenerationParams, Progress
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
 from engine.tiny import build_tiny_sd1, build_tiny_sdxl
-from engine.txt2img import EngineJob
+from engine.txt2img import EngineJob, generate_batch, set_sampler
 from engine.worker import EngineConfig, EngineWorker
 from tests.ldm_layout import pipeline_to_ldm
 
@@ -46,6 +46,12 @@ def params(**overrides) -> GenerationParams:
 
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def difference(a: bytes, b: bytes) -> int:
+    """The largest difference of one pixel channel; batched matmuls round differently, so
+    images that should be the same may differ by 1."""
+    return int(np.abs(pixels(a) - pixels(b)).max())
 
 
 @pytest.fixture
@@ -213,3 +219,91 @@ async def test_unknown_model_and_stopped_engine(engine):
 
     with pytest.raises(EngineStopped):
         await engine.generate([EngineJob(1, params())])
+
+
+# -- Prompts as members write them (issue 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "negative"), [("sd1", "ugly, blurry"), ("sd1", ""), ("sdxl", "ugly"), ("sdxl", "")]
+)
+def test_plain_prompts_give_diffusers_own_images(tiny_sd1, tiny_sdxl, family, negative):
+    """Our embeddings and noise, passed to the pipeline, give what its own call gives."""
+    folder = tiny_sdxl if family == "sdxl" else tiny_sd1
+    loaded = load_model(ModelSpec("tiny", str(folder)), CPU, torch.float32)
+    p = params(prompt="the cat, a dog", negative=negative, seed=5, count=2)
+    with torch.inference_mode():
+        [result] = generate_batch(loaded, [EngineJob(1, p)], preview_interval=60.0)
+        set_sampler(loaded, p.sampler)
+        # SDXL's empty negative prompt is zeros in A1111; diffusers zeros it when it is None.
+        diffusers_negative = None if family == "sdxl" and not negative else [negative] * 2
+        expected = loaded.pipe(
+            prompt=[p.prompt] * 2,
+            negative_prompt=diffusers_negative,
+            width=64,
+            height=64,
+            num_inference_steps=p.steps,
+            guidance_scale=p.cfg,
+            generator=[torch.Generator().manual_seed(seed) for seed in p.seeds],
+            output_type="pil",
+        ).images
+    for image, reference in zip(result.images, expected, strict=True):
+        assert np.abs(pixels(image.png) - np.asarray(reference, dtype=np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("model", ["tiny", "xl"])
+async def test_variation_strength_0_and_1_give_each_seeds_own_image(engine, model):
+    # A deterministic sampler: as in A1111, ancestral samplers keep drawing step noise from
+    # the main seed, so only the starting noise takes the variation seed.
+    base = dict(model=model, sampler="Euler")
+    [own] = await generate(engine, params(seed=3, **base))
+    [other] = await generate(engine, params(seed=8, **base))
+    [zero] = await generate(engine, params(seed=3, variation_seed=8, **base))
+    [one] = await generate(engine, params(seed=3, variation_seed=8, variation_strength=1, **base))
+    [half] = await generate(
+        engine, params(seed=3, variation_seed=8, variation_strength=0.5, **base)
+    )
+    assert difference(zero, own) <= 1
+    assert difference(one, other) <= 1
+    assert difference(half, own) > 1
+    assert difference(half, other) > 1
+    read = params_from_infotext(read_png_infotext(half))
+    assert (read.seed, read.variation_seed, read.variation_strength) == (3, 8, 0.5)
+
+
+async def test_a_variation_batch_keeps_the_seed_and_counts_the_variation_seed_up(engine):
+    varied = params(seed=3, count=2, variation_seed=20, variation_strength=0.4, sampler="Euler")
+    [result] = await engine.generate([EngineJob(1, varied)])
+    assert [(i.seed, i.variation_seed) for i in result.images] == [(3, 20), (3, 21)]
+    second = result.images[1]
+    assert params_from_infotext(read_png_infotext(second.png)).variation_seed == 21
+    alone_params = params(seed=3, variation_seed=21, variation_strength=0.4, sampler="Euler")
+    [alone] = await generate(engine, alone_params)
+    assert difference(second.png, alone) <= 1
+
+
+async def test_long_and_short_prompts_share_a_batch_and_keep_their_images(engine):
+    long = params(prompt=" ".join(["a"] * 80) + ", (cat:1.3)", seed=5, negative="ugly")
+    short = params(prompt="a dog", seed=6)
+    results = await engine.generate([EngineJob(1, long), EngineJob(2, short)])
+    for result, p in zip(results, (long, short), strict=True):
+        [alone] = await generate(engine, p)
+        assert difference(result.images[0].png, alone) <= 1
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"prompt": "a (cat:1.5)"},
+        {"prompt": "a (cat:0.2)"},
+        {"clip_skip": 2},
+        {"prompt": "a:0.3 cat:0.7", "prompt_syntax": "auto"},
+        {"prompt": "a BREAK cat"},
+    ],
+)
+async def test_prompt_language_and_clip_skip_change_the_image(engine, changed):
+    [plain] = await generate(engine, params(prompt="a cat"))
+    p = params(**{"prompt": "a cat", **changed})
+    [png] = await generate(engine, p)
+    assert difference(png, plain) > 1
+    assert params_from_infotext(read_png_infotext(png)) == p
