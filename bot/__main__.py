@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     dream.add_argument("--size", default=None, help="WIDTHxHEIGHT")
     dream.add_argument("--sampler", default=None)
     dream.add_argument("--count", type=int, default=None)
+    dream.add_argument("--clip-skip", type=int, default=None)
+    dream.add_argument("--syntax", choices=["a1111", "subprompt", "auto"], default=None)
+    dream.add_argument("--variation-seed", type=int, default=None)
+    dream.add_argument("--variation-strength", type=float, default=None)
     dream.add_argument("--out", default=None, help="folder for the PNGs (default: DATA_DIR/out)")
     credits = commands.add_parser("credits", help="members' credits").add_subparsers(
         dest="action", required=True

@@ -41,6 +41,15 @@ async def _generate(engine: EngineWorker, params: GenerationParams) -> list[tupl
     return [(image.seed, image.png) for image in result.images]
 
 
+def _seed_text(seed: int, params: GenerationParams, index: int) -> str:
+    if not params.has_variation:
+        return f"seed={seed}"
+    return (
+        f"seed={seed} variation_seed={params.variation_seeds[index]} "
+        f"strength={params.variation_strength:g}"
+    )
+
+
 def dream(settings: Settings, args: argparse.Namespace) -> int:
     specs = model_specs_with_path(settings, args.model)
     try:
@@ -54,8 +63,18 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
             sampler=args.sampler,
             count=args.count,
             model=args.model,
+            clip_skip=args.clip_skip,
+            prompt_syntax=args.syntax,
+            variation_seed=args.variation_seed,
+            variation_strength=args.variation_strength,
         )
-        params = resolve_options(options, specs, settings.default_model, settings.max_prompt_length)
+        params = resolve_options(
+            options,
+            specs,
+            settings.default_model,
+            settings.max_prompt_length,
+            settings.prompt_syntax,
+        )
     except InvalidParams as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -74,7 +93,7 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
     for index, (seed, png) in enumerate(images):
         path = out / f"{stamp}-{index}-{seed}.png"
         path.write_bytes(png)
-        print(f"{path}\tseed={seed}")
+        print(f"{path}\t{_seed_text(seed, params, index)}")
     return 0
 
 

@@ -61,6 +61,7 @@ class StoredImage:
     height: int
     infotext: str
     png: bytes
+    variation_seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,10 @@ class DreamOptions:
     sampler: str | None = None
     count: int | None = None
     model: str | None = None
+    clip_skip: int | None = None
+    prompt_syntax: str | None = None
+    variation_seed: int | None = None
+    variation_strength: float | None = None
 
 
 DEFAULT_STEPS = 20
@@ -165,7 +170,11 @@ class DreamService:
     def build_params(self, options: DreamOptions) -> GenerationParams:
         """Fill the defaults and check everything; InvalidParams names what is wrong."""
         return resolve_options(
-            options, self.models, self.settings.default_model, self.settings.max_prompt_length
+            options,
+            self.models,
+            self.settings.default_model,
+            self.settings.max_prompt_length,
+            self.settings.prompt_syntax,
         )
 
     def price(self, params: GenerationParams) -> int:
@@ -435,7 +444,15 @@ class DreamService:
             path = folder / f"{idx}-{image.seed}.png"
             path.write_bytes(image.png)
             stored.append(
-                StoredImage(image.seed, path, image.width, image.height, image.infotext, image.png)
+                StoredImage(
+                    image.seed,
+                    path,
+                    image.width,
+                    image.height,
+                    image.infotext,
+                    image.png,
+                    image.variation_seed,
+                )
             )
         return stored
 
@@ -477,7 +494,11 @@ def price_units(params: GenerationParams) -> float:
 
 
 def resolve_options(
-    options: DreamOptions, models: dict[str, ModelSpec], default_model: str, max_prompt: int
+    options: DreamOptions,
+    models: dict[str, ModelSpec],
+    default_model: str,
+    max_prompt: int,
+    prompt_syntax: str = "a1111",
 ) -> GenerationParams:
     """A member's options plus defaults, checked; InvalidParams names what is wrong."""
     model = options.model or default_model
@@ -486,6 +507,12 @@ def resolve_options(
         raise InvalidParams(f"Unknown model {model!r}. Models: {', '.join(sorted(models))}.")
     width, height = options.size or spec.size_default()
     seed = options.seed if options.seed is not None and options.seed >= 0 else random_seed()
+    strength = options.variation_strength or 0.0
+    variation_seed = options.variation_seed
+    if variation_seed is not None and variation_seed < 0:
+        variation_seed = None
+    if strength > 0 and variation_seed is None:  # a strength alone asks for a random variation
+        variation_seed = random_seed()
     params = GenerationParams(
         prompt=options.prompt.strip(),
         negative=(options.negative or "").strip(),
@@ -497,6 +524,10 @@ def resolve_options(
         sampler=options.sampler or DEFAULT_SAMPLER,
         count=options.count if options.count is not None else 1,
         model=model,
+        clip_skip=options.clip_skip or 1,
+        prompt_syntax=options.prompt_syntax or prompt_syntax,
+        variation_seed=variation_seed,
+        variation_strength=strength,
     )
     check_params(params, models, max_prompt)
     return params

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=2.0, ge=0.0)
     max_batch: int = Field(default=1, ge=1, le=16)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
+    prompt_syntax: Literal["a1111", "subprompt", "auto"] = "auto"
     price_per_image: float = Field(default=1.0, ge=0.0)
     starting_credits: int = Field(default=50, ge=0)
     topup_amount: int = Field(default=20, ge=0)

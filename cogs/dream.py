@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -12,7 +12,16 @@ from discord.ext import commands
 
 from bot.services import DreamOptions, JobRefused
 from cogs.presenter import ChannelPresenter, DreamPresenter
-from engine.params import MAX_CFG, MAX_COUNT, MAX_SEED, MAX_STEPS, check_size, parse_size
+from engine.params import (
+    MAX_CFG,
+    MAX_CLIP_SKIP,
+    MAX_COUNT,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_CLIP_SKIP,
+    check_size,
+    parse_size,
+)
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
 
@@ -110,6 +119,10 @@ class Dream(commands.Cog):
         sampler="Sampler, by its A1111 name",
         count="How many images",
         model="Which model to use",
+        clip_skip="Stop CLIP this many layers from the end (A1111 numbering; 2 for anime models)",
+        syntax="a1111: (word:1.2) [word] BREAK; subprompt: dog:0.9 cyborg:0.3; auto: either",
+        variation_seed="Blend in this seed's noise (-1: random)",
+        variation_strength="How much of the variation seed (0-1); 0.15-0.25 keeps the picture",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete)
@@ -125,12 +138,30 @@ class Dream(commands.Cog):
         sampler: str | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         model: str | None = None,
+        clip_skip: app_commands.Range[int, MIN_CLIP_SKIP, MAX_CLIP_SKIP] | None = None,
+        syntax: Literal["a1111", "subprompt", "auto"] | None = None,
+        variation_seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
+        variation_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         dreams = self.bot.dreams
         # Checked before deferring (microseconds), so a mistake gets an ephemeral answer and
         # never a public "thinking" message.
         params = dreams.build_params(
-            DreamOptions(prompt, negative, seed, steps, cfg, size, sampler, count, model)
+            DreamOptions(
+                prompt,
+                negative,
+                seed,
+                steps,
+                cfg,
+                size,
+                sampler,
+                count,
+                model,
+                clip_skip,
+                syntax,
+                variation_seed,
+                variation_strength,
+            )
         )
         await interaction.response.defer(thinking=True)
         presenter = DreamPresenter(interaction, self.bot.settings.progress_interval)

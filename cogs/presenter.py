@@ -45,8 +45,14 @@ def result_embed(outcome: JobOutcome, requester: discord.abc.User | None) -> dis
         embed.set_author(name=f"Dream for {requester.display_name}")
     if params.negative:
         embed.add_field(name="Negative", value=_clip(params.negative, FIELD_LIMIT), inline=False)
-    seeds = ", ".join(str(image.seed) for image in outcome.images)
-    embed.add_field(name="Seed" if len(outcome.images) == 1 else "Seeds", value=seeds)
+    seeds = ", ".join(dict.fromkeys(str(image.seed) for image in outcome.images))
+    embed.add_field(name="Seed" if "," not in seeds else "Seeds", value=seeds)
+    if params.has_variation:
+        variations = ", ".join(str(image.variation_seed) for image in outcome.images)
+        embed.add_field(name="Variation seed", value=variations)
+        embed.add_field(name="Variation strength", value=f"{params.variation_strength:g}")
+    if params.clip_skip != 1:
+        embed.add_field(name="Clip skip", value=str(params.clip_skip))
     embed.add_field(name="Steps", value=str(params.steps))
     embed.add_field(name="Sampler", value=params.sampler)
     embed.add_field(name="CFG", value=f"{params.cfg:g}")

@@ -368,3 +368,39 @@ async def test_only_the_owner_syncs_commands_globally(sim):
     await owner.send(sim.channel, f"{bot_mention} sync everywhere")
     assert "Usage: `@bot sync [global|here|clear]`" in sim.channel.last_message.content
     sim.expected_errors()
+
+
+async def test_variation_clip_skip_and_subprompts_reach_the_image_and_embed(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(
+        sim.channel,
+        "dream",
+        prompt="cute dog:0.9 cyborg:0.3",
+        seed=11,
+        steps=2,
+        count=2,
+        variation_seed=500,
+        variation_strength=0.2,
+        clip_skip=2,
+        syntax="auto",
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    fields = {f.name: f.value for f in result.response.embeds[0].fields}
+    assert fields["Seed"] == "11"
+    assert fields["Variation seed"] == "500, 501"
+    assert fields["Variation strength"] == "0.2"
+    assert fields["Clip skip"] == "2"
+    for attachment, variation in zip(result.response.attachments, (500, 501), strict=True):
+        params = params_from_infotext(read_png_infotext(await attachment.read()), count=2)
+        assert (params.seed, params.variation_seed) == (11, variation)
+        assert (params.variation_strength, params.clip_skip) == (0.2, 2)
+
+
+async def test_a_strength_without_a_seed_picks_a_random_variation_seed(sim):
+    alice = sim.member("alice")
+    result = await alice.slash(
+        sim.channel, "dream", prompt="a cat", steps=1, variation_strength=0.5
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    fields = {f.name: f.value for f in result.response.embeds[0].fields}
+    assert 0 <= int(fields["Variation seed"]) < 2**32
