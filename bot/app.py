@@ -17,7 +17,7 @@ from data.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.dream", "cogs.admin", "cogs.credits", "cogs.queue")
+EXTENSIONS = ("cogs.dream", "cogs.admin", "cogs.credits", "cogs.queue", "cogs.info")
 
 
 class SDBot(commands.Bot):

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +31,7 @@ from data.jobs import (
     QueueFull,
 )
 from engine.errors import EngineError, JobCancelled
+from engine.infotext import params_from_infotext, parse_infotext
 from engine.params import (
     GenerationParams,
     GenerationResult,
@@ -37,7 +39,7 @@ from engine.params import (
     Progress,
     check_params,
 )
-from engine.samplers import DEFAULT_SAMPLER
+from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.specs import ModelSpec
 from engine.txt2img import EngineJob
 from engine.worker import EngineWorker
@@ -180,6 +182,32 @@ class DreamService:
     def price(self, params: GenerationParams) -> int:
         """Credits for a job: proportional to pixels x steps x images, never below 1."""
         return max(1, math.ceil(price_units(params) * self.settings.price_per_image - 1e-9))
+
+    def reproduce_params(self, infotext: str) -> tuple[GenerationParams, list[str]]:
+        """Parameters to re-run an image from its infotext here, and what could not be honoured.
+
+        A model or sampler this bot does not have is replaced by the default and said so;
+        settings of A1111 features this bot does not run (hires fix, LoRAs...) are listed.
+        """
+        parsed = params_from_infotext(infotext)
+        notes = []
+        model = parsed.model
+        if model not in self.models:
+            model = self.settings.default_model
+            notes.append(f"Model {parsed.model or '(not named)'} is not on this bot; used {model}.")
+        sampler = parsed.sampler
+        if sampler not in SAMPLERS:
+            sampler = DEFAULT_SAMPLER
+            notes.append(f"Sampler {parsed.sampler} is not available; used {sampler}.")
+        ignored = [key for key in parse_infotext(infotext).values if key not in HONOURED_KEYS]
+        if ignored:
+            notes.append(f"Not reproduced: {', '.join(ignored)}.")
+        loras = LORA_TAG.findall(parsed.prompt)
+        if loras:
+            notes.append(f"LoRAs are not supported yet: {', '.join(loras)}.")
+        params = replace(parsed, model=model, sampler=sampler, count=1)
+        check_params(params, self.models, self.settings.max_prompt_length)
+        return params, notes
 
     async def submit(
         self,
@@ -478,6 +506,26 @@ class DreamService:
         with contextlib.suppress(Exception):
             await self.drain()
 
+
+# Infotext keys whose meaning this bot reproduces; Version and hashes change nothing.
+HONOURED_KEYS = frozenset(
+    {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size",
+        "Model",
+        "Model hash",
+        "Variation seed",
+        "Variation seed strength",
+        "Clip skip",
+        "Prompt syntax",
+        "Version",
+    }
+)
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
 
 STANDARD_PIXELS = 512 * 512
 STANDARD_STEPS = 20

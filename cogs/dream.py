@@ -19,6 +19,7 @@ from engine.params import (
     MAX_SEED,
     MAX_STEPS,
     MIN_CLIP_SKIP,
+    GenerationParams,
     check_size,
     parse_size,
 )
@@ -164,22 +165,32 @@ class Dream(commands.Cog):
             )
         )
         await interaction.response.defer(thinking=True)
-        presenter = DreamPresenter(interaction, self.bot.settings.progress_interval)
-        try:
-            ticket = await dreams.submit(
-                params,
-                user_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                interaction_id=interaction.id,
-                observer=presenter,
-            )
-        except JobRefused as refused:
-            await presenter.refused(f"❌ {refused}")
-            return
-        message_id = await presenter.queued(ticket)
-        if message_id is not None:
-            await dreams.set_message(ticket.job.id, message_id)
+        await start_job(self.bot, interaction, params)
+
+
+async def start_job(
+    bot: SDBot, interaction: discord.Interaction, params: GenerationParams, note: str = ""
+) -> None:
+    """Submit checked parameters for a deferred interaction and show the job's progress.
+
+    `note` is said with the queue position (for example what /reproduce could not honour).
+    """
+    presenter = DreamPresenter(interaction, bot.settings.progress_interval, note)
+    try:
+        ticket = await bot.dreams.submit(
+            params,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            interaction_id=interaction.id,
+            observer=presenter,
+        )
+    except JobRefused as refused:
+        await presenter.refused(f"❌ {refused}")
+        return
+    message_id = await presenter.queued(ticket)
+    if message_id is not None:
+        await bot.dreams.set_message(ticket.job.id, message_id)
 
 
 async def setup(bot: SDBot) -> None:

@@ -87,9 +87,10 @@ class DreamPresenter:
     changes (Discord rate-limits edits per route); the final edit always wins.
     """
 
-    def __init__(self, interaction: discord.Interaction, interval: float) -> None:
+    def __init__(self, interaction: discord.Interaction, interval: float, note: str = "") -> None:
         self.interaction = interaction
         self.interval = interval
+        self.note = note
         self._lock = asyncio.Lock()
         self._finished = False
         self._last_text = ""
@@ -102,8 +103,9 @@ class DreamPresenter:
         """Show the queue position; returns the id of the message the job lives in."""
         money = f" Cost {credits_text(ticket.job.cost)}"
         money += f", balance {ticket.balance}." if ticket.balance is not None else "."
+        note = f"\n{self.note}" if self.note else ""
         message = await self._edit(
-            f"Queued: position {ticket.position}. {describe(ticket.params)}.{money}"
+            f"Queued: position {ticket.position}. {describe(ticket.params)}.{money}{note}"
         )
         return message.id if message is not None else None
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from engine.params import InvalidParams
+
 # EXIF UserComment: where A1111 writes and reads infotext for JPEG and WebP files.
 EXIF_USER_COMMENT = 0x9286
 EXIF_IFD = 0x8769
@@ -34,6 +36,47 @@ def read_png_infotext(data: bytes) -> str | None:
         if text is None and hasattr(image, "text"):
             text = image.text.get("parameters")
     return text
+
+
+class UnreadableImage(InvalidParams):
+    """Not an image we read parameters from; the message says why, for the member."""
+
+
+INFOTEXT_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def read_infotext(data: bytes) -> str | None:
+    """A1111's parameters from a PNG's text chunk or a JPEG/WebP's EXIF UserComment.
+
+    The format is told from the bytes, not a file name, and no pixel is decoded: only
+    headers and metadata are read, so a decompression bomb costs nothing here.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as error:  # Pillow raises many types for bytes that are not an image
+        raise UnreadableImage("That file is not an image I can read.") from error
+    with image:
+        if image.format not in INFOTEXT_FORMATS:
+            raise UnreadableImage(
+                f"That is a {image.format} image; parameters live in PNG, JPEG or WebP files."
+            )
+        if image.format == "PNG":
+            text = image.info.get("parameters")
+            return text if isinstance(text, str) else None
+        comment = image.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+    return _decode_user_comment(comment) if isinstance(comment, bytes) else None
+
+
+def _decode_user_comment(comment: bytes) -> str | None:
+    prefix, body = comment[:8], comment[8:]
+    if prefix == b"UNICODE\0":
+        # piexif writes big-endian; a byte-order mark, when present, says otherwise.
+        if body.startswith(b"\xff\xfe"):
+            return body[2:].decode("utf-16-le", errors="replace")
+        return body.decode("utf-16-be", errors="replace").lstrip("\ufeff")
+    if prefix.startswith(b"ASCII"):
+        return body.decode("ascii", errors="replace")
+    return comment.decode("utf-8", errors="replace") or None
 
 
 def _user_comment(infotext: str) -> bytes:

@@ -66,3 +66,13 @@ def test_four_images_share_the_request_limit(tmp_path, monkeypatch):
     assert len(encoded) == 4
     assert all(e.extension == "webp" for e in encoded)
     assert sum(len(e.data) for e in encoded) <= 2 * len(png)
+
+
+def test_infotext_is_read_back_from_png_and_from_reencoded_webp():
+    from engine.images import read_infotext
+
+    png = encode_png(noisy_image(256), INFOTEXT)
+    assert read_infotext(png) == INFOTEXT
+    webp = fit_to_limit(png, INFOTEXT, len(png) // 4)
+    assert webp.extension == "webp"
+    assert read_infotext(webp.data) == INFOTEXT
