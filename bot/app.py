@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import discord
@@ -70,19 +69,28 @@ class SDBot(commands.Bot):
 
     async def close(self) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            await self.dreams.stop(self._dispatcher)
         await self.dreams.close()
         await self.dreams.engine.stop()
         await super().close()
         await self.store.close()
 
+    def is_owner_id(self, user_id: int) -> bool:
+        """Configured owners, or the application's owner or team as discord.py knows them."""
+        known = set(self.settings.owner_ids) | set(self.owner_ids or ())
+        if self.owner_id is not None:
+            known.add(self.owner_id)
+        return user_id in known
+
     def is_admin(self, user: discord.abc.User) -> bool:
-        """Configured owners, and members who may manage the server they are in."""
-        if user.id in self.settings.owner_ids or (self.owner_ids and user.id in self.owner_ids):
+        """Owners, and members who may manage a server listed in SDBOT_ADMIN_GUILD_IDS (every
+        server when the list is empty)."""
+        if self.is_owner_id(user.id):
             return True
-        return isinstance(user, discord.Member) and user.guild_permissions.manage_guild
+        if not isinstance(user, discord.Member) or not user.guild_permissions.manage_guild:
+            return False
+        allowed = self.settings.admin_guild_ids
+        return not allowed or user.guild.id in allowed
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s)", self.user, self.user.id if self.user else "?")

@@ -15,9 +15,9 @@ from bot.settings import Settings
 from engine.errors import EngineError, ModelLoadError
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
+from engine.jobs import EngineJob
 from engine.params import GenerationParams, InvalidParams, ModelInfo, parse_size
 from engine.specs import ModelSpec
-from engine.txt2img import EngineJob
 from engine.worker import EngineWorker
 
 EXIT_BAD_INPUT = 2

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
-from engine.txt2img import EngineJob
+from engine.jobs import EngineJob
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from data.jobs import (
 )
 from engine.errors import EngineError, JobCancelled
 from engine.infotext import params_from_infotext, parse_infotext
+from engine.jobs import EngineJob
 from engine.params import (
     GenerationParams,
     GenerationResult,
@@ -41,7 +42,6 @@ from engine.params import (
 )
 from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.specs import ModelSpec
-from engine.txt2img import EngineJob
 from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ class DreamService:
         self.fallback_observer: Callable[[Job], JobObserver] | None = None
         # Measured speed: seconds per price unit (a 512x512, 20-step image), for wait estimates.
         self.seconds_per_unit: float | None = None
+        self._stopping = False
+        self._busy = False
         # How the dispatcher waits for work. A test harness that must tell an idle bot from
         # a busy one (SimCord's `external_wait`) replaces it.
         self.idle_wait: IdleWait = plain_wait
@@ -306,16 +308,39 @@ class DreamService:
         return restored, failed
 
     async def run(self) -> None:
-        """The dispatcher: one batch at a time to the engine thread, forever."""
-        while True:
+        """The dispatcher: one batch at a time to the engine thread, until stop()."""
+        while not self._stopping:
             batch = await self.idle_wait(self.queue.take_batch(), reason="waiting for jobs")
-            await self.run_batch(batch)
+            self._busy = True
+            try:
+                await self.run_batch(batch)
+            except Exception:
+                # Never let one batch end the dispatcher: fail what it held and go on.
+                log.exception("batch %s failed outside the engine", [e.job_id for e in batch])
+                for entry in batch:
+                    await self._fail_quietly(entry, "Something went wrong storing this job.")
+            finally:
+                self._busy = False
+                self.queue.running = []
+
+    async def stop(self, dispatcher: asyncio.Task[None], grace: float = 120.0) -> None:
+        """Stop taking jobs; let the batch on the engine finish (up to `grace` seconds) so a
+        clean shutdown is not mistaken for a crash, then stop the dispatcher."""
+        self._stopping = True
+        if self._busy:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(dispatcher), grace)
+        dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatcher
 
     async def run_batch(self, batch: list[QueuedJob]) -> None:
+        # Visible as running from the start, so /cancel finds a job while it is claimed.
+        self.queue.running = list(batch)
         claimed = [entry for entry in batch if await self.jobs.mark_running(entry.job_id)]
+        self.queue.running = list(claimed)
         if not claimed:
             return
-        self.queue.running = claimed
         try:
             results = await self.idle_wait(
                 self.engine.generate([entry.engine_job for entry in claimed]),
@@ -323,23 +348,34 @@ class DreamService:
             )
         except JobCancelled:
             for entry in claimed:
+                self._stop_running(entry)
                 await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
+            return
         except EngineError as error:
             for entry in claimed:
+                self._stop_running(entry)
                 await self._fail(entry, error.user_message)
-        else:
-            for entry, result in zip(claimed, results, strict=True):
-                if entry.engine_job.cancel.is_set():  # cancelled while batched with others
-                    await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
-                else:
-                    await self._succeed(entry, result)
-        finally:
-            self.queue.running = []
+            return
+        total_units = sum(price_units(entry.engine_job.params) for entry in claimed)
+        self._learn_speed(total_units, results[0].seconds if results else 0.0)
+        for entry, result in zip(claimed, results, strict=True):
+            # Out of `running` before the outcome is decided: a later /cancel is told the
+            # job has ended instead of being promised a refund that will not come.
+            self._stop_running(entry)
+            if entry.engine_job.cancel.is_set():  # cancelled while batched with others
+                await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
+            else:
+                await self._succeed(entry, result)
+
+    def _stop_running(self, entry: QueuedJob) -> None:
+        if entry in self.queue.running:
+            self.queue.running.remove(entry)
 
     async def _succeed(self, entry: QueuedJob, result: GenerationResult) -> None:
         params = entry.engine_job.params
         stored = await asyncio.to_thread(self._write_images, entry.job_id, result)
-        await self.jobs.add_images(
+        completed = await self.jobs.complete(
+            entry.job_id,
             [
                 JobImage(
                     entry.job_id,
@@ -351,9 +387,11 @@ class DreamService:
                     image.infotext,
                 )
                 for idx, image in enumerate(stored)
-            ]
+            ],
         )
-        await self.jobs.finish(entry.job_id, JobStatus.SUCCEEDED)
+        if not completed:  # cancelled from the outside while its images were being saved
+            log.info("job=%s ended before its result was stored; result dropped", entry.job_id)
+            return
         job = await self.jobs.get(entry.job_id)
         assert job is not None
         queued = (job.started_at or job.created_at) - job.created_at
@@ -365,7 +403,6 @@ class DreamService:
             queued,
             result.seconds,
         )
-        self._learn_speed(params, result.seconds)
         balance = (await self.credits.account(job.user_id)).balance
         outcome = JobOutcome(
             job, params, stored, result.model_hash, result.seconds, queued, balance
@@ -373,6 +410,10 @@ class DreamService:
         observer = self._observers.pop(entry.job_id, None)
         if observer is not None:
             self._spawn(self._deliver(observer, outcome))
+
+    async def _fail_quietly(self, entry: QueuedJob, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._fail(entry, message)
 
     async def _fail(
         self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
@@ -398,8 +439,11 @@ class DreamService:
         if observer is not None:
             self._spawn(observer.failed(job, message, refunded))
 
-    def _learn_speed(self, params: GenerationParams, seconds: float) -> None:
-        sample = seconds / max(price_units(params), 1e-6)
+    def _learn_speed(self, units: float, seconds: float) -> None:
+        """`seconds` for a batch worth `units` standard images."""
+        if seconds <= 0:
+            return
+        sample = seconds / max(units, 1e-6)
         previous = self.seconds_per_unit
         # An exponential moving average: recent jobs count most, one outlier does not rule.
         self.seconds_per_unit = sample if previous is None else 0.7 * previous + 0.3 * sample
@@ -437,12 +481,24 @@ class DreamService:
                 waited += self.seconds_per_unit * price_units(queued.engine_job.params)
         return entries
 
-    async def cancel(self, job_id: int, *, by_user: int, is_admin: bool) -> CancelResult:
-        """Cancel a queued job at once, or a running one within a step; refunded either way."""
+    async def cancel(
+        self,
+        job_id: int,
+        *,
+        by_user: int,
+        is_admin: bool,
+        guild_id: int | None = None,
+        is_owner: bool = False,
+    ) -> CancelResult:
+        """Cancel a queued job at once, or a running one within a step; refunded either way.
+
+        Admins may cancel others' jobs of the server they are admins in; owners any job.
+        """
         job = await self.jobs.get(job_id)
         if job is None:
             raise JobRefused(f"There is no job {job_id}.")
-        if job.user_id != by_user and not is_admin:
+        admin_here = is_owner or (is_admin and guild_id is not None and job.guild_id == guild_id)
+        if job.user_id != by_user and not admin_here:
             raise JobRefused(f"Job {job_id} is not yours to cancel.")
         if job.status.finished:
             raise JobRefused(f"Job {job_id} has already {job.status.value}; nothing to cancel.")
@@ -456,7 +512,9 @@ class DreamService:
             raise JobRefused(f"Job {job_id} is not in the queue any more.")
         running.engine_job.cancel.set()  # the engine stops at its next step
         return CancelResult(
-            job_id, f"Job {job_id} is stopping; its credits will be refunded.", job.cost
+            job_id,
+            f"Job {job_id} is stopping; you will be told when it has, and refunded if it "
+            "had not finished.",
         )
 
     async def _deliver(self, observer: JobObserver, outcome: JobOutcome) -> None:

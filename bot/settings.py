@@ -13,7 +13,8 @@ from engine.specs import ModelFamily, ModelSpec
 
 ENV_PREFIX = "SDBOT_"
 
-Device = Literal["auto", "cuda", "mps", "cpu"]
+# auto, cpu, mps, cuda or cuda:N (a card of several).
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 
@@ -61,11 +62,12 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = None
     owner_ids: list[int] = Field(default_factory=list)
+    admin_guild_ids: list[int] = Field(default_factory=list)
     data_dir: Path = Path("var")
     database_path: Path | None = None
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     default_model: str = "sd15"
-    device: Device = "auto"
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: DType = "auto"
     progress_interval: float = Field(default=2.0, ge=0.0)
     max_batch: int = Field(default=1, ge=1, le=16)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # Checked against the size Discord reports before a byte is downloaded.
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 FIELD_LIMIT = 1024
+MAX_FIELDS = 24  # Discord allows 25 fields; one is the negative prompt
+EMBED_LIMIT = 5900  # Discord's 6000 characters for all of an embed, with room for the footer
 
 
 async def attachment_infotext(attachment: discord.Attachment) -> str:
@@ -45,8 +47,12 @@ def infotext_embed(text: str) -> discord.Embed:
     embed = discord.Embed(title="Parameters", description=_clip(info.prompt or "(no prompt)", 4000))
     if info.negative:
         embed.add_field(name="Negative", value=_clip(info.negative), inline=False)
-    for key, value in list(info.values.items())[:20]:
-        embed.add_field(name=_clip(key, 256), value=_clip(value or "—"))
+    for key, value in list(info.values.items())[:MAX_FIELDS]:
+        name, shown = _clip(key, 256), _clip(value or "—")
+        if len(embed) + len(name) + len(shown) > EMBED_LIMIT:  # Discord refuses the whole embed
+            embed.set_footer(text="More parameters did not fit.")
+            break
+        embed.add_field(name=name, value=shown)
     return embed
 
 

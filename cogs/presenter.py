@@ -189,6 +189,16 @@ class DreamPresenter:
                 log.warning("could not delete the progress message of %s", self.interaction.id)
             try:
                 await self.interaction.followup.send(text, ephemeral=True)
+                return
+            except discord.HTTPException:  # the token lives 15 minutes; a long queue outlives it
+                log.info("could not tell user %s privately: %s", self.interaction.user.id, text)
+        channel = self.interaction.channel
+        if isinstance(channel, discord.abc.Messageable):
+            try:
+                await channel.send(
+                    f"{self.interaction.user.mention} {text}",
+                    allowed_mentions=discord.AllowedMentions(users=True),
+                )
             except discord.HTTPException:
                 log.warning("could not tell user %s: %s", self.interaction.user.id, text)
 

@@ -70,7 +70,11 @@ class Queue(commands.Cog):
             job = max(e.job_id for e in mine)
         try:
             result = await dreams.cancel(
-                job, by_user=interaction.user.id, is_admin=self.bot.is_admin(interaction.user)
+                job,
+                by_user=interaction.user.id,
+                is_admin=self.bot.is_admin(interaction.user),
+                guild_id=interaction.guild_id,
+                is_owner=self.bot.is_owner_id(interaction.user.id),
             )
         except JobRefused as refused:
             await interaction.response.send_message(str(refused), ephemeral=True)

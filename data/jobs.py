@@ -249,13 +249,28 @@ class JobRepository:
         ):
             pass
 
-    async def add_images(self, images: list[JobImage]) -> None:
+    async def complete(self, job_id: int, images: list[JobImage]) -> bool:
+        """Record a job's images and mark it succeeded, together or not at all.
+
+        A job run again after a crash replaces what an earlier run recorded. False (and
+        nothing written) when the job had already ended, e.g. cancelled meanwhile.
+        """
         async with self._store.transaction() as db:
+            async with db.execute(
+                "UPDATE jobs SET status = ?, error = NULL, finished_at = ?"
+                " WHERE id = ? AND status IN (?, ?)",
+                (JobStatus.SUCCEEDED, time.time(), job_id, *PENDING),
+            ) as cursor:
+                if cursor.rowcount != 1:
+                    return False
+            async with db.execute("DELETE FROM images WHERE job_id = ?", (job_id,)):
+                pass
             await db.executemany(
                 "INSERT INTO images (job_id, idx, seed, path, width, height, infotext)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(i.job_id, i.idx, i.seed, i.path, i.width, i.height, i.infotext) for i in images],
             )
+        return True
 
     async def pending_for(self, user_id: int) -> list[Job]:
         async with self._store.db.execute(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import diffusers
@@ -14,21 +12,12 @@ import torch
 from engine.errors import JobCancelled
 from engine.images import encode_png
 from engine.infotext import build_infotext
+from engine.jobs import EngineJob
 from engine.loading import LoadedModel
 from engine.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.preview import preview_png
 from engine.prompts import Conditioning, PromptEncoder, PromptPair
 from engine.samplers import SAMPLERS
-
-
-@dataclass(slots=True)
-class EngineJob:
-    """One job as the engine sees it. `report` is called on the engine thread."""
-
-    job_id: int
-    params: GenerationParams
-    report: Callable[[Progress], None] = lambda progress: None
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def set_sampler(loaded: LoadedModel, sampler: str) -> None:

@@ -19,9 +19,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from engine.errors import EngineError, EngineStopped, OutOfMemory
+from engine.jobs import EngineJob
 from engine.params import GenerationResult, ModelInfo, Progress
 from engine.specs import ModelSpec
-from engine.txt2img import EngineJob, generate_batch
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ class EngineWorker:
 
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
         import torch
+
+        from engine.txt2img import generate_batch
 
         loaded = self._models().get(jobs[0].params.model)
         try:

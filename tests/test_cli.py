@@ -42,7 +42,7 @@ def test_no_token_exits_2_naming_the_setting(tmp_path):
 def test_bad_setting_exits_2_naming_it(tmp_path):
     done = run_bot(cwd=tmp_path, SDBOT_DEVICE="tpu")
     assert done.returncode == 2
-    assert done.stderr.startswith("Setting SDBOT_DEVICE: Input should be")
+    assert done.stderr.startswith("Setting SDBOT_DEVICE: String should match pattern")
 
 
 def test_selftest_prints_ok(tmp_path):

@@ -208,16 +208,16 @@ async def test_model_that_fails_to_load_tells_the_member_and_the_bot_goes_on(sim
 async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
     import torch
 
-    import engine.worker
+    import engine.txt2img
 
-    real = engine.worker.generate_batch
+    real = engine.txt2img.generate_batch
 
     def out_of_memory(loaded, jobs, interval):
         if jobs[0].params.prompt == "too big":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(loaded, jobs, interval)
 
-    monkeypatch.setattr(engine.worker, "generate_batch", out_of_memory)
+    monkeypatch.setattr(engine.txt2img, "generate_batch", out_of_memory)
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "dream", prompt="too big", steps=1)
     await wait_until(sim.env, lambda: ephemeral_followups(result))

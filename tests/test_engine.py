@@ -15,12 +15,13 @@ from safetensors.torch import save_file
 from engine.errors import EngineError, JobCancelled, ModelLoadError
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
+from engine.jobs import EngineJob
 from engine.loading import detect_single_file_family, load_model, pick_device, pick_dtype
 from engine.params import GenerationParams, Progress
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
 from engine.tiny import build_tiny_sd1, build_tiny_sdxl
-from engine.txt2img import EngineJob, generate_batch, set_sampler
+from engine.txt2img import generate_batch, set_sampler
 from engine.worker import EngineConfig, EngineWorker
 from tests.ldm_layout import pipeline_to_ldm
 

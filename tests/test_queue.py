@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from bot.queue import JobQueue, QueuedJob
+from engine.jobs import EngineJob
 from engine.params import GenerationParams
-from engine.txt2img import EngineJob
 
 
 def job(job_id: int, user: int, steps: int = 20) -> QueuedJob:

@@ -57,7 +57,7 @@ def test_environment_overrides_and_models_json(monkeypatch):
     [
         ({"SDBOT_DEFAULT_MODEL": "missing"}, "default_model 'missing' is not one of"),
         ({"SDBOT_MODELS": "{}"}, "configure at least one model"),
-        ({"SDBOT_DEVICE": "tpu"}, "Input should be"),
+        ({"SDBOT_DEVICE": "tpu"}, "String should match pattern"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(monkeypatch, variables, message):

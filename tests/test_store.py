@@ -55,8 +55,9 @@ async def test_job_lifecycle(store):
     assert job.params == {"prompt": "a cat", "seed": 5}
     assert await jobs.mark_running(job.id)
     assert not await jobs.mark_running(job.id), "a job is claimed once"
-    await jobs.add_images([JobImage(job.id, 0, 5, "/x/0.png", 64, 64, "a cat\nSteps: 1")])
-    await jobs.finish(job.id, JobStatus.SUCCEEDED)
+    image = JobImage(job.id, 0, 5, "/x/0.png", 64, 64, "a cat\nSteps: 1")
+    assert await jobs.complete(job.id, [image])
+    assert not await jobs.complete(job.id, [image]), "an ended job is not completed again"
     await jobs.set_message(job.id, 999)
     done = await jobs.get(job.id)
     assert (done.status, done.message_id) == (JobStatus.SUCCEEDED, 999)
@@ -74,13 +75,28 @@ async def test_an_interaction_makes_one_job(store):
     assert len(await jobs.with_status(*JobStatus)) == 1
 
 
-async def test_images_rejects_duplicates_atomically(store):
+async def test_a_rerun_replaces_the_images_of_an_interrupted_run(store):
+    jobs = JobRepository(store)
+    job = await create(jobs)
+    await jobs.mark_running(job.id)
+    async with store.transaction() as db:  # a crash right after the first run wrote images
+        await db.execute(
+            "INSERT INTO images (job_id, idx, seed, path, width, height, infotext)"
+            " VALUES (?, 0, 1, '/old', 8, 8, 'old')",
+            (job.id,),
+        )
+    assert await jobs.complete(job.id, [JobImage(job.id, 0, 1, "/new", 8, 8, "new")])
+    assert [image.path for image in await jobs.images(job.id)] == ["/new"]
+
+
+async def test_complete_is_all_or_nothing(store):
     jobs = JobRepository(store)
     job = await create(jobs)
     image = JobImage(job.id, 0, 1, "/p", 8, 8, "t")
     with pytest.raises(Exception, match="UNIQUE"):
-        await jobs.add_images([image, image])
+        await jobs.complete(job.id, [image, image])
     assert await jobs.images(job.id) == []
+    assert (await jobs.get(job.id)).status == JobStatus.QUEUED
 
 
 async def test_finish_needs_a_final_status(store):
