@@ -35,7 +35,9 @@ _BIAS: dict[ModelFamily, list[float]] = {
     "sdxl": [0.1084, -0.0175, -0.0011],
 }
 
-PREVIEW_MAX_SIDE = 256
+# Previews are scaled to this longest side: small enough to upload every few seconds,
+# large enough to see the composition forming.
+PREVIEW_SIDE = 256
 
 
 def latents_to_rgb(latents: torch.Tensor, family: ModelFamily) -> torch.Tensor:
@@ -55,10 +57,12 @@ def preview_png(latents: torch.Tensor, family: ModelFamily) -> bytes:
     grid = Image.new("RGB", (columns * width, rows * height))
     for index, frame in enumerate(frames):
         grid.paste(frame, ((index % columns) * width, (index // columns) * height))
-    scale = PREVIEW_MAX_SIDE / max(grid.size)
-    if scale > 1:
+    scale = PREVIEW_SIDE / max(grid.size)
+    if scale != 1:
+        # Latent pixels are blocky anyway: nearest keeps them crisp and costs nothing.
         grid = grid.resize(
-            (round(grid.width * scale), round(grid.height * scale)), Image.Resampling.NEAREST
+            (max(1, round(grid.width * scale)), max(1, round(grid.height * scale))),
+            Image.Resampling.NEAREST,
         )
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
