@@ -26,6 +26,7 @@ def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
             device=settings.device,
             dtype=settings.dtype,
             preview_interval=settings.progress_interval,
+            noise=settings.noise,
         )
     )
 

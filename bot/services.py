@@ -201,7 +201,11 @@ class DreamService:
         if sampler not in SAMPLERS:
             sampler = DEFAULT_SAMPLER
             notes.append(f"Sampler {parsed.sampler} is not available; used {sampler}.")
-        ignored = [key for key in parse_infotext(infotext).values if key not in HONOURED_KEYS]
+        values = parse_infotext(infotext).values
+        ignored = [key for key in values if key not in HONOURED_KEYS]
+        ours = "CPU" if self.settings.noise == "cpu" else "GPU"
+        if values.get("RNG", "GPU") != ours:
+            notes.append(f"Noise is drawn on the {ours} here, not the {values.get('RNG', 'GPU')}.")
         if ignored:
             notes.append(f"Not reproduced: {', '.join(ignored)}.")
         loras = LORA_TAG.findall(parsed.prompt)
@@ -581,6 +585,7 @@ HONOURED_KEYS = frozenset(
         "Clip skip",
         "Prompt syntax",
         "Version",
+        "RNG",
     }
 )
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     default_model: str = "sd15"
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: DType = "auto"
+    noise: Literal["cpu", "gpu"] = "cpu"
     progress_interval: float = Field(default=2.0, ge=0.0)
     max_batch: int = Field(default=1, ge=1, le=16)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)

@@ -55,6 +55,7 @@ def build_infotext(
     seed: int,
     model_hash: str | None,
     variation_seed: int | None = None,
+    rng: str | None = None,
 ) -> str:
     """The infotext of one image of a job (each image carries its own seed and variation
     seed; `variation_seed` defaults to the job's)."""
@@ -73,6 +74,7 @@ def build_infotext(
         "Variation seed": str(variation_seed) if variation else None,
         "Variation seed strength": format_number(params.variation_strength) if variation else None,
         "Clip skip": str(params.clip_skip) if params.clip_skip != 1 else None,
+        "RNG": rng,
         "Prompt syntax": params.prompt_syntax if params.prompt_syntax != "a1111" else None,
     }
     last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)

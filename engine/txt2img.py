@@ -53,6 +53,7 @@ def image_noise(
     seed: int,
     variation_seed: int | None = None,
     strength: float = 0.0,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Generator]:
     """One image's starting noise (unscaled, as `latents=` takes it) and its generator.
 
@@ -60,12 +61,14 @@ def image_noise(
     without a variation is the one a plain pipeline call gives; the same seed gives the same
     noise on any device. The generator goes on to the sampler (ancestral samplers draw from
     it at each step), so, as in A1111, only the starting noise takes the variation seed.
+    `device` other than the CPU draws the noise there (A1111's "GPU" RNG): faster, but the
+    same seed then gives different images on different kinds of GPU.
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     if variation_seed is not None and strength != 0:
-        own = torch.Generator(device="cpu").manual_seed(variation_seed)
-        other = torch.randn(shape, generator=own, device="cpu", dtype=dtype)
+        own = torch.Generator(device=device).manual_seed(variation_seed)
+        other = torch.randn(shape, generator=own, device=device, dtype=dtype)
         # A1111 blends (C, H, W) tensors in float32.
         blended = slerp(strength, noise[0].float(), other[0].float())
         noise = blended.unsqueeze(0).to(dtype)
@@ -115,7 +118,7 @@ class StepReporter:
 
 
 def generate_batch(
-    loaded: LoadedModel, jobs: Sequence[EngineJob], preview_interval: float
+    loaded: LoadedModel, jobs: Sequence[EngineJob], preview_interval: float, noise: str = "cpu"
 ) -> list[GenerationResult]:
     """Run compatible jobs as one UNet batch; each image keeps its own seed and generator.
 
@@ -139,13 +142,13 @@ def generate_batch(
             continue  # nobody waits for these images any more
         run_jobs = [jobs[index] for index in run]
         pil_images = _run_pipeline(
-            loaded, run_jobs, [pairs[index] for index in run], jobs, preview_interval
+            loaded, run_jobs, [pairs[index] for index in run], jobs, preview_interval, noise
         )
         produced = iter(pil_images)
         for index, job in zip(run, run_jobs, strict=True):
             params = job.params
             images[index] = [
-                _encode(next(produced), params, seed, variation_seed, loaded)
+                _encode(next(produced), params, seed, variation_seed, loaded, noise)
                 for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True)
             ]
     seconds = time.perf_counter() - started
@@ -185,9 +188,11 @@ def _run_pipeline(
     pairs: Sequence[PromptPair],
     batch: Sequence[EngineJob],
     preview_interval: float,
+    noise: str = "cpu",
 ) -> list[Any]:
     """One pipeline call for jobs whose embeddings have the same length; PIL images in order."""
     pipe: Any = loaded.pipe  # diffusers is untyped here; mypy sees its dummy classes
+    noise_device = pipe.device if noise == "gpu" else torch.device("cpu")
     first = jobs[0].params
     dtype = _embeds_dtype(pipe)
     counts = [job.params.count for job in jobs]
@@ -217,7 +222,7 @@ def _run_pipeline(
         params = job.params
         for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True):
             noise, generator = image_noise(
-                shape, dtype, seed, variation_seed, params.variation_strength
+                shape, dtype, seed, variation_seed, params.variation_strength, noise_device
             )
             noises.append(noise)
             generators.append(generator)
@@ -248,9 +253,16 @@ def _encode(
     seed: int,
     variation_seed: int | None,
     loaded: LoadedModel,
+    noise: str = "cpu",
 ) -> GeneratedImage:
     infotext = build_infotext(
-        params, seed=seed, model_hash=loaded.model_hash, variation_seed=variation_seed
+        params,
+        seed=seed,
+        model_hash=loaded.model_hash,
+        variation_seed=variation_seed,
+        # A1111 names the noise source unless it is its default, the GPU; with "RNG: CPU"
+        # an A1111 install draws the same starting noise as we did.
+        rng="CPU" if noise == "cpu" else None,
     )
     return GeneratedImage(
         seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed

@@ -34,6 +34,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     preview_interval: float = 2.0
+    noise: str = "cpu"  # where starting noise is drawn: "cpu" (any device) or "gpu"
 
 
 @dataclass(slots=True)
@@ -134,7 +135,7 @@ class EngineWorker:
         loaded = self._models().get(jobs[0].params.model)
         try:
             with torch.inference_mode():
-                return generate_batch(loaded, jobs, self.config.preview_interval)
+                return generate_batch(loaded, jobs, self.config.preview_interval, self.config.noise)
         except torch.OutOfMemoryError:
             log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
             if torch.cuda.is_available():

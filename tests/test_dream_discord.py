@@ -212,10 +212,10 @@ async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
 
     real = engine.txt2img.generate_batch
 
-    def out_of_memory(loaded, jobs, interval):
+    def out_of_memory(loaded, jobs, *args):
         if jobs[0].params.prompt == "too big":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(loaded, jobs, interval)
+        return real(loaded, jobs, *args)
 
     monkeypatch.setattr(engine.txt2img, "generate_batch", out_of_memory)
     alice = sim.member("alice")

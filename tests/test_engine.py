@@ -308,3 +308,19 @@ async def test_prompt_language_and_clip_skip_change_the_image(engine, changed):
     [png] = await generate(engine, p)
     assert difference(png, plain) > 1
     assert params_from_infotext(read_png_infotext(png)) == p
+
+
+async def test_cpu_noise_is_named_in_the_infotext_and_gpu_noise_on_a_cpu_is_the_same(tiny_sd1):
+    spec = ModelSpec("tiny", str(tiny_sd1))
+    outputs = {}
+    for noise in ("cpu", "gpu"):
+        worker = EngineWorker(EngineConfig({"tiny": spec}, device="cpu", noise=noise))
+        worker.start()
+        try:
+            [result] = await worker.generate([EngineJob(1, params(seed=9))])
+        finally:
+            await worker.stop()
+        outputs[noise] = result.images[0]
+    assert outputs["cpu"].infotext.endswith(", RNG: CPU")
+    assert "RNG" not in outputs["gpu"].infotext  # A1111's default needs no mention
+    assert np.array_equal(pixels(outputs["cpu"].png), pixels(outputs["gpu"].png))
