@@ -221,10 +221,10 @@ def _run_pipeline(
     for job in jobs:
         params = job.params
         for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True):
-            noise, generator = image_noise(
+            start, generator = image_noise(
                 shape, dtype, seed, variation_seed, params.variation_strength, noise_device
             )
-            noises.append(noise)
+            noises.append(start)
             generators.append(generator)
     output = pipe(
         **embeds,
