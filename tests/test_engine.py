@@ -23,26 +23,14 @@ from engine.specs import ModelSpec
 from engine.tiny import build_tiny_sd1, build_tiny_sdxl
 from engine.txt2img import generate_batch, set_sampler
 from engine.worker import EngineConfig, EngineWorker
+from tests.factories import tiny_params
 from tests.ldm_layout import pipeline_to_ldm
 
 CPU = torch.device("cpu")
 
 
 def params(**overrides) -> GenerationParams:
-    values = dict(
-        prompt="a cat",
-        negative="",
-        seed=1,
-        steps=3,
-        cfg=7.0,
-        width=64,
-        height=64,
-        sampler="Euler a",
-        count=1,
-        model="tiny",
-    )
-    values.update(overrides)
-    return GenerationParams(**values)
+    return tiny_params(**overrides)
 
 
 def pixels(png: bytes) -> np.ndarray:

@@ -6,23 +6,11 @@ import pytest
 
 from engine.infotext import build_infotext, params_from_infotext, parse_infotext, quote
 from engine.params import GenerationParams, InvalidParams
+from tests.factories import standard_params
 
 
 def params(**overrides) -> GenerationParams:
-    values = dict(
-        prompt="a cat",
-        negative="",
-        seed=1,
-        steps=20,
-        cfg=7.0,
-        width=512,
-        height=512,
-        sampler="Euler a",
-        count=1,
-        model="sd15",
-    )
-    values.update(overrides)
-    return GenerationParams(**values)
+    return standard_params(**overrides)
 
 
 def test_written_like_a1111():

@@ -7,6 +7,7 @@ import pytest
 from bot.services import DreamOptions, resolve_options
 from engine.params import GenerationParams, InvalidParams, check_params, parse_size
 from engine.specs import ModelSpec
+from tests.factories import standard_params
 
 MODELS = {
     "sd15": ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
@@ -51,20 +52,7 @@ def test_default_cap_is_one_and_a_half_times_the_native_side():
 
 
 def good(**overrides) -> GenerationParams:
-    values = dict(
-        prompt="a cat",
-        negative="",
-        seed=1,
-        steps=20,
-        cfg=7.0,
-        width=512,
-        height=512,
-        sampler="Euler a",
-        count=1,
-        model="sd15",
-    )
-    values.update(overrides)
-    return GenerationParams(**values)
+    return standard_params(**overrides)
 
 
 @pytest.mark.parametrize(

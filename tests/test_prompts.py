@@ -22,6 +22,7 @@ from engine.prompts import (
 )
 from engine.specs import ModelSpec
 from engine.tiny import build_tiny_sd1, build_tiny_sdxl
+from tests.factories import standard_params
 
 # In the tiny vocabulary every letter is one token and "cat", "dog", "the" are one each.
 A, COMMA = 353, 300
@@ -364,20 +365,7 @@ MODELS = {"sd15": ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5
 
 
 def good(**overrides) -> GenerationParams:
-    values = dict(
-        prompt="a cat",
-        negative="",
-        seed=1,
-        steps=20,
-        cfg=7.0,
-        width=512,
-        height=512,
-        sampler="Euler a",
-        count=1,
-        model="sd15",
-    )
-    values.update(overrides)
-    return GenerationParams(**values)
+    return standard_params(**overrides)
 
 
 @pytest.mark.parametrize(
