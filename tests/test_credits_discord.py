@@ -7,14 +7,7 @@ import pytest
 
 from data import JobStatus
 from tests.conftest import wait_until
-
-
-def has_result(result) -> bool:
-    return bool(result.response and result.response.embeds)
-
-
-def ephemeral_followups(result) -> list[str]:
-    return [message.content for message in result.followups if message.ephemeral]
+from tests.discord_helpers import ephemeral_followups, has_result, leave_job
 
 
 def admin(sim, name: str = "admin"):
@@ -139,8 +132,6 @@ async def test_admin_credit_commands_and_their_bad_inputs(sim):
 
 
 async def test_restart_failure_is_told_in_the_channel_when_dms_are_closed(sim):
-    from tests.test_dream_discord import leave_job
-
     alice = sim.member("alice")
     job = await leave_job(sim, alice, "running", 2)
     sim.env.inject_error(

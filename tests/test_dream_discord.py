@@ -12,21 +12,12 @@ from PIL import Image
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
 from tests.conftest import wait_until
-
-
-def original_edits(env, result) -> list[dict]:
-    interaction_id = str(result.response.message.interaction_metadata.id)
-    return [
-        r.json
-        for r in env.http_requests
-        if r.method == "PATCH"
-        and r.path.endswith("/messages/@original")
-        and interaction_id in r.path
-    ]
-
-
-def has_result(result) -> bool:
-    return bool(result.response.embeds)
+from tests.discord_helpers import (
+    ephemeral_followups,
+    has_result,
+    leave_job,
+    original_edits,
+)
 
 
 async def test_dream_posts_images_with_embed_and_infotext(sim):
@@ -170,10 +161,6 @@ async def failed_jobs(sim) -> list:
     return await sim.bot.dreams.jobs.with_status(__import__("data").JobStatus.FAILED)
 
 
-def ephemeral_followups(result) -> list[str]:
-    return [message.content for message in result.followups if message.ephemeral]
-
-
 @pytest.fixture
 def settings(make_settings, tiny_sd1, tmp_path):
     broken = tmp_path / "broken-model"
@@ -280,40 +267,6 @@ async def test_progress_edits_are_throttled(sim, monkeypatch):
     assert len(contents) == 2, contents
     assert contents[0].startswith("Queued: position 1.")
     assert alice.mention in contents[1]
-
-
-async def leave_job(sim, member, status: str, attempts: int, **params):
-    """A job row as a crashed run would leave it, accepted and charged through the service."""
-    from engine.params import GenerationParams
-
-    values = dict(
-        prompt="left behind",
-        negative="",
-        seed=4,
-        steps=1,
-        cfg=7.0,
-        width=64,
-        height=64,
-        sampler="Euler a",
-        count=1,
-        model="tiny",
-    )
-    values.update(params)
-    dreams = sim.bot.dreams
-    job = await dreams.jobs.create(
-        kind="dream",
-        user_id=member.id,
-        guild_id=sim.guild.id,
-        channel_id=sim.channel.id,
-        interaction_id=None,
-        params=values,
-        cost=dreams.price(GenerationParams(**values)),
-    )
-    async with dreams.jobs._store.transaction() as db:
-        await db.execute(
-            "UPDATE jobs SET status = ?, attempts = ? WHERE id = ?", (status, attempts, job.id)
-        )
-    return job
 
 
 def posted_for(sim, job_id: int):
