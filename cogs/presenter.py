@@ -10,6 +10,7 @@ from typing import Any
 
 import discord
 
+from bot.replies import reply_ephemeral
 from bot.services import JobOutcome, StoredImage, Ticket
 from data.jobs import Job
 from engine.images import EncodedImage, fit_to_limit
@@ -179,28 +180,7 @@ class DreamPresenter:
         """The public progress message goes; the member alone reads why."""
         async with self._lock:
             self._finished = True
-            try:
-                if not self._last_text:
-                    # Still "thinking": until the deferred response is completed, Discord
-                    # turns the first followup into that (public) response, ephemeral or not.
-                    await self.interaction.edit_original_response(content="…")
-                await self.interaction.delete_original_response()
-            except discord.HTTPException:
-                log.warning("could not delete the progress message of %s", self.interaction.id)
-            try:
-                await self.interaction.followup.send(text, ephemeral=True)
-                return
-            except discord.HTTPException:  # the token lives 15 minutes; a long queue outlives it
-                log.info("could not tell user %s privately: %s", self.interaction.user.id, text)
-        channel = self.interaction.channel
-        if isinstance(channel, discord.abc.Messageable):
-            try:
-                await channel.send(
-                    f"{self.interaction.user.mention} {text}",
-                    allowed_mentions=discord.AllowedMentions(users=True),
-                )
-            except discord.HTTPException:
-                log.warning("could not tell user %s: %s", self.interaction.user.id, text)
+            await reply_ephemeral(self.interaction, text, fallback_to_channel=True)
 
 
 def credits_text(amount: int) -> str:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from engine.images import encode_png
 from tests.conftest import wait_until
+from tests.discord_helpers import has_result, original_edits
 
 A1111_XL = (
     "a photo of an astronaut riding a horse on mars\n"
@@ -17,10 +18,6 @@ A1111_XL = (
     "Size: 64x64, Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Denoising strength: 0.4, "
     "Hires upscale: 2, Version: v1.10.1"
 )
-
-
-def has_result(result) -> bool:
-    return bool(result.response and result.response.embeds and result.response.attachments)
 
 
 def png_with(text: str) -> bytes:
@@ -66,8 +63,6 @@ async def test_reproduce_a_posted_image_gives_identical_pixels(sim):
 async def test_reproduce_says_what_it_could_not_honour(sim):
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "reproduce", image=("a1111.png", png_with(A1111_XL)))
-    from tests.test_dream_discord import original_edits
-
     await wait_until(sim.env, lambda: has_result(result))
     queued = original_edits(sim.env, result)[0]["content"]
     assert "Model sd_xl_base_1.0 is not on this bot; used tiny." in queued
@@ -110,3 +105,18 @@ def _plain_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def test_an_unexpected_error_after_a_public_defer_is_told_privately(sim, monkeypatch):
+    def broken(text):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(sim.bot.dreams, "reproduce_params", broken)
+    alice = sim.member("alice")
+    result = await alice.slash(sim.channel, "reproduce", image=("a.png", png_with(A1111_XL)))
+    [error] = sim.expected_errors()
+    assert "disk on fire" in str(error.__cause__ or error)
+    private = [m.content for m in result.followups if m.ephemeral]
+    assert private == ["Something went wrong; the bot's owner can see the log."]
+    public = [m for m in sim.channel.history() if m.author.bot]
+    assert public == [], "the public 'thinking' message is gone"
