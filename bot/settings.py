@@ -30,6 +30,12 @@ class ModelSettings(BaseModel):
     default_size: tuple[int, int] | None = None
     max_pixels: int | None = Field(default=None, gt=0)
     note: str = ""
+    inpaint_source: str | None = Field(
+        default=None, description="A dedicated inpainting checkpoint for /inpaint and /outpaint"
+    )
+    controlnets: dict[str, str] = Field(
+        default_factory=dict, description="ControlNet sources by control type, e.g. canny"
+    )
 
     def to_spec(self, name: str) -> ModelSpec:
         return ModelSpec(
@@ -40,6 +46,8 @@ class ModelSettings(BaseModel):
             default_size=self.default_size,
             max_pixels=self.max_pixels,
             note=self.note,
+            inpaint_source=self.inpaint_source,
+            controlnets=dict(self.controlnets),
         )
 
 
@@ -81,6 +89,20 @@ class Settings(BaseSettings):
     topup_hours: float = Field(default=24.0, gt=0)
     max_pending_per_member: int = Field(default=3, ge=1)
     max_queued_total: int = Field(default=100, ge=1)
+    # Result buttons (issue 4).
+    variation_strength: float = Field(default=0.2, gt=0.0, le=1.0)
+    strong_variation_denoise: float = Field(default=0.65, gt=0.0, le=1.0)
+    buttons_for_anyone: bool = False
+    # Upscaling (U buttons and /upscale): resize, then img2img at low denoise in tiles.
+    upscale_factor: float = Field(default=2.0, ge=1.0, le=4.0)
+    upscale_denoise: float = Field(default=0.3, ge=0.0, le=1.0)
+    upscale_tile: int = Field(default=0, ge=0)
+    upscale_tile_overlap: int = Field(default=64, ge=0)
+    max_upscale_pixels: int = Field(default=2048 * 2048, gt=0)
+    upscaler: str | None = None
+    # Attachments are untrusted: refused over these before they are downloaded or decoded.
+    max_attachment_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_attachment_pixels: int = Field(default=6144 * 6144, gt=0)
     log_level: str = "INFO"
 
     @field_validator("models")
@@ -104,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
 
     def credit_policy(self) -> CreditPolicy:
         return CreditPolicy(

@@ -17,3 +17,5 @@ class EngineJob:
     params: GenerationParams
     report: Callable[[Progress], None] = lambda progress: None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # The bytes of the stored images `params` names (init, mask, control), by key.
+    inputs: dict[str, bytes] = field(default_factory=dict)

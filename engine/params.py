@@ -20,6 +20,17 @@ MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH = 0.0, 1.0
 # sub-prompts, or whichever one the text unambiguously uses (engine/prompts.py).
 PROMPT_SYNTAXES = ("a1111", "subprompt", "auto")
 MIN_SIDE = 64
+# How a job makes its images. Every mode but txt2img starts from a stored input image.
+MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale")
+IMAGE_MODES = frozenset(MODES) - {"txt2img"}
+MIN_DENOISE, MAX_DENOISE = 0.0, 1.0
+MAX_MASK_BLUR = 64
+MAX_INPAINT_PADDING = 256
+MAX_OUTPAINT = 1024  # pixels added on one side
+MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
+# Canny maps are computed from any picture; the other types take a ready control map.
+CONTROL_TYPES = ("canny", "depth", "openpose", "scribble", "lineart", "softedge", "seg", "normal")
+MIN_CONTROL_SCALE, MAX_CONTROL_SCALE = 0.0, 2.0
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8, so latents need whole pixels
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[x×*]\s*(\d{1,5})\s*$", re.IGNORECASE)
@@ -47,6 +58,27 @@ class GenerationParams:
     prompt_syntax: str = "a1111"
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    # Image-conditioned modes (issue 5). Images are named by the key of their stored bytes
+    # (see bot/inputs.py), never by an attachment URL, which expires.
+    mode: str = "txt2img"
+    denoise: float = 0.75  # A1111's "Denoising strength": 0 keeps the image, 1 ignores it
+    init_image: str | None = None
+    mask_image: str | None = None  # white repaints; None in inpaint: the init image's alpha
+    mask_blur: int = 4
+    inpaint_full_res: bool = False  # A1111's "Inpaint area: Only masked"
+    inpaint_padding: int = 32  # A1111's "Only masked padding, pixels"
+    # Pixels added to the left, right, top and bottom of the init image.
+    outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)
+    upscale: float = 1.0  # /upscale and U buttons: width and height are the target size
+    control_type: str | None = None
+    control_image: str | None = None
+    control_scale: float = 1.0
+
+    @property
+    def input_keys(self) -> list[str]:
+        """The stored images this job reads."""
+        keys = (self.init_image, self.mask_image, self.control_image)
+        return [key for key in keys if key is not None]
 
     @property
     def has_variation(self) -> bool:
@@ -76,8 +108,25 @@ class GenerationParams:
 
         Prompt syntax and clip skip are not in it: embeddings are made per job anyway. Nor
         are variation seeds: the engine draws every image's starting noise itself.
+        Image-conditioned jobs share a batch only with jobs on the same inputs.
         """
-        return (self.model, self.width, self.height, self.steps, self.sampler, self.cfg)
+        key: tuple[Any, ...] = (self.model, self.width, self.height, self.steps, self.sampler)
+        key += (self.cfg,)
+        if self.mode == "txt2img" and self.control_type is None:
+            return key
+        return (
+            *key,
+            self.mode,
+            self.denoise,
+            *self.input_keys,
+            self.mask_blur,
+            self.inpaint_full_res,
+            self.inpaint_padding,
+            self.outpaint,
+            self.upscale,
+            self.control_type,
+            self.control_scale,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +134,10 @@ class GenerationParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        values = {key: value for key, value in data.items() if key in names}
+        if "outpaint" in values:  # JSON has no tuples
+            values["outpaint"] = tuple(values["outpaint"])
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +202,16 @@ def check_size(width: int, height: int, spec: ModelSpec) -> None:
         )
 
 
-def check_params(params: GenerationParams, models: dict[str, ModelSpec], max_prompt: int) -> None:
+# The largest result /upscale makes; past the model's own cap it is worked on in tiles.
+DEFAULT_UPSCALE_PIXELS = 2048 * 2048
+
+
+def check_params(
+    params: GenerationParams,
+    models: dict[str, ModelSpec],
+    max_prompt: int,
+    max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
+) -> None:
     """Raise InvalidParams naming the first bad value; checks what Discord cannot."""
     if not params.prompt.strip():
         raise InvalidParams("The prompt is empty.")
@@ -175,8 +236,62 @@ def check_params(params: GenerationParams, models: dict[str, ModelSpec], max_pro
         raise InvalidParams(f"Count must be {MIN_COUNT}-{MAX_COUNT}, not {params.count}.")
     if not 0 <= params.seed <= MAX_SEED:
         raise InvalidParams(f"Seed must be 0-{MAX_SEED} (or -1 for random), not {params.seed}.")
-    check_size(params.width, params.height, spec)
+    if params.mode == "upscale":
+        check_upscale_size(params.width, params.height, max_upscale_pixels)
+    else:
+        check_size(params.width, params.height, spec)
     check_prompt_options(params)
+    check_image_options(params)
+
+
+def check_upscale_size(width: int, height: int, max_pixels: int) -> None:
+    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+        raise InvalidParams(
+            f"Size {width}x{height}: width and height must be multiples of {SIZE_MULTIPLE}."
+        )
+    if width * height > max_pixels:
+        raise InvalidParams(
+            f"An upscale to {width}x{height} is {width * height:,} pixels; the limit is "
+            f"{max_pixels:,}. Choose a smaller factor."
+        )
+
+
+def check_image_options(params: GenerationParams) -> None:
+    """The image-conditioned modes' options (issue 5)."""
+    if params.mode not in MODES:
+        raise InvalidParams(f"Unknown mode {params.mode!r}. Modes: {', '.join(MODES)}.")
+    if params.mode in IMAGE_MODES and params.init_image is None:
+        raise InvalidParams(f"{params.mode} needs an image to start from.")
+    if not MIN_DENOISE <= params.denoise <= MAX_DENOISE:
+        raise InvalidParams(
+            f"Denoising strength must be {MIN_DENOISE:g}-{MAX_DENOISE:g}, not {params.denoise:g}."
+        )
+    if not 0 <= params.mask_blur <= MAX_MASK_BLUR:
+        raise InvalidParams(f"Mask blur must be 0-{MAX_MASK_BLUR}, not {params.mask_blur}.")
+    if not 0 <= params.inpaint_padding <= MAX_INPAINT_PADDING:
+        raise InvalidParams(
+            f"Inpaint padding must be 0-{MAX_INPAINT_PADDING}, not {params.inpaint_padding}."
+        )
+    if len(params.outpaint) != 4 or any(not 0 <= side <= MAX_OUTPAINT for side in params.outpaint):
+        raise InvalidParams(f"Each side of an outpaint must be 0-{MAX_OUTPAINT} pixels.")
+    if params.mode == "outpaint" and not any(params.outpaint):
+        raise InvalidParams("Outpainting needs at least one side to grow (left, right, up, down).")
+    if not MIN_UPSCALE <= params.upscale <= MAX_UPSCALE:
+        raise InvalidParams(
+            f"Upscale factor must be {MIN_UPSCALE:g}-{MAX_UPSCALE:g}, not {params.upscale:g}."
+        )
+    if params.control_type is not None:
+        if params.control_type not in CONTROL_TYPES:
+            raise InvalidParams(
+                f"Unknown control type {params.control_type!r}. Types: {', '.join(CONTROL_TYPES)}."
+            )
+        if params.control_image is None:
+            raise InvalidParams("A control type needs a control image.")
+    if not MIN_CONTROL_SCALE <= params.control_scale <= MAX_CONTROL_SCALE:
+        raise InvalidParams(
+            f"Control weight must be {MIN_CONTROL_SCALE:g}-{MAX_CONTROL_SCALE:g}, "
+            f"not {params.control_scale:g}."
+        )
 
 
 def check_prompt_options(params: GenerationParams) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 ModelFamily = Literal["sd1", "sd2", "sdxl"]
@@ -33,6 +33,11 @@ class ModelSpec:
     default_size: tuple[int, int] | None = None
     max_pixels: int | None = None
     note: str = ""
+    # A dedicated inpainting checkpoint (9 UNet input channels) used by /inpaint and
+    # /outpaint; without one the model itself inpaints.
+    inpaint_source: str | None = None
+    # ControlNet models for this base model, by control type (canny, depth, ...).
+    controlnets: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_single_file(self) -> bool:

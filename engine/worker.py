@@ -107,7 +107,13 @@ class EngineWorker:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         threaded = [
-            EngineJob(job.job_id, job.params, partial(_post, loop, context, job.report), job.cancel)
+            EngineJob(
+                job.job_id,
+                job.params,
+                partial(_post, loop, context, job.report),
+                job.cancel,
+                job.inputs,
+            )
             for job in jobs
         ]
         return await self.call(partial(self._generate, threaded))
