@@ -8,7 +8,9 @@ import logging
 import discord
 from discord.ext import commands
 
+from bot.actions import ResultActions
 from bot.credits import CreditService
+from bot.guilds import GuildSettingsService
 from bot.services import DreamService
 from bot.settings import Settings
 from bot.tree import SDCommandTree
@@ -16,16 +18,31 @@ from data.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.dream", "cogs.admin", "cogs.credits", "cogs.queue", "cogs.info")
+EXTENSIONS = (
+    "cogs.dream",
+    "cogs.results",
+    "cogs.admin",
+    "cogs.credits",
+    "cogs.queue",
+    "cogs.info",
+    "cogs.settings",
+)
 
 
 class SDBot(commands.Bot):
     def __init__(
-        self, settings: Settings, store: Store, dreams: DreamService, credits: CreditService
+        self,
+        settings: Settings,
+        store: Store,
+        dreams: DreamService,
+        credits: CreditService,
+        guilds: GuildSettingsService,
+        actions: ResultActions,
     ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
         intents.dm_messages = True  # `balance` and `help` by DM
+        intents.guild_reactions = True  # 🔄 ❌ ✉️ on results
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -38,6 +55,8 @@ class SDBot(commands.Bot):
         self.store = store
         self.dreams = dreams
         self.credits = credits
+        self.guild_settings = guilds
+        self.actions = actions
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:

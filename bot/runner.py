@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bot.actions import ResultActions
 from bot.app import SDBot
 from bot.credits import CreditService
+from bot.guilds import GuildSettingsService
+from bot.inputs import InputStore
 from bot.queue import JobQueue
 from bot.services import STANDARD_JOB, DreamService
 from bot.settings import Settings
 from data.credits import CreditRepository
+from data.guilds import GuildSettingsRepository
 from data.jobs import JobRepository
 from data.store import Store
 from engine.specs import ModelSpec
@@ -41,9 +45,11 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
         CreditRepository(store, policy),
         engine or build_engine(settings),
         JobQueue(max_batch=settings.max_batch),
+        InputStore(settings.inputs_dir),
     )
     credits = CreditService(dreams.credits, dreams.price(STANDARD_JOB))
-    return SDBot(settings, store, dreams, credits)
+    guilds = GuildSettingsService(settings, GuildSettingsRepository(store))
+    return SDBot(settings, store, dreams, credits, guilds, ResultActions(dreams, guilds))
 
 
 def run_bot(settings: Settings) -> int:

@@ -18,15 +18,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from bot.inputs import InputStore, MissingInput
 from bot.queue import JobQueue, QueuedJob
 from bot.settings import Settings
 from data.credits import CreditRepository, InsufficientCredits
 from data.jobs import (
+    DuplicateAction,
     DuplicateInteraction,
     Job,
     JobImage,
     JobRepository,
     JobStatus,
+    Origin,
     QueueCaps,
     QueueFull,
 )
@@ -53,6 +56,7 @@ DREAM = "dream"
 MAX_ATTEMPTS = 2
 CRASH_MESSAGE = "The bot stopped twice while running this job, so it was given up."
 UNREADABLE = "After an update the bot could not read this job back."
+INPUT_GONE = "The image this job started from is no longer on the bot's disk."
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class JobOutcome:
     run_seconds: float
     queued_seconds: float
     balance: int | None = None
+    # For a job made from another's result (a button): the message showing that result.
+    parent_message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +154,10 @@ class DreamService:
         credits: CreditRepository,
         engine: EngineWorker,
         queue: JobQueue | None = None,
+        inputs: InputStore | None = None,
     ) -> None:
         self.settings = settings
+        self.inputs = inputs or InputStore(settings.inputs_dir)
         self.models: dict[str, ModelSpec] = settings.model_specs()
         self.jobs = jobs
         self.credits = credits
@@ -212,8 +220,17 @@ class DreamService:
         if loras:
             notes.append(f"LoRAs are not supported yet: {', '.join(loras)}.")
         params = replace(parsed, model=model, sampler=sampler, count=1)
-        check_params(params, self.models, self.settings.max_prompt_length)
+        self.check(params)
         return params, notes
+
+    def check(self, params: GenerationParams) -> None:
+        """InvalidParams naming the first value this bot cannot run."""
+        check_params(
+            params,
+            self.models,
+            self.settings.max_prompt_length,
+            self.settings.max_upscale_pixels,
+        )
 
     async def submit(
         self,
@@ -224,16 +241,20 @@ class DreamService:
         channel_id: int | None,
         interaction_id: int | None,
         observer: JobObserver,
+        origin: Origin | None = None,
     ) -> Ticket:
         """Charge and record the job in one transaction, then queue it.
 
         Raises JobRefused (caps, credits) having changed nothing. A retried interaction
-        gets its existing job back, charged once.
+        gets its existing job back, charged once; so does a second click of an action whose
+        first job is still pending (`origin`).
         """
-        check_params(params, self.models, self.settings.max_prompt_length)
+        self.check(params)
+        inputs = await self.inputs.for_params(params)
+        kind = job_kind(params)
         try:
             job = await self.jobs.create(
-                kind=DREAM,
+                kind=kind,
                 user_id=user_id,
                 guild_id=guild_id,
                 channel_id=channel_id,
@@ -241,8 +262,9 @@ class DreamService:
                 params=params.to_dict(),
                 cost=self.price(params),
                 caps=self.caps,
+                origin=origin,
             )
-        except DuplicateInteraction as duplicate:
+        except (DuplicateInteraction, DuplicateAction) as duplicate:
             existing = duplicate.job
             return Ticket(
                 existing,
@@ -252,22 +274,30 @@ class DreamService:
             )
         except (QueueFull, InsufficientCredits) as refused:
             raise JobRefused(str(refused)) from None
-        position = self._enqueue(job, params, observer)
+        position = self._enqueue(job, params, observer, inputs)
         balance = (await self.credits.account(user_id)).balance
         log.info(
             "job=%s kind=%s user=%s cost=%s queued position=%s",
             job.id,
-            DREAM,
+            kind,
             user_id,
             job.cost,
             position,
         )
         return Ticket(job, params, position, balance)
 
-    def _enqueue(self, job: Job, params: GenerationParams, observer: JobObserver | None) -> int:
+    def _enqueue(
+        self,
+        job: Job,
+        params: GenerationParams,
+        observer: JobObserver | None,
+        inputs: dict[str, bytes],
+    ) -> int:
         if observer is not None:
             self._observers[job.id] = observer
-        engine_job = EngineJob(job.id, params, report=lambda p: self._progress(job.id, p))
+        engine_job = EngineJob(
+            job.id, params, report=lambda p: self._progress(job.id, p), inputs=inputs
+        )
         return self.queue.put(QueuedJob(job.id, job.user_id, engine_job, time.monotonic()))
 
     def _progress(self, job_id: int, progress: Progress) -> None:
@@ -290,9 +320,12 @@ class DreamService:
         for job in await self.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
             try:
                 params = GenerationParams.from_dict(job.params)
-            except TypeError:  # a row this version cannot read: give the credits back
-                refunded = await self.jobs.finish(job.id, JobStatus.FAILED, error=UNREADABLE)
-                self._notify_failed(job, UNREADABLE, refunded)
+                inputs = await self.inputs.for_params(params)
+            except (TypeError, MissingInput) as unusable:
+                # A row this version cannot read, or its input image is gone: refund it.
+                reason = INPUT_GONE if isinstance(unusable, MissingInput) else UNREADABLE
+                refunded = await self.jobs.finish(job.id, JobStatus.FAILED, error=reason)
+                self._notify_failed(job, reason, refunded)
                 failed.append(job)
                 continue
             if job.status is JobStatus.RUNNING:
@@ -306,7 +339,7 @@ class DreamService:
                     continue
                 await self.jobs.requeue(job.id)
             observer = self.fallback_observer(job) if self.fallback_observer else None
-            self._enqueue(job, params, observer)
+            self._enqueue(job, params, observer, inputs)
             restored.append(job)
             log.info("job=%s restored to the queue after a restart", job.id)
         return restored, failed
@@ -408,8 +441,16 @@ class DreamService:
             result.seconds,
         )
         balance = (await self.credits.account(job.user_id)).balance
+        parent = await self.jobs.get(job.parent_id) if job.parent_id is not None else None
         outcome = JobOutcome(
-            job, params, stored, result.model_hash, result.seconds, queued, balance
+            job,
+            params,
+            stored,
+            result.model_hash,
+            result.seconds,
+            queued,
+            balance,
+            parent.message_id if parent is not None else None,
         )
         observer = self._observers.pop(entry.job_id, None)
         if observer is not None:
@@ -599,9 +640,19 @@ STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512
 
 
 def price_units(params: GenerationParams) -> float:
-    """How many standard images (512x512, 20 steps) a job is worth."""
+    """How many standard images (512x512, 20 steps) a job is worth.
+
+    Image-conditioned modes run only `denoise` of their steps (diffusers and A1111 skip the
+    rest), so they cost that fraction.
+    """
     pixels = params.width * params.height / STANDARD_PIXELS
-    return pixels * params.steps / STANDARD_STEPS * params.count
+    steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
+    return pixels * steps / STANDARD_STEPS * params.count
+
+
+def job_kind(params: GenerationParams) -> str:
+    """The job's kind as stored and logged: `dream` for text to image, else the mode."""
+    return DREAM if params.mode == "txt2img" else params.mode
 
 
 def resolve_options(

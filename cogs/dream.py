@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.services import DreamOptions, JobRefused
+from cogs.buttons import view_factory
 from cogs.presenter import ChannelPresenter, DreamPresenter
 from engine.params import (
     MAX_CFG,
@@ -104,7 +105,9 @@ class Dream(commands.Cog):
 
     async def cog_load(self) -> None:
         # Jobs restored after a restart have no interaction left: post in their channel.
-        self.bot.dreams.fallback_observer = partial(ChannelPresenter, self.bot)
+        self.bot.dreams.fallback_observer = partial(
+            ChannelPresenter, self.bot, view=view_factory(self.bot)
+        )
 
     async def cog_unload(self) -> None:
         self.bot.dreams.fallback_observer = None
@@ -175,7 +178,9 @@ async def start_job(
 
     `note` is said with the queue position (for example what /reproduce could not honour).
     """
-    presenter = DreamPresenter(interaction, bot.settings.progress_interval, note)
+    presenter = DreamPresenter(
+        interaction, bot.settings.progress_interval, note, view=view_factory(bot)
+    )
     try:
         ticket = await bot.dreams.submit(
             params,

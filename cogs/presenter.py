@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -39,11 +41,27 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(outcome: JobOutcome, requester: discord.abc.User | None) -> discord.Embed:
+MODE_TITLES = {
+    "txt2img": "Dream",
+    "img2img": "Image to image",
+    "inpaint": "Inpainting",
+    "outpaint": "Outpainting",
+    "upscale": "Upscale",
+}
+
+
+def result_embed(
+    outcome: JobOutcome, requester: discord.abc.User | None, note: str = ""
+) -> discord.Embed:
     params = outcome.params
     embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
+    title = MODE_TITLES.get(params.mode, params.mode)
+    if outcome.job.action:
+        title = f"{title} ({outcome.job.action} of job {outcome.job.parent_id})"
     if requester is not None:
-        embed.set_author(name=f"Dream for {requester.display_name}")
+        embed.set_author(name=f"{title} for {requester.display_name}")
+    else:
+        embed.set_author(name=title)
     if params.negative:
         embed.add_field(name="Negative", value=_clip(params.negative, FIELD_LIMIT), inline=False)
     seeds = ", ".join(dict.fromkeys(str(image.seed) for image in outcome.images))
@@ -59,7 +77,15 @@ def result_embed(outcome: JobOutcome, requester: discord.abc.User | None) -> dis
     embed.add_field(name="CFG", value=f"{params.cfg:g}")
     embed.add_field(name="Size", value=params.size)
     embed.add_field(name="Model", value=params.model)
+    if params.mode != "txt2img":
+        embed.add_field(name="Denoising", value=f"{params.denoise:g}")
+    if params.mode == "upscale":
+        embed.add_field(name="Upscale", value=f"{params.upscale:g}x")
+    if params.control_type is not None:
+        embed.add_field(name="Control", value=f"{params.control_type} ({params.control_scale:g})")
     embed.add_field(name="Time", value=f"{outcome.run_seconds:.1f}s")
+    if note:
+        embed.add_field(name="Note", value=_clip(note, FIELD_LIMIT), inline=False)
     footer = f"job {outcome.job.id} · cost {credits_text(outcome.job.cost)}"
     if outcome.balance is not None:
         footer += f" · balance {outcome.balance}"
@@ -81,15 +107,15 @@ def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> lis
     ]
 
 
-class DreamPresenter:
-    """Owns the interaction's original response for one job; all edits go through a lock.
+class LiveMessage:
+    """A message that shows one job while it waits and runs; all edits go through a lock.
 
     Progress edits are throttled to one per `interval` seconds and only when the text
-    changes (Discord rate-limits edits per route); the final edit always wins.
+    changes (Discord rate-limits edits per route); the final edit always wins. Subclasses
+    say how the message is written.
     """
 
-    def __init__(self, interaction: discord.Interaction, interval: float, note: str = "") -> None:
-        self.interaction = interaction
+    def __init__(self, interval: float, note: str = "") -> None:
         self.interval = interval
         self.note = note
         self._lock = asyncio.Lock()
@@ -100,14 +126,18 @@ class DreamPresenter:
         self._preview: bytes | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def queued(self, ticket: Ticket) -> int | None:
-        """Show the queue position; returns the id of the message the job lives in."""
+    async def _write(self, **kwargs: Any) -> discord.Message | None:
+        raise NotImplementedError
+
+    def queued_text(self, ticket: Ticket) -> str:
         money = f" Cost {credits_text(ticket.job.cost)}"
         money += f", balance {ticket.balance}." if ticket.balance is not None else "."
         note = f"\n{self.note}" if self.note else ""
-        message = await self._edit(
-            f"Queued: position {ticket.position}. {describe(ticket.params)}.{money}{note}"
-        )
+        return f"Queued: position {ticket.position}. {describe(ticket.params)}.{money}{note}"
+
+    async def queued(self, ticket: Ticket) -> int | None:
+        """Show the queue position; returns the id of the message the job lives in."""
+        message = await self._edit(self.queued_text(ticket))
         return message.id if message is not None else None
 
     def progress(self, job_id: int, progress: Progress) -> None:
@@ -133,24 +163,46 @@ class DreamPresenter:
         finally:
             self._editing = False
 
-    async def _edit(self, text: str, **kwargs: Any) -> discord.InteractionMessage | None:
+    async def _edit(self, text: str, **kwargs: Any) -> discord.Message | None:
         async with self._lock:
             if self._finished:
                 return None
             self._last_text = text
             self._last_edit = time.monotonic()
             try:
-                return await self.interaction.edit_original_response(content=text, **kwargs)
+                return await self._write(content=self.decorate(text), **kwargs)
             except discord.HTTPException as error:
                 log.warning("progress edit failed: %s", error)
                 return None
+
+    def decorate(self, text: str) -> str:
+        return text
+
+
+class DreamPresenter(LiveMessage):
+    """A job started by a slash command: it lives in the interaction's original response."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        interval: float,
+        note: str = "",
+        view: ResultViewFactory | None = None,
+    ) -> None:
+        super().__init__(interval, note)
+        self.interaction = interaction
+        self.view = view
+
+    async def _write(self, **kwargs: Any) -> discord.Message | None:
+        return await self.interaction.edit_original_response(**kwargs)
 
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         files = await asyncio.to_thread(
             result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
         )
-        embed = result_embed(outcome, self.interaction.user)
+        embed = result_embed(outcome, self.interaction.user, self.note)
         mention = self.interaction.user.mention
+        extra = _view_kwargs(self.view, outcome)
         async with self._lock:
             self._finished = True
             try:
@@ -159,6 +211,7 @@ class DreamPresenter:
                     embed=embed,
                     attachments=files,
                     allowed_mentions=discord.AllowedMentions(users=True),
+                    **extra,
                 )
                 return message.id
             except discord.HTTPException as error:
@@ -170,7 +223,7 @@ class DreamPresenter:
         files = await asyncio.to_thread(
             result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
         )
-        sent = await channel.send(mention, embed=embed, files=files)
+        sent = await channel.send(mention, embed=embed, files=files, **extra)
         return sent.id
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:
@@ -181,6 +234,118 @@ class DreamPresenter:
         async with self._lock:
             self._finished = True
             await reply_ephemeral(self.interaction, text, fallback_to_channel=True)
+
+
+class ReplyPresenter(LiveMessage):
+    """A job started from a result (a button or a reaction): it lives in a reply to that
+    result, a message of the bot's own that it can edit for as long as it likes.
+
+    A failure is told privately: to the click's interaction while its token lives, else
+    by DM.
+    """
+
+    def __init__(
+        self,
+        client: discord.Client,
+        channel: discord.abc.Messageable,
+        reference: discord.Message | discord.PartialMessage | None,
+        requester: discord.abc.User,
+        label: str,
+        interval: float,
+        *,
+        interaction: discord.Interaction | None = None,
+        view: ResultViewFactory | None = None,
+    ) -> None:
+        super().__init__(interval)
+        self.client = client
+        self.channel = channel
+        self.reference = reference
+        self.requester = requester
+        self.label = label
+        self.interaction = interaction
+        self.view = view
+        self.message: discord.Message | None = None
+
+    def decorate(self, text: str) -> str:
+        return f"{self.label} for {self.requester.mention}: {text}"
+
+    async def _write(self, **kwargs: Any) -> discord.Message | None:
+        if self.message is None:
+            kwargs.pop("attachments", None)
+            self.message = await self._send(
+                allowed_mentions=discord.AllowedMentions.none(), **kwargs
+            )
+            return self.message
+        return await self.message.edit(**kwargs)
+
+    async def _send(self, **kwargs: Any) -> discord.Message:
+        try:
+            return await self.channel.send(reference=self.reference, **kwargs)
+        except discord.HTTPException:  # the result was deleted meanwhile: post without reply
+            return await self.channel.send(**kwargs)
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        files = await asyncio.to_thread(
+            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+        )
+        content = f"{self.label} for {self.requester.mention}"
+        embed = result_embed(outcome, self.requester)
+        extra = _view_kwargs(self.view, outcome)
+        mentions = discord.AllowedMentions(users=True)
+        async with self._lock:
+            self._finished = True
+            if self.message is not None:
+                try:
+                    edited = await self.message.edit(
+                        content=content, embed=embed, attachments=files, **extra
+                    )
+                    return edited.id
+                except discord.HTTPException as error:
+                    log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
+                    files = await asyncio.to_thread(
+                        result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+                    )
+            sent = await self._send(
+                content=content, embed=embed, files=files, allowed_mentions=mentions, **extra
+            )
+            return sent.id
+
+    async def failed(self, job: Job, message: str, refunded: int) -> None:
+        await self.refused(f"Job {job.id}: {failure_text(message, refunded)}")
+
+    async def refused(self, text: str) -> None:
+        async with self._lock:
+            self._finished = True
+            if self.message is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await self.message.delete()
+        await tell_privately(self.client, self.requester, text, self.interaction, self.channel)
+
+
+async def tell_privately(
+    client: discord.Client,
+    user: discord.abc.User,
+    text: str,
+    interaction: discord.Interaction | None = None,
+    channel: discord.abc.Messageable | None = None,
+) -> None:
+    """An ephemeral followup while the interaction lives, else a DM, else the channel."""
+    if interaction is not None and not interaction.is_expired():
+        try:
+            await interaction.followup.send(text, ephemeral=True)
+            return
+        except discord.HTTPException as error:
+            log.info("followup to user %s failed (%s); trying a DM", user.id, error)
+    try:
+        await user.send(text)
+        return
+    except discord.HTTPException as error:  # 50007: the member closed their DMs
+        log.info("could not DM user %s (%s)", user.id, error)
+    if channel is not None:
+        with contextlib.suppress(discord.HTTPException):
+            await channel.send(
+                f"{user.mention} {text}", allowed_mentions=discord.AllowedMentions(users=True)
+            )
 
 
 def credits_text(amount: int) -> str:
@@ -195,11 +360,15 @@ def failure_text(message: str, refunded: int) -> str:
 
 class ChannelPresenter:
     """For a job nobody waits on an interaction for (restored after a restart): the result
-    is posted as a new message in the job's channel, a failure told by DM."""
+    is posted as a new message in the job's channel (a reply to the result it came from,
+    for a button's job), a failure told by DM."""
 
-    def __init__(self, client: discord.Client, job: Job) -> None:
+    def __init__(
+        self, client: discord.Client, job: Job, view: ResultViewFactory | None = None
+    ) -> None:
         self.client = client
         self.job = job
+        self.view = view
 
     def progress(self, job_id: int, progress: Progress) -> None:
         """No message to edit: the member hears when it is done."""
@@ -223,27 +392,49 @@ class ChannelPresenter:
         files = await asyncio.to_thread(
             result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
         )
-        sent = await channel.send(
-            f"<@{self.job.user_id}> your job {self.job.id} finished after a restart.",
-            embed=result_embed(outcome, None),
-            files=files,
-            allowed_mentions=discord.AllowedMentions(users=True),
-        )
+        kwargs: dict[str, Any] = {
+            "embed": result_embed(outcome, None),
+            "files": files,
+            "allowed_mentions": discord.AllowedMentions(users=True),
+            **_view_kwargs(self.view, outcome),
+        }
+        text = f"<@{self.job.user_id}> your job {self.job.id} finished after a restart."
+        reference = outcome.parent_message_id
+        if reference is not None and isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            with contextlib.suppress(discord.HTTPException):
+                sent = await channel.send(
+                    text, reference=channel.get_partial_message(reference), **kwargs
+                )
+                return sent.id
+            kwargs["files"] = await asyncio.to_thread(
+                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+            )
+        sent = await channel.send(text, **kwargs)
         return sent.id
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:
         text = f"Job {job.id}: {failure_text(message, refunded)}"
-        try:
-            user = self.client.get_user(job.user_id) or await self.client.fetch_user(job.user_id)
-            await user.send(text)
-            return
-        except discord.HTTPException as error:  # 50007: the member closed their DMs
-            log.info("job %s: could not DM user %s (%s)", job.id, job.user_id, error)
+        user = self.client.get_user(job.user_id)
+        if user is None:
+            with contextlib.suppress(discord.HTTPException):
+                user = await self.client.fetch_user(job.user_id)
         channel = await self._channel()
-        if channel is not None:
+        if user is not None:
+            await tell_privately(self.client, user, text, channel=channel)
+        elif channel is not None:
             await channel.send(
                 f"<@{job.user_id}> {text}", allowed_mentions=discord.AllowedMentions(users=True)
             )
+
+
+# Builds the buttons under a result (cogs/buttons.py); a factory, so the presenters need
+# not know the button classes.
+ResultViewFactory = Callable[[JobOutcome], discord.ui.View | None]
+
+
+def _view_kwargs(factory: ResultViewFactory | None, outcome: JobOutcome) -> dict[str, Any]:
+    view = factory(outcome) if factory is not None else None
+    return {"view": view} if view is not None else {}
 
 
 def _png_file(data: bytes, filename: str) -> discord.File:

@@ -8,12 +8,15 @@ from data.credits import (
     LedgerEntry,
     LedgerKind,
 )
+from data.guilds import GuildSettingsRepository
 from data.jobs import (
+    DuplicateAction,
     DuplicateInteraction,
     Job,
     JobImage,
     JobRepository,
     JobStatus,
+    Origin,
     QueueCaps,
     QueueFull,
 )
@@ -23,7 +26,9 @@ __all__ = [
     "Account",
     "CreditPolicy",
     "CreditRepository",
+    "DuplicateAction",
     "DuplicateInteraction",
+    "GuildSettingsRepository",
     "InsufficientCredits",
     "Job",
     "JobImage",
@@ -31,6 +36,7 @@ __all__ = [
     "JobStatus",
     "LedgerEntry",
     "LedgerKind",
+    "Origin",
     "QueueCaps",
     "QueueFull",
     "Store",

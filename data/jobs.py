@@ -44,6 +44,9 @@ class Job:
     finished_at: float | None
     cost: int = 0
     attempts: int = 0
+    parent_id: int | None = None
+    action: str | None = None
+    deleted_at: float | None = None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -63,6 +66,9 @@ class Job:
             finished_at=row["finished_at"],
             cost=row["cost"],
             attempts=row["attempts"],
+            parent_id=row["parent_id"],
+            action=row["action"],
+            deleted_at=row["deleted_at"],
         )
 
 
@@ -83,6 +89,24 @@ class DuplicateInteraction(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(f"interaction {job.interaction_id} already has job {job.id}")
         self.job = job
+
+
+class DuplicateAction(Exception):
+    """The member already has this action pending (a double click): nothing changes."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} already does this")
+        self.job = job
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an action job comes from: the job whose result was clicked, and what was asked
+    (`key` identifies the click, e.g. 'upscale:12:0', for double-click protection)."""
+
+    parent_id: int
+    action: str
+    key: str
 
 
 class QueueFull(Exception):
@@ -120,23 +144,30 @@ class JobRepository:
         params: dict[str, Any],
         cost: int = 0,
         caps: QueueCaps | None = None,
+        origin: Origin | None = None,
     ) -> Job:
         """Accept a job: caps checked, row written and `cost` charged, all in one transaction.
 
-        Raises DuplicateInteraction (nothing changes), QueueFull or InsufficientCredits.
+        Raises DuplicateInteraction or DuplicateAction (nothing changes), QueueFull or
+        InsufficientCredits.
         """
         async with self._store.transaction() as db:
             if interaction_id is not None:
                 existing = await self._by_interaction(db, interaction_id)
                 if existing is not None:
                     raise DuplicateInteraction(existing)
+            if origin is not None:
+                pending = await self._pending_action(db, user_id, origin.key)
+                if pending is not None:
+                    raise DuplicateAction(pending)
             if caps is not None:
                 await self._check_caps(db, user_id, caps)
             if cost > 0:
                 await credits.touch(db, user_id, self.policy)
             async with db.execute(
                 "INSERT INTO jobs (kind, status, user_id, guild_id, channel_id, interaction_id,"
-                " params, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " params, cost, created_at, parent_id, action, action_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     kind,
                     JobStatus.QUEUED,
@@ -147,6 +178,9 @@ class JobRepository:
                     json.dumps(params, ensure_ascii=False),
                     cost,
                     time.time(),
+                    origin.parent_id if origin else None,
+                    origin.action if origin else None,
+                    origin.key if origin else None,
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
@@ -160,6 +194,15 @@ class JobRepository:
     async def _by_interaction(db: aiosqlite.Connection, interaction_id: int) -> Job | None:
         async with db.execute(
             "SELECT * FROM jobs WHERE interaction_id = ?", (interaction_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Job.from_row(row) if row else None
+
+    @staticmethod
+    async def _pending_action(db: aiosqlite.Connection, user_id: int, key: str) -> Job | None:
+        async with db.execute(
+            "SELECT * FROM jobs WHERE user_id = ? AND action_key = ? AND status IN (?, ?)",
+            (user_id, key, *PENDING),
         ) as cursor:
             row = await cursor.fetchone()
         return Job.from_row(row) if row else None
@@ -184,6 +227,25 @@ class JobRepository:
         async with self._store.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
         return Job.from_row(row) if row else None
+
+    async def by_message(self, message_id: int) -> Job | None:
+        """The job whose result (or progress) a message shows."""
+        async with self._store.db.execute(
+            "SELECT * FROM jobs WHERE message_id = ? ORDER BY id DESC LIMIT 1", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def mark_deleted(self, job_id: int) -> bool:
+        """Record that a result was deleted; False if it already was."""
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+                (time.time(), job_id),
+            ) as cursor,
+        ):
+            return cursor.rowcount == 1
 
     async def by_interaction(self, interaction_id: int) -> Job | None:
         async with self._store.db.execute(

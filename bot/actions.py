@@ -1,0 +1,266 @@
+"""What the buttons and reactions under a result do: each action is a new job.
+
+Everything an action needs is read from the store by job id, so a button works after any
+restart; who may press is checked on every click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+
+from bot.guilds import GuildSettingsService
+from bot.services import DreamService, JobObserver, JobRefused, Ticket, random_seed
+from data.jobs import Job, JobImage, JobStatus, Origin
+from engine import attachments
+from engine.params import GenerationParams
+
+
+class Action(StrEnum):
+    REROLL = "reroll"
+    VARY = "vary"
+    STRONG = "strong"
+    UPSCALE = "upscale"
+    EDIT = "edit"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def needs_image(self) -> bool:
+        return self in (Action.VARY, Action.STRONG, Action.UPSCALE)
+
+
+_LABELS = {
+    Action.REROLL: "Reroll",
+    Action.VARY: "Variation",
+    Action.STRONG: "Strong variation",
+    Action.UPSCALE: "Upscale",
+    Action.EDIT: "Edit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Presser:
+    """Who pressed, and with what standing where the result was posted."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    is_admin: bool = False  # an admin of the server the click came from
+    is_owner: bool = False
+
+    def admin_of(self, job: Job) -> bool:
+        return self.is_owner or (
+            self.is_admin and job.guild_id is not None and job.guild_id == self.guild_id
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultImage:
+    idx: int
+    seed: int
+    png: bytes
+    infotext: str
+    filename: str
+
+
+class ResultActions:
+    def __init__(self, dreams: DreamService, guilds: GuildSettingsService) -> None:
+        self.dreams = dreams
+        self.guilds = guilds
+        self.settings = dreams.settings
+
+    # -- what a click refers to ---------------------------------------------------------
+
+    async def result(self, job_id: int) -> Job:
+        """The finished job a button or reaction refers to; JobRefused when there is none."""
+        job = await self.dreams.jobs.get(job_id)
+        if job is None:
+            raise JobRefused(f"There is no job {job_id} any more.")
+        if job.deleted_at is not None:
+            raise JobRefused(f"Job {job_id}'s result was deleted.")
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobRefused(f"Job {job_id} has no result to work from ({job.status.value}).")
+        return job
+
+    async def result_for_message(self, message_id: int) -> Job | None:
+        return await self.dreams.jobs.by_message(message_id)
+
+    async def check_may_press(self, job: Job, presser: Presser) -> None:
+        """The requester, an admin of the job's server, an owner; anyone if the server lets
+        them (each pays for their own clicks)."""
+        if job.user_id == presser.user_id or presser.admin_of(job):
+            return
+        if (await self.guilds.policy(job.guild_id)).buttons_for_anyone:
+            return
+        raise JobRefused(f"Only <@{job.user_id}> can use the buttons of this result.")
+
+    # -- actions that start a job -------------------------------------------------------
+
+    async def start(
+        self,
+        action: Action,
+        job_id: int,
+        presser: Presser,
+        observer: JobObserver,
+        *,
+        image: int | None = None,
+        prompt: str | None = None,
+        negative: str | None = None,
+        interaction_id: int | None = None,
+    ) -> Ticket:
+        """Check, build and submit the action's job; JobRefused or InvalidParams say why not.
+
+        A second press of the same action while the first one's job is pending returns that
+        job (`Ticket.duplicate`) and charges nothing.
+        """
+        job = await self.result(job_id)
+        await self.check_may_press(job, presser)
+        params = await self.params_for(action, job, image, prompt=prompt, negative=negative)
+        key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
+        if action is Action.EDIT:
+            key += f":{hash((prompt, negative)) & 0xFFFFFFFF:x}"
+        return await self.dreams.submit(
+            params,
+            user_id=presser.user_id,
+            guild_id=presser.guild_id,
+            channel_id=presser.channel_id,
+            interaction_id=interaction_id,
+            observer=observer,
+            origin=Origin(job.id, action.value, key),
+        )
+
+    async def params_for(
+        self,
+        action: Action,
+        job: Job,
+        image: int | None,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+    ) -> GenerationParams:
+        params = GenerationParams.from_dict(job.params)
+        if action is Action.REROLL:
+            variation = random_seed() if params.has_variation else params.variation_seed
+            return replace(params, seed=random_seed(), variation_seed=variation)
+        if action is Action.EDIT:
+            return replace(
+                params,
+                prompt=(prompt if prompt is not None else params.prompt).strip(),
+                negative=(negative if negative is not None else params.negative).strip(),
+            )
+        chosen = await self._image(job, image)
+        if action is Action.VARY:
+            # A1111's variation seed: the image's own noise with a new seed's blended in.
+            return replace(
+                params,
+                seed=chosen.seed,
+                variation_seed=random_seed(),
+                variation_strength=self.settings.variation_strength,
+            )
+        png = await self._image_bytes(job, chosen)
+        if action is Action.STRONG:
+            return await self._strong(params, png)
+        return await self._upscale(params, chosen, png)
+
+    async def _strong(self, params: GenerationParams, png: bytes) -> GenerationParams:
+        """img2img from the image: composition loosely kept, details free to change."""
+        spec = self.dreams.models[params.model]
+        prepared = await asyncio.to_thread(
+            attachments.prepare_init,
+            png,
+            max_pixels=self.settings.max_attachment_pixels,
+            pixel_cap=spec.pixel_cap(),
+        )
+        key = await self.dreams.inputs.put_async(prepared.png)
+        return replace(
+            from_image(params, key),
+            mode="img2img",
+            seed=random_seed(),
+            denoise=self.settings.strong_variation_denoise,
+            width=prepared.width,
+            height=prepared.height,
+        )
+
+    async def _upscale(
+        self, params: GenerationParams, chosen: JobImage, png: bytes
+    ) -> GenerationParams:
+        width, height = attachments.upscale_size(
+            chosen.width, chosen.height, self.settings.upscale_factor
+        )
+        key = await self.dreams.inputs.put_async(png)
+        return replace(
+            from_image(params, key),
+            mode="upscale",
+            seed=chosen.seed,
+            count=1,
+            denoise=self.settings.upscale_denoise,
+            upscale=self.settings.upscale_factor,
+            width=width,
+            height=height,
+        )
+
+    def can_upscale(self, width: int, height: int) -> bool:
+        """Whether a U button would make an image within the upscale limit."""
+        target_w, target_h = attachments.upscale_size(width, height, self.settings.upscale_factor)
+        return target_w * target_h <= self.settings.max_upscale_pixels
+
+    async def _image(self, job: Job, image: int | None) -> JobImage:
+        images = await self.dreams.jobs.images(job.id)
+        for stored in images:
+            if stored.idx == image:
+                return stored
+        raise JobRefused(f"Job {job.id} has no image {(image or 0) + 1}.")
+
+    async def _image_bytes(self, job: Job, image: JobImage) -> bytes:
+        try:
+            return await asyncio.to_thread(Path(image.path).read_bytes)
+        except FileNotFoundError:
+            raise JobRefused(
+                f"The images of job {job.id} are no longer on the bot's disk."
+            ) from None
+
+    # -- actions that do not start a job ------------------------------------------------
+
+    async def images(self, job_id: int) -> list[ResultImage]:
+        """A result's images with their parameters (for Info and the ✉️ reaction)."""
+        job = await self.result(job_id)
+        found = []
+        for stored in await self.dreams.jobs.images(job.id):
+            png = await self._image_bytes(job, stored)
+            name = f"{job.id}-{stored.idx}-{stored.seed}.png"
+            found.append(ResultImage(stored.idx, stored.seed, png, stored.infotext, name))
+        return found
+
+    async def delete(self, job_id: int, presser: Presser) -> Job:
+        """Mark the result deleted and remove its files; the caller removes the message."""
+        job = await self.result(job_id)
+        if job.user_id != presser.user_id and not presser.admin_of(job):
+            raise JobRefused(
+                "Only the member who asked for this result, or an admin, can delete it."
+            )
+        if not await self.dreams.jobs.mark_deleted(job.id):
+            raise JobRefused(f"Job {job_id}'s result was already deleted.")
+        folder = self.settings.images_dir / str(job.id)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return job
+
+
+def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
+    """A job that starts from one image: what masked, grew or controlled the source is gone."""
+    return replace(
+        params,
+        init_image=init_key,
+        mask_image=None,
+        outpaint=(0, 0, 0, 0),
+        upscale=1.0,
+        control_type=None,
+        control_image=None,
+        variation_seed=None,
+        variation_strength=0.0,
+    )

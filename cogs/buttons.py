@@ -1,0 +1,111 @@
+"""The buttons under every result. Their custom ids carry only ids; the rest is in the store.
+
+They are `DynamicItem`s registered once with the bot, so a click works after any restart
+and never times out; the Results cog (cogs/results.py) does what a click asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import discord
+
+from bot.services import JobOutcome
+
+if TYPE_CHECKING:
+    from bot.app import SDBot
+
+RESULTS_COG = "Results"
+# Discord: a custom_id is 1-100 characters; ours are at most ~40.
+TEMPLATE = (
+    r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete):(?P<job>[0-9]{1,20})"
+    r"(?::(?P<image>[0-9]{1,2}))?"
+)
+
+
+class ClickHandler(Protocol):
+    async def clicked(
+        self, interaction: discord.Interaction, name: str, job_id: int, image: int | None
+    ) -> None: ...
+
+
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
+    def __init__(
+        self,
+        name: str,
+        job_id: int,
+        image: int | None = None,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+        row: int | None = None,
+    ) -> None:
+        custom_id = f"sd:{name}:{job_id}" + (f":{image}" if image is not None else "")
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=label, emoji=emoji, style=style, custom_id=custom_id, row=row
+        )
+        super().__init__(button)
+        self.name = name
+        self.job_id = job_id
+        self.image = image
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> ResultButton:
+        image = match["image"]
+        return cls(match["name"], int(match["job"]), int(image) if image is not None else None)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        handler: ClickHandler | None = interaction.client.get_cog(RESULTS_COG)  # type: ignore[assignment]
+        if handler is None:  # the cog is being reloaded
+            await interaction.response.send_message(
+                "The bot is restarting its buttons; try again in a moment.", ephemeral=True
+            )
+            return
+        await handler.clicked(interaction, self.name, self.job_id, self.image)
+
+
+def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) -> discord.ui.View:
+    """U1..Un, V1..Vn and strong variations, then reroll, info, edit and delete.
+
+    One image gets Midjourney's words on a single row; a grid gets one row per kind.
+    """
+    view = discord.ui.View(timeout=None)
+    job_id = outcome.job.id
+    images = outcome.images
+    single = len(images) == 1
+    for idx, image in enumerate(images):
+        if can_upscale(image.width, image.height):
+            label = "Upscale" if single else f"U{idx + 1}"
+            view.add_item(ResultButton("upscale", job_id, idx, label=label, row=0))
+    for idx in range(len(images)):
+        label = "Vary (subtle)" if single else f"V{idx + 1}"
+        view.add_item(ResultButton("vary", job_id, idx, label=label, row=0 if single else 1))
+    for idx in range(len(images)):
+        label = "Vary (strong)" if single else f"V{idx + 1} strong"
+        view.add_item(ResultButton("strong", job_id, idx, label=label, row=0 if single else 2))
+    tools = 1 if single else 3
+    view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄", row=tools))
+    view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️", row=tools))
+    view.add_item(ResultButton("edit", job_id, label="Edit", emoji="✏️", row=tools))
+    view.add_item(
+        ResultButton(
+            "delete",
+            job_id,
+            label="Delete",
+            emoji="🗑️",
+            style=discord.ButtonStyle.danger,
+            row=tools,
+        )
+    )
+    return view
+
+
+def view_factory(bot: SDBot) -> Callable[[JobOutcome], discord.ui.View]:
+    return lambda outcome: result_view(outcome, bot.actions.can_upscale)
