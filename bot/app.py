@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.actions import ResultActions
 from bot.credits import CreditService
 from bot.guilds import GuildSettingsService
+from bot.imaging import ImageRequests
 from bot.services import DreamService
 from bot.settings import Settings
 from bot.tree import SDCommandTree
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (
     "cogs.dream",
+    "cogs.images",
     "cogs.results",
     "cogs.admin",
     "cogs.credits",
@@ -38,6 +40,7 @@ class SDBot(commands.Bot):
         credits: CreditService,
         guilds: GuildSettingsService,
         actions: ResultActions,
+        images: ImageRequests,
     ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
@@ -57,6 +60,7 @@ class SDBot(commands.Bot):
         self.credits = credits
         self.guild_settings = guilds
         self.actions = actions
+        self.images = images
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:

@@ -9,6 +9,7 @@ from bot.actions import ResultActions
 from bot.app import SDBot
 from bot.credits import CreditService
 from bot.guilds import GuildSettingsService
+from bot.imaging import ImageRequests
 from bot.inputs import InputStore
 from bot.queue import JobQueue
 from bot.services import STANDARD_JOB, DreamService
@@ -49,7 +50,8 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
     )
     credits = CreditService(dreams.credits, dreams.price(STANDARD_JOB))
     guilds = GuildSettingsService(settings, GuildSettingsRepository(store))
-    return SDBot(settings, store, dreams, credits, guilds, ResultActions(dreams, guilds))
+    actions = ResultActions(dreams, guilds)
+    return SDBot(settings, store, dreams, credits, guilds, actions, ImageRequests(dreams))
 
 
 def run_bot(settings: Settings) -> int:

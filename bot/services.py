@@ -37,6 +37,7 @@ from engine.errors import EngineError, JobCancelled
 from engine.infotext import params_from_infotext, parse_infotext
 from engine.jobs import EngineJob
 from engine.params import (
+    DEFAULT_UPSCALE_PIXELS,
     GenerationParams,
     GenerationResult,
     InvalidParams,
@@ -179,14 +180,19 @@ class DreamService:
 
     # -- accepting work -------------------------------------------------------------------
 
-    def build_params(self, options: DreamOptions) -> GenerationParams:
-        """Fill the defaults and check everything; InvalidParams names what is wrong."""
+    def build_params(self, options: DreamOptions, **mode_fields: Any) -> GenerationParams:
+        """Fill the defaults and check everything; InvalidParams names what is wrong.
+
+        `mode_fields` set the image-conditioned modes' parameters (bot/imaging.py).
+        """
         return resolve_options(
             options,
             self.models,
             self.settings.default_model,
             self.settings.max_prompt_length,
             self.settings.prompt_syntax,
+            mode_fields,
+            self.settings.max_upscale_pixels,
         )
 
     def price(self, params: GenerationParams) -> int:
@@ -661,6 +667,8 @@ def resolve_options(
     default_model: str,
     max_prompt: int,
     prompt_syntax: str = "a1111",
+    mode_fields: dict[str, Any] | None = None,
+    max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
 ) -> GenerationParams:
     """A member's options plus defaults, checked; InvalidParams names what is wrong."""
     model = options.model or default_model
@@ -690,8 +698,9 @@ def resolve_options(
         prompt_syntax=options.prompt_syntax or prompt_syntax,
         variation_seed=variation_seed,
         variation_strength=strength,
+        **(mode_fields or {}),
     )
-    check_params(params, models, max_prompt)
+    check_params(params, models, max_prompt, max_upscale_pixels)
     return params
 
 

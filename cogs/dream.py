@@ -10,17 +10,20 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.imaging import ControlRequest
 from bot.services import DreamOptions, JobRefused
 from cogs.buttons import view_factory
 from cogs.presenter import ChannelPresenter, DreamPresenter
 from engine.params import (
     MAX_CFG,
     MAX_CLIP_SKIP,
+    MAX_CONTROL_SCALE,
     MAX_COUNT,
     MAX_SEED,
     MAX_STEPS,
     MIN_CLIP_SKIP,
     GenerationParams,
+    InvalidParams,
     check_size,
     parse_size,
 )
@@ -43,6 +46,9 @@ SIZE_PRESETS: tuple[tuple[str, float], ...] = (
     ("wide 16:9", 16 / 9),
 )
 MAX_CHOICES = 25  # Discord's limit for autocomplete results
+ControlType = Literal[
+    "canny", "depth", "openpose", "scribble", "lineart", "softedge", "seg", "normal"
+]
 
 
 def preset_size(spec: ModelSpec, aspect: float) -> tuple[int, int]:
@@ -127,6 +133,9 @@ class Dream(commands.Cog):
         syntax="a1111: (word:1.2) [word] BREAK; subprompt: dog:0.9 cyborg:0.3; auto: either",
         variation_seed="Blend in this seed's noise (-1: random)",
         variation_strength="How much of the variation seed (0-1); 0.15-0.25 keeps the picture",
+        control_image="A picture whose edges (or a ready control map) pin the composition",
+        control_type="How to read the control image (canny is computed from any picture)",
+        control_weight="How strongly the control image holds (0-2)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete)
@@ -146,29 +155,46 @@ class Dream(commands.Cog):
         syntax: Literal["a1111", "subprompt", "auto"] | None = None,
         variation_seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
         variation_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        control_image: discord.Attachment | None = None,
+        control_type: ControlType | None = None,
+        control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
     ) -> None:
         dreams = self.bot.dreams
         # Checked before deferring (microseconds), so a mistake gets an ephemeral answer and
         # never a public "thinking" message.
-        params = dreams.build_params(
-            DreamOptions(
-                prompt,
-                negative,
-                seed,
-                steps,
-                cfg,
-                size,
-                sampler,
-                count,
-                model,
-                clip_skip,
-                syntax,
-                variation_seed,
-                variation_strength,
-            )
+        options = DreamOptions(
+            prompt,
+            negative,
+            seed,
+            steps,
+            cfg,
+            size,
+            sampler,
+            count,
+            model,
+            clip_skip,
+            syntax,
+            variation_seed,
+            variation_strength,
         )
+        params = dreams.build_params(options)
+        if control_image is None:
+            if control_type is not None or control_weight is not None:
+                raise InvalidParams("A control type or weight needs a control image.")
+            await interaction.response.defer(thinking=True)
+            await start_job(self.bot, interaction, params)
+            return
+        images = self.bot.images
+        images.check_size(control_image.size, "control image")
         await interaction.response.defer(thinking=True)
-        await start_job(self.bot, interaction, params)
+        try:
+            data = await download(control_image, "control image")
+            request = ControlRequest(data, control_type, control_weight)
+            prepared = await images.control_for_dream(options, request)
+        except InvalidParams as bad:
+            await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
+            return
+        await start_job(self.bot, interaction, prepared.params, prepared.note)
 
 
 async def start_job(
@@ -196,6 +222,15 @@ async def start_job(
     message_id = await presenter.queued(ticket)
     if message_id is not None:
         await bot.dreams.set_message(ticket.job.id, message_id)
+
+
+async def download(attachment: discord.Attachment, what: str) -> bytes:
+    """An attachment's bytes; its size was checked against the limit before this."""
+    try:
+        return await attachment.read()
+    except discord.HTTPException as error:
+        log.info("could not download attachment %s (%s)", attachment.id, error)
+        raise InvalidParams(f"I could not download the {what}; send it again.") from None
 
 
 async def setup(bot: SDBot) -> None:

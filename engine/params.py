@@ -213,7 +213,8 @@ def check_params(
     max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
 ) -> None:
     """Raise InvalidParams naming the first bad value; checks what Discord cannot."""
-    if not params.prompt.strip():
+    # An upscale may go without one: the picture itself guides its detail pass.
+    if not params.prompt.strip() and params.mode != "upscale":
         raise InvalidParams("The prompt is empty.")
     if len(params.prompt) > max_prompt:
         raise InvalidParams(
