@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.dream import start_job
+from cogs.dream import download, start_job
 from cogs.presenter import DreamPresenter
 from engine.images import UnreadableImage, read_infotext
 from engine.infotext import parse_infotext
@@ -18,20 +18,15 @@ from engine.params import InvalidParams
 if TYPE_CHECKING:
     from bot.app import SDBot
 
-# Checked against the size Discord reports before a byte is downloaded.
-MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 FIELD_LIMIT = 1024
 MAX_FIELDS = 24  # Discord allows 25 fields; one is the negative prompt
 EMBED_LIMIT = 5900  # Discord's 6000 characters for all of an embed, with room for the footer
 
 
-async def attachment_infotext(attachment: discord.Attachment) -> str:
-    if attachment.size > MAX_ATTACHMENT_BYTES:
-        raise UnreadableImage(
-            f"That file is {attachment.size / 1024 / 1024:.0f} MB; the limit is "
-            f"{MAX_ATTACHMENT_BYTES // 1024 // 1024} MB."
-        )
-    data = await attachment.read()
+async def attachment_infotext(bot: SDBot, attachment: discord.Attachment) -> str:
+    # Checked against the size Discord reports before a byte is downloaded.
+    bot.images.check_size(attachment.size, "file")
+    data = await download(attachment, "file")
     text = await asyncio.to_thread(read_infotext, data)
     if not text:
         raise UnreadableImage("That image carries no generation parameters.")
@@ -66,7 +61,7 @@ class Info(commands.Cog):
         # Deferred first: a large download can outlast Discord's 3 s to answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            text = await attachment_infotext(image)
+            text = await attachment_infotext(self.bot, image)
         except InvalidParams as unreadable:
             await interaction.followup.send(f"❌ {unreadable}", ephemeral=True)
             return
@@ -77,7 +72,7 @@ class Info(commands.Cog):
     async def reproduce(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
         await interaction.response.defer(thinking=True)
         try:
-            text = await attachment_infotext(image)
+            text = await attachment_infotext(self.bot, image)
             params, notes = self.bot.dreams.reproduce_params(text)
         except InvalidParams as bad:
             await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
