@@ -155,6 +155,8 @@ class ResultActions:
                 negative=(negative if negative is not None else params.negative).strip(),
             )
         chosen = await self._image(job, image)
+        if action is Action.VARY and params.mode != "txt2img":
+            raise JobRefused("Subtle variations are for text-to-image results; try a strong one.")
         if action is Action.VARY:
             # A1111's variation seed: the image's own noise with a new seed's blended in.
             return replace(

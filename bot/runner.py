@@ -11,12 +11,17 @@ from bot.credits import CreditService
 from bot.guilds import GuildSettingsService
 from bot.imaging import ImageRequests
 from bot.inputs import InputStore
+from bot.policy import CommunityPolicy
+from bot.prefs import PreferenceService
 from bot.queue import JobQueue
+from bot.safety import SafetyReview
 from bot.services import STANDARD_JOB, DreamService
 from bot.settings import Settings
 from data.credits import CreditRepository
 from data.guilds import GuildSettingsRepository
 from data.jobs import JobRepository
+from data.members import MemberPresetRepository
+from data.stats import StatsRepository
 from data.store import Store
 from engine.specs import ModelSpec
 from engine.worker import EngineConfig, EngineWorker
@@ -32,6 +37,9 @@ def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
             dtype=settings.dtype,
             preview_interval=settings.progress_interval,
             noise=settings.noise,
+            upscaler=settings.upscaler,
+            upscale_tile=settings.upscale_tile,
+            upscale_tile_overlap=settings.upscale_tile_overlap,
         )
     )
 
@@ -51,7 +59,23 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
     credits = CreditService(dreams.credits, dreams.price(STANDARD_JOB))
     guilds = GuildSettingsService(settings, GuildSettingsRepository(store))
     actions = ResultActions(dreams, guilds)
-    return SDBot(settings, store, dreams, credits, guilds, actions, ImageRequests(dreams))
+    # A server's rules and the safety review apply to every job the service accepts.
+    stats = StatsRepository(store)
+    community = CommunityPolicy(settings, guilds, stats)
+    dreams.gate = community
+    dreams.reviewer = SafetyReview(settings, dreams.engine, guilds, dreams.jobs, stats)
+    prefs = PreferenceService(dreams, guilds, MemberPresetRepository(store))
+    return SDBot(
+        settings,
+        store,
+        dreams,
+        credits,
+        guilds,
+        actions,
+        ImageRequests(dreams),
+        prefs,
+        community,
+    )
 
 
 def run_bot(settings: Settings) -> int:

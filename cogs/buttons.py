@@ -84,13 +84,18 @@ def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) ->
         if can_upscale(image.width, image.height):
             label = "Upscale" if single else f"U{idx + 1}"
             view.add_item(ResultButton("upscale", job_id, idx, label=label, row=0))
-    for idx in range(len(images)):
-        label = "Vary (subtle)" if single else f"V{idx + 1}"
-        view.add_item(ResultButton("vary", job_id, idx, label=label, row=0 if single else 1))
+    # Starting noise is the pipeline's own outside text to image, so a variation seed (a
+    # blend of two noises) means nothing there: those results get only strong variations.
+    subtle = outcome.params.mode == "txt2img"
+    if subtle:
+        for idx in range(len(images)):
+            label = "Vary (subtle)" if single else f"V{idx + 1}"
+            view.add_item(ResultButton("vary", job_id, idx, label=label, row=0 if single else 1))
+    strong_row = 0 if single else (2 if subtle else 1)
     for idx in range(len(images)):
         label = "Vary (strong)" if single else f"V{idx + 1} strong"
-        view.add_item(ResultButton("strong", job_id, idx, label=label, row=0 if single else 2))
-    tools = 1 if single else 3
+        view.add_item(ResultButton("strong", job_id, idx, label=label, row=strong_row))
+    tools = 1 if single else strong_row + 1
     view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄", row=tools))
     view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️", row=tools))
     view.add_item(ResultButton("edit", job_id, label="Edit", emoji="✏️", row=tools))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.images import UnreadableImage
+from engine.masks import binary_mask
+from engine.params import InvalidParams
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,11 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise UnreadableImage("That file is not an image I can read.") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:  # Pillow's own header check, past ~179M pixels
+        raise UnreadableImage(
+            f"That image has too many pixels; the limit is {max_pixels:,} pixels."
+        ) from None
+    except (OSError, ValueError) as error:
         raise UnreadableImage(f"That image cannot be read ({_reason(error)}).") from None
     with image:
         if image.format not in ACCEPTED_FORMATS:
@@ -93,3 +101,168 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+# The VAE downsamples by 8 and the UNet's smallest useful side is 64 pixels.
+_MULTIPLE = 8
+_MIN_SIDE = 64
+# A mask is stretched onto the image when their aspect ratios differ by at most this much;
+# more, and it was drawn for another picture (or another crop of it).
+_MASK_ASPECT_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """An attachment made ready for the engine: PNG bytes at a size the model works with.
+
+    `note` tells the member what was done to it ("" when it was used as sent).
+    """
+
+    png: bytes
+    width: int
+    height: int
+    note: str
+    has_alpha: bool
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _prepared(image: Image.Image, note: str) -> PreparedImage:
+    return PreparedImage(_png(image), image.width, image.height, note, image.mode == "RGBA")
+
+
+def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
+    """The closest size to `width`x`height` in multiples of 8, at most `pixel_cap` pixels
+    and at least 64 a side, with the aspect ratio kept as well as those allow."""
+    scale = min(1.0, math.sqrt(pixel_cap / (width * height)))
+    scale = max(scale, _MIN_SIDE / min(width, height))  # a tiny image is scaled up
+    ratio = width / height
+    candidates = [
+        (fitted_w, fitted_h)
+        for fitted_w in _multiples_around(width * scale)
+        for fitted_h in _multiples_around(height * scale)
+    ]
+    within = [(w, h) for w, h in candidates if w * h <= pixel_cap] or [min(candidates)]
+    # The truest aspect ratio; between equals, the larger image.
+    return min(
+        within, key=lambda size: (abs(size[0] / size[1] - ratio) / ratio, -size[0] * size[1])
+    )
+
+
+def _multiples_around(value: float) -> set[int]:
+    below = max(_MIN_SIDE, math.floor(value / _MULTIPLE) * _MULTIPLE)
+    above = max(_MIN_SIDE, math.ceil(value / _MULTIPLE) * _MULTIPLE)
+    return {below, above}
+
+
+def prepare_init(data: bytes, *, max_pixels: int, pixel_cap: int) -> PreparedImage:
+    """The starting image of img2img, inpaint, outpaint: resized to what the model works
+    with. Transparency is kept: inpainting without a mask repaints the transparent pixels."""
+    image = load_image(data, max_pixels=max_pixels)
+    size = fit_size(image.width, image.height, pixel_cap)
+    if size == image.size:
+        return _prepared(image, "")
+    note = f"Resized from {image.width}x{image.height} to {size[0]}x{size[1]} to fit the model."
+    return _prepared(image.resize(size, Image.Resampling.LANCZOS), note)
+
+
+def prepare_mask(data: bytes | None, init: PreparedImage, *, max_pixels: int) -> PreparedImage:
+    """An "L" mask the size of `init`: white repaints, black keeps.
+
+    From the attachment, or without one from the init image's transparent pixels.
+    """
+    if data is None:
+        mask, note = _mask_from_alpha(init), ""
+    else:
+        mask, note = _mask_from_attachment(data, init, max_pixels)
+    mask = binary_mask(mask)
+    if mask.getbbox() is None:
+        raise InvalidParams(
+            "The mask is empty: paint white where the image should change (black keeps)."
+        )
+    return PreparedImage(_png(mask), mask.width, mask.height, note, False)
+
+
+def _mask_from_alpha(init: PreparedImage) -> Image.Image:
+    if not init.has_alpha:
+        raise InvalidParams(
+            "Attach a mask, or an image with transparent pixels where it should change."
+        )
+    with Image.open(io.BytesIO(init.png)) as image:
+        alpha = image.getchannel("A")
+    return ImageOps.invert(alpha)
+
+
+def _mask_from_attachment(
+    data: bytes, init: PreparedImage, max_pixels: int
+) -> tuple[Image.Image, str]:
+    image = load_image(data, max_pixels=max_pixels)
+    if image.mode == "RGBA":
+        # Transparent parts of a mask drawn on a layer mean "keep": black under them.
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image)
+    mask = image.convert("L")
+    if mask.size == (init.width, init.height):
+        return mask, ""
+    mask_ratio = mask.width / mask.height
+    init_ratio = init.width / init.height
+    if abs(mask_ratio - init_ratio) / init_ratio > _MASK_ASPECT_TOLERANCE:
+        raise InvalidParams(
+            f"The mask is {mask.width}x{mask.height} but the image is {init.width}x{init.height}: "
+            "draw the mask on the same picture (same shape)."
+        )
+    note = f"Mask resized from {mask.width}x{mask.height} to {init.width}x{init.height}."
+    return mask.resize((init.width, init.height), Image.Resampling.LANCZOS), note
+
+
+def prepare_control(data: bytes, *, max_pixels: int, size: tuple[int, int]) -> PreparedImage:
+    """A ControlNet image scaled to cover `size` and centre-cropped to it, as A1111's
+    "Crop and Resize" does, so the map lines up with the generated image."""
+    image = load_image(data, max_pixels=max_pixels).convert("RGB")
+    if image.size == size:
+        return _prepared(image, "")
+    fitted = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    note = (
+        f"Control image cropped and resized from {image.width}x{image.height} "
+        f"to {size[0]}x{size[1]}."
+    )
+    return _prepared(fitted, note)
+
+
+def outpaint_pads(
+    width: int, height: int, pads: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """`pads` (left, right, up, down) grown so the canvas is a multiple of 8 each way; the
+    extra pixels go to the sides the member chose (split between them)."""
+    left, right, up, down = pads
+    left, right = _grow_to_multiple(width, left, right)
+    up, down = _grow_to_multiple(height, up, down)
+    return left, right, up, down
+
+
+def _grow_to_multiple(side: int, before: int, after: int) -> tuple[int, int]:
+    extra = -(side + before + after) % _MULTIPLE
+    if before and after:
+        return before + extra // 2, after + extra - extra // 2
+    if before:
+        return before + extra, after
+    return before, after + extra
+
+
+def outpaint_size(width: int, height: int, pads: tuple[int, int, int, int]) -> tuple[int, int]:
+    """The canvas an outpaint of a `width`x`height` image makes (multiples of 8)."""
+    left, right, up, down = outpaint_pads(width, height, pads)
+    return width + left + right, height + up + down
+
+
+def upscale_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """The target of an upscale by `factor`, rounded to multiples of 8."""
+
+    def side(value: int) -> int:
+        return max(_MIN_SIDE, round(value * factor / _MULTIPLE) * _MULTIPLE)
+
+    return side(width), side(height)

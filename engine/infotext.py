@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.params import GenerationParams, InvalidParams
 
@@ -56,9 +57,14 @@ def build_infotext(
     model_hash: str | None,
     variation_seed: int | None = None,
     rng: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> str:
     """The infotext of one image of a job (each image carries its own seed and variation
-    seed; `variation_seed` defaults to the job's)."""
+    seed; `variation_seed` defaults to the job's).
+
+    `extra` holds what only the engine knows, in A1111's place for scripts and extensions
+    (after the inpainting keys): `SD upscale overlap`/`SD upscale upscaler`, `ControlNet 0`.
+    """
     variation = params.has_variation
     if variation and variation_seed is None:
         variation_seed = params.variation_seed
@@ -73,13 +79,34 @@ def build_infotext(
         # A1111 writes these only at a strength above 0, and clip skip only past 1.
         "Variation seed": str(variation_seed) if variation else None,
         "Variation seed strength": format_number(params.variation_strength) if variation else None,
+        "Denoising strength": _denoising_strength(params),
         "Clip skip": str(params.clip_skip) if params.clip_skip != 1 else None,
         "RNG": rng,
+        **_inpaint_fields(params),
+        **(extra or {}),
         "Prompt syntax": params.prompt_syntax if params.prompt_syntax != "a1111" else None,
     }
     last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
     negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
     return f"{params.prompt}{negative}\n{last_line}".strip()
+
+
+def _denoising_strength(params: GenerationParams) -> str | None:
+    # A1111 writes it for every image-to-image job (0 included), never for txt2img.
+    return None if params.mode == "txt2img" else format_number(params.denoise)
+
+
+def _inpaint_fields(params: GenerationParams) -> dict[str, str | None]:
+    """A1111's img2img keys: `Mask blur` when the mask was blurred, the area and its padding
+    when only the masked area was inpainted."""
+    if params.mode not in ("inpaint", "outpaint"):
+        return {}
+    only_masked = params.mode == "inpaint" and params.inpaint_full_res
+    return {
+        "Mask blur": str(params.mask_blur) if params.mask_blur > 0 else None,
+        "Inpaint area": "Only masked" if only_masked else None,
+        "Masked area padding": str(params.inpaint_padding) if only_masked else None,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             prompt_syntax=values.get("Prompt syntax", "a1111"),
             variation_seed=_optional_int(values.get("Variation seed")),
             variation_strength=float(values.get("Variation seed strength", "0")),
+            **_image_options(values),
         )
     except KeyError as missing:
         raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
@@ -150,6 +178,21 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
         if isinstance(bad, InvalidParams):
             raise
         raise InvalidParams(f"The infotext has an unreadable value: {bad}.") from None
+
+
+def _image_options(values: dict[str, str]) -> dict[str, Any]:
+    """The image-to-image options infotext carries. The mode stays txt2img: the input
+    image is never in infotext, so a paste can only start from the prompt."""
+    options: dict[str, Any] = {}
+    if "Denoising strength" in values:
+        options["denoise"] = float(values["Denoising strength"])
+    if "Mask blur" in values:
+        options["mask_blur"] = int(values["Mask blur"])
+    if values.get("Inpaint area") == "Only masked":
+        options["inpaint_full_res"] = True
+    if "Masked area padding" in values:
+        options["inpaint_padding"] = int(values["Masked area padding"])
+    return options
 
 
 def _optional_int(text: str | None) -> int | None:

@@ -16,9 +16,14 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DDPMScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -180,4 +185,67 @@ def save_tiny_model(folder: Path, family: ModelFamily = "sd1", seed: int = 0) ->
     build = build_tiny_sdxl if family == "sdxl" else build_tiny_sd1
     with tempfile.TemporaryDirectory() as workdir:
         build(Path(workdir), seed=seed).save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_controlnet(folder: Path, model: Path, seed: int = 0) -> Path:
+    """A ControlNet made from a saved tiny model's UNet (as real ones start), saved as a
+    diffusers folder."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(model), subfolder="unet")
+    # Its condition encoder must shrink the control image to the latent size: the tiny VAE
+    # downsamples by 2, hence one strided block (real ones have three, for 8).
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_inpainting(folder: Path, seed: int = 1) -> Path:
+    """A tiny SD1 inpainting model: its UNet takes 9 channels (latents, mask, masked image)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        base = build_tiny_sd1(Path(workdir), seed=seed)
+        torch.manual_seed(seed)
+        StableDiffusionInpaintPipeline(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            tokenizer=base.tokenizer,
+            unet=_unet(in_channels=9),
+            scheduler=base.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_upscaler(folder: Path, seed: int = 0) -> Path:
+    """A tiny SD x4 upscaler: the low-resolution image is concatenated to the latents (7
+    channels), its noise level is a class label, and a three-block VAE scales by 4."""
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as workdir:
+        tokenizer = tiny_tokenizer(Path(workdir) / "tokenizer-src")
+        vae = AutoencoderKL(
+            block_out_channels=(32, 32, 64),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            latent_channels=4,
+            norm_num_groups=32,
+            scaling_factor=0.08333,
+        )
+        unet = _unet(
+            in_channels=7,
+            num_class_embeds=400,  # noise levels up to max_noise_level
+            use_linear_projection=True,
+        )
+        StableDiffusionUpscalePipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(_text_config(tokenizer)),
+            tokenizer=tokenizer,
+            unet=unet,
+            low_res_scheduler=DDPMScheduler(),
+            scheduler=DDIMScheduler(prediction_type="v_prediction"),
+            max_noise_level=350,
+        ).save_pretrained(str(folder))
     return folder

@@ -22,11 +22,18 @@ from engine.samplers import SAMPLERS
 
 def set_sampler(loaded: LoadedModel, sampler: str) -> None:
     """Swap the scheduler (engine thread only: schedulers are not thread-safe)."""
+    loaded.pipe.scheduler = make_scheduler(loaded, sampler)
+
+
+def make_scheduler(loaded: LoadedModel, sampler: str) -> Any:
+    """A fresh scheduler for `sampler`.
+
+    Built from the model's own scheduler config each time, so options of the last sampler
+    (Karras sigmas, SDE) never leak into the next.
+    """
     spec = SAMPLERS[sampler]
     scheduler_cls = getattr(diffusers, spec.scheduler)
-    # Built from the model's own scheduler config each time, so options of the last sampler
-    # (Karras sigmas, SDE) never leak into the next.
-    loaded.pipe.scheduler = scheduler_cls.from_config(loaded.base_scheduler_config, **spec.options)
+    return scheduler_cls.from_config(loaded.base_scheduler_config, **spec.options)
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,11 @@ class EngineConfig:
     dtype: str = "auto"
     preview_interval: float = 2.0
     noise: str = "cpu"  # where starting noise is drawn: "cpu" (any device) or "gpu"
+    # /upscale: a diffusers upscaler pipeline (Hub id or folder; None: Lanczos), the img2img
+    # tile side (0: the model's native size) and the tiles' overlap in pixels.
+    upscaler: str | None = None
+    upscale_tile: int = 0
+    upscale_tile_overlap: int = 64
 
 
 @dataclass(slots=True)
@@ -71,6 +76,7 @@ class EngineWorker:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._cache: Any = None  # engine.loading.ModelCache, created on the thread
+        self._safety: Any = None  # engine.safety.SafetyCheckers, created on the thread
 
     @property
     def running(self) -> bool:
@@ -122,6 +128,19 @@ class EngineWorker:
         """Load a model ahead of the first job (or find it loaded) and describe it."""
         return await self.call(lambda: self._models().get(model).info())
 
+    async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
+        """Whether each PNG is flagged by the safety checker at `source`, which is loaded on
+        the engine thread the first time and kept."""
+
+        def work() -> list[bool]:
+            from engine.safety import SafetyCheckers
+
+            if self._safety is None:
+                self._safety = SafetyCheckers(self.config.device, self.config.dtype)
+            return self._safety.check(source, list(images))
+
+        return await self.call(work)
+
     def _models(self) -> Any:
         if self._cache is None:
             # Imported and probed here, on the engine thread: nothing else touches CUDA.
@@ -136,12 +155,23 @@ class EngineWorker:
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
         import torch
 
+        from engine.conditioned import generate_conditioned
         from engine.txt2img import generate_batch
+        from engine.upscale import UpscaleConfig
 
-        loaded = self._models().get(jobs[0].params.model)
+        first = jobs[0].params
+        loaded = self._models().get(first.model)
+        config = self.config
         try:
             with torch.inference_mode():
-                return generate_batch(loaded, jobs, self.config.preview_interval, self.config.noise)
+                if first.mode != "txt2img" or first.control_type is not None:
+                    upscale = UpscaleConfig(
+                        config.upscaler, config.upscale_tile, config.upscale_tile_overlap
+                    )
+                    return generate_conditioned(
+                        loaded, jobs, config.preview_interval, config.noise, upscale
+                    )
+                return generate_batch(loaded, jobs, config.preview_interval, config.noise)
         except torch.OutOfMemoryError:
             log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
             if torch.cuda.is_available():

@@ -14,6 +14,7 @@ from PIL import Image
 
 import engine.txt2img
 from bot.actions import Action
+from bot.services import JobRefused
 from data.jobs import JobStatus
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
@@ -236,6 +237,12 @@ async def test_upscale_button_doubles_the_image(sim):
     params = await infotext_params(attachment)
     assert params.seed == 31
     assert "Upscale" in reply.embeds[0].author.name
+    # An upscale is not text to image: no subtle variations (a variation seed means nothing).
+    labels = [[label for label, _ in row] for row in buttons(reply)]
+    assert labels == [["Upscale", "Vary (strong)"], ["Reroll", "Info", "Edit", "Delete"]]
+    upscaled = await sim.bot.dreams.jobs.get(job_id_of(reply))
+    with pytest.raises(JobRefused, match="Subtle variations are for text-to-image"):
+        await sim.bot.actions.params_for(Action.VARY, upscaled, 0)
 
 
 async def test_strong_variation_runs_img2img_from_the_image(sim):
