@@ -245,7 +245,7 @@ def encode_image(
         model_hash=loaded.model_hash,
         variation_seed=variation_seed,
         rng="CPU" if noise == "cpu" else None,
-        extra=extra,
+        extra={**extra, **(loaded.active.infotext if loaded.active is not None else {})},
     )
     return GeneratedImage(
         seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed

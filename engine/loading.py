@@ -64,6 +64,8 @@ class LoadedModel:
     # What the image modes derive from this model (from_pipe pipelines that share its
     # modules, a ControlNet, an inpainting UNet, an upscaler), by name; freed with it.
     derived: dict[str, Any] = field(default_factory=dict)
+    # The LoRAs and embeddings applied for the generation in progress (engine/lora.py).
+    active: Any = None
 
     def __post_init__(self) -> None:
         if self.base_scheduler_config is None:

@@ -28,7 +28,8 @@ import torch
 
 from engine.errors import EngineError
 from engine.infotext import quote
-from engine.params import InvalidParams
+from engine.loading import LoadedModel
+from engine.params import GenerationParams, InvalidParams
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 _TAG_RE = re.compile(r"<(lora|lyco):([^>]*)>", re.IGNORECASE)
 MAX_LORA_WEIGHT = 4.0
 DEFAULT_CAPACITY = 4  # LoRAs kept loaded; SD1.5 rank-8 LoRAs are ~6 MB each in VRAM
+ADAPTERS = "adapters"  # the AdapterCache's key among a loaded model's derived objects
 
 
 # -- Prompt tags ------------------------------------------------------------------------------
@@ -395,3 +397,62 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The header metadata of a LoRA or embedding file (ours under `sdbot.`)."""
     with safetensors.safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+# -- One generation's adapters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAdapters:
+    """What the pipeline carries during one generation: how prompts must be written out for
+    its embeddings, and the infotext keys that name its files."""
+
+    applied: Applied
+    infotext: dict[str, str]
+
+    def expand(self, prompt: str) -> str:
+        return self.applied.expand(prompt)
+
+
+def adapter_infotext(params: GenerationParams) -> dict[str, str]:
+    """A1111's `Lora hashes` and `TI hashes` for a job's adapters (empty without any)."""
+    extra = {}
+    if params.loras:
+        extra["Lora hashes"] = lora_hashes([(name, Path(path)) for name, path, _ in params.loras])
+    if params.embeddings:
+        extra["TI hashes"] = embedding_hashes(
+            [(token, Path(path)) for token, path in params.embeddings]
+        )
+    return extra
+
+
+@contextlib.contextmanager
+def adapters_for(loaded: LoadedModel, params: GenerationParams) -> Iterator[None]:
+    """Apply a batch's LoRAs and embeddings to the loaded pipeline for its generation.
+
+    While it lasts, `loaded.active` says how to write prompts out and what the infotext
+    adds; afterwards the pipeline is as it was. The adapter cache lives with the model, so
+    it goes when the model is unloaded.
+    """
+    if not params.loras and not params.embeddings:
+        yield
+        return
+    cache = loaded.derived.get(ADAPTERS)
+    if cache is None:
+        cache = loaded.derived[ADAPTERS] = AdapterCache(loaded.pipe)
+    loras = [(Path(path), weight) for _, path, weight in params.loras]
+    embeddings = [(Path(path), token) for token, path in params.embeddings]
+    with cache.applied(loras, embeddings) as applied:
+        loaded.active = ActiveAdapters(applied, adapter_infotext(params))
+        try:
+            yield
+        finally:
+            loaded.active = None
+
+
+def prompt_text(loaded: LoadedModel, text: str) -> str:
+    """A prompt as the text encoder must read it: LoRA tags out (the adapters apply them),
+    embeddings' tokens written out as all their vectors."""
+    stripped, _ = parse_lora_tags(text)
+    active = loaded.active
+    return active.expand(stripped) if active is not None else stripped

@@ -73,6 +73,11 @@ class GenerationParams:
     control_type: str | None = None
     control_image: str | None = None
     control_scale: float = 1.0
+    # Trained adapters (issue 6), resolved by the service from the prompt's <lora:name:w>
+    # tags and the tokens it uses, among files the member may use: (name, file, weight) and
+    # (token, file). The prompt keeps its tags, as A1111's infotext does.
+    loras: tuple[tuple[str, str, float], ...] = ()
+    embeddings: tuple[tuple[str, str], ...] = ()
 
     @property
     def input_keys(self) -> list[str]:
@@ -111,7 +116,8 @@ class GenerationParams:
         Image-conditioned jobs share a batch only with jobs on the same inputs.
         """
         key: tuple[Any, ...] = (self.model, self.width, self.height, self.steps, self.sampler)
-        key += (self.cfg,)
+        # One UNet batch carries one set of adapters.
+        key += (self.cfg, self.loras, self.embeddings)
         if self.mode == "txt2img" and self.control_type is None:
             return key
         return (
@@ -137,6 +143,9 @@ class GenerationParams:
         values = {key: value for key, value in data.items() if key in names}
         if "outpaint" in values:  # JSON has no tuples
             values["outpaint"] = tuple(values["outpaint"])
+        for name in ("loras", "embeddings"):
+            if name in values:
+                values[name] = tuple(tuple(item) for item in values[name])
         return cls(**values)
 
 

@@ -14,6 +14,7 @@ from engine.images import encode_png
 from engine.infotext import build_infotext
 from engine.jobs import EngineJob
 from engine.loading import LoadedModel
+from engine.lora import prompt_text
 from engine.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.preview import preview_png
 from engine.prompts import Conditioning, PromptEncoder, PromptPair
@@ -172,7 +173,8 @@ def encode_prompts(loaded: LoadedModel, all_params: Sequence[GenerationParams]) 
             encoder = encoders[params.clip_skip] = PromptEncoder(
                 loaded.pipe, loaded.family, params.clip_skip
             )
-        pairs.append(encoder.encode_pair(params.prompt, params.negative, params.prompt_syntax))
+        prompt, negative = prompt_text(loaded, params.prompt), prompt_text(loaded, params.negative)
+        pairs.append(encoder.encode_pair(prompt, negative, params.prompt_syntax))
     return pairs
 
 
@@ -270,6 +272,7 @@ def _encode(
         # A1111 names the noise source unless it is its default, the GPU; with "RNG: CPU"
         # an A1111 install draws the same starting noise as we did.
         rng="CPU" if noise == "cpu" else None,
+        extra=loaded.active.infotext if loaded.active is not None else None,
     )
     return GeneratedImage(
         seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed

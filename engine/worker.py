@@ -156,6 +156,7 @@ class EngineWorker:
         import torch
 
         from engine.conditioned import generate_conditioned
+        from engine.lora import adapters_for
         from engine.txt2img import generate_batch
         from engine.upscale import UpscaleConfig
 
@@ -163,7 +164,7 @@ class EngineWorker:
         loaded = self._models().get(first.model)
         config = self.config
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), adapters_for(loaded, first):
                 if first.mode != "txt2img" or first.control_type is not None:
                     upscale = UpscaleConfig(
                         config.upscaler, config.upscale_tile, config.upscale_tile_overlap
