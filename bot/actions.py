@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 from bot.guilds import GuildSettingsService
-from bot.services import DreamService, JobObserver, JobRefused, Ticket, random_seed
+from bot.services import DreamService, JobObserver, JobRefused, Requester, Ticket, random_seed
 from data.jobs import Job, JobImage, JobStatus, Origin
 from engine import attachments
 from engine.params import GenerationParams
@@ -53,6 +53,7 @@ class Presser:
     channel_id: int | None
     is_admin: bool = False  # an admin of the server the click came from
     is_owner: bool = False
+    requester: Requester = field(default_factory=Requester)  # roles and channel, for the rules
 
     def admin_of(self, job: Job) -> bool:
         return self.is_owner or (
@@ -125,14 +126,20 @@ class ResultActions:
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
         if action is Action.EDIT:
             key += f":{hash((prompt, negative)) & 0xFFFFFFFF:x}"
+        # A click in a DM on a server's result (results by DM) is still under that server's
+        # rules: only its channel rules cannot apply there.
+        guild_id, requester = presser.guild_id, presser.requester
+        if guild_id is None and job.guild_id is not None:
+            guild_id, requester = job.guild_id, replace(requester, in_dm=True)
         return await self.dreams.submit(
             params,
             user_id=presser.user_id,
-            guild_id=presser.guild_id,
+            guild_id=guild_id,
             channel_id=presser.channel_id,
             interaction_id=interaction_id,
             observer=observer,
             origin=Origin(job.id, action.value, key),
+            requester=requester,
         )
 
     async def params_for(

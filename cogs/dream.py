@@ -13,6 +13,7 @@ from discord.ext import commands
 from bot.imaging import ControlRequest
 from bot.services import DreamOptions, JobRefused
 from cogs.buttons import view_factory
+from cogs.context import DirectPresenter, requester_of
 from cogs.presenter import ChannelPresenter, DreamPresenter
 from engine.params import (
     MAX_CFG,
@@ -102,6 +103,16 @@ async def model_autocomplete(
     return choices[:MAX_CHOICES]
 
 
+async def preset_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The member's own presets."""
+    bot: SDBot = interaction.client  # type: ignore[assignment]
+    typed = current.strip().lower()
+    names = await bot.prefs.names(interaction.user.id)
+    return [app_commands.Choice(name=n, value=n) for n in names if typed in n][:MAX_CHOICES]
+
+
 SAMPLER_CHOICES = [app_commands.Choice(name=name, value=name) for name in SAMPLERS]
 
 
@@ -136,9 +147,10 @@ class Dream(commands.Cog):
         control_image="A picture whose edges (or a ready control map) pin the composition",
         control_type="How to read the control image (canny is computed from any picture)",
         control_weight="How strongly the control image holds (0-2)",
+        preset="One of your /prefer presets; what you type here still wins",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
-    @app_commands.autocomplete(model=model_autocomplete)
+    @app_commands.autocomplete(model=model_autocomplete, preset=preset_autocomplete)
     async def dream(
         self,
         interaction: discord.Interaction,
@@ -158,6 +170,7 @@ class Dream(commands.Cog):
         control_image: discord.Attachment | None = None,
         control_type: ControlType | None = None,
         control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
+        preset: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         dreams = self.bot.dreams
         # Checked before deferring (microseconds), so a mistake gets an ephemeral answer and
@@ -177,12 +190,17 @@ class Dream(commands.Cog):
             variation_seed,
             variation_strength,
         )
+        # The member's preferences and the server's defaults fill what was not typed.
+        filled = await self.bot.prefs.fill(
+            options, user_id=interaction.user.id, guild_id=interaction.guild_id, preset=preset
+        )
+        options = filled.options
         params = dreams.build_params(options)
         if control_image is None:
             if control_type is not None or control_weight is not None:
                 raise InvalidParams("A control type or weight needs a control image.")
             await interaction.response.defer(thinking=True)
-            await start_job(self.bot, interaction, params)
+            await start_job(self.bot, interaction, params, dm=filled.dm)
             return
         images = self.bot.images
         images.check_size(control_image.size, "control image")
@@ -194,17 +212,26 @@ class Dream(commands.Cog):
         except InvalidParams as bad:
             await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
             return
-        await start_job(self.bot, interaction, prepared.params, prepared.note)
+        await start_job(self.bot, interaction, prepared.params, prepared.note, dm=filled.dm)
 
 
 async def start_job(
-    bot: SDBot, interaction: discord.Interaction, params: GenerationParams, note: str = ""
+    bot: SDBot,
+    interaction: discord.Interaction,
+    params: GenerationParams,
+    note: str = "",
+    *,
+    dm: bool | None = None,
 ) -> None:
     """Submit checked parameters for a deferred interaction and show the job's progress.
 
     `note` is said with the queue position (for example what /reproduce could not honour).
+    `dm`: deliver the result by DM; None follows the member's preference.
     """
-    presenter = DreamPresenter(
+    if dm is None:
+        dm = (await bot.prefs.defaults(interaction.user.id)).dm
+    presenter_type = DirectPresenter if dm else DreamPresenter
+    presenter = presenter_type(
         interaction, bot.settings.progress_interval, note, view=view_factory(bot)
     )
     try:
@@ -215,10 +242,15 @@ async def start_job(
             channel_id=interaction.channel_id,
             interaction_id=interaction.id,
             observer=presenter,
+            requester=requester_of(
+                interaction.user, interaction.channel, is_admin=bot.is_admin(interaction.user)
+            ),
         )
-    except JobRefused as refused:
+    except (JobRefused, InvalidParams) as refused:
         await presenter.refused(f"❌ {refused}")
         return
+    if ticket.note:  # what the server's rules changed, shown while it waits and with the result
+        presenter.note = " ".join(part for part in (presenter.note, ticket.note) if part)
     message_id = await presenter.queued(ticket)
     if message_id is not None:
         await bot.dreams.set_message(ticket.job.id, message_id)

@@ -50,6 +50,15 @@ class Images(commands.Cog):
     def __init__(self, bot: SDBot) -> None:
         self.bot = bot
 
+    async def _defaults(
+        self, interaction: discord.Interaction, options: DreamOptions
+    ) -> DreamOptions:
+        """The member's preferences and the server's defaults; the picture sets the size."""
+        filled = await self.bot.prefs.fill(
+            options, user_id=interaction.user.id, guild_id=interaction.guild_id, with_size=False
+        )
+        return filled.options
+
     async def _run(
         self,
         interaction: discord.Interaction,
@@ -103,6 +112,7 @@ class Images(commands.Cog):
         control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
     ) -> None:
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = await self._defaults(interaction, options)
         _control_needs_image(control_image, control_type, control_weight)
 
         async def prepare(data: Uploads) -> Prepared:
@@ -147,6 +157,7 @@ class Images(commands.Cog):
         model: str | None = None,
     ) -> None:
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             return await self.bot.images.inpaint(
@@ -197,6 +208,7 @@ class Images(commands.Cog):
                 "Say how far to grow the picture: left, right, up or down, in pixels."
             )
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             pads = (left, right, up, down)
@@ -229,6 +241,7 @@ class Images(commands.Cog):
         model: str | None = None,
     ) -> None:
         options = DreamOptions(prompt or "", negative, seed, steps, model=model)
+        options = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             return await self.bot.images.upscale(

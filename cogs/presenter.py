@@ -102,7 +102,11 @@ def encode_for_upload(images: list[StoredImage], file_limit: int) -> list[Encode
 def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> list[discord.File]:
     encoded = encode_for_upload(images, file_limit)
     return [
-        _png_file(item.data, f"{job_id}-{idx}-{image.seed}.{item.extension}")
+        # Discord hides a file whose name starts SPOILER_ until it is clicked.
+        _png_file(
+            item.data,
+            f"{'SPOILER_' if image.spoiler else ''}{job_id}-{idx}-{image.seed}.{item.extension}",
+        )
         for idx, (image, item) in enumerate(zip(images, encoded, strict=True))
     ]
 
@@ -140,10 +144,14 @@ class LiveMessage:
         message = await self._edit(self.queued_text(ticket))
         return message.id if message is not None else None
 
-    def progress(self, job_id: int, progress: Progress) -> None:
-        if progress.preview_png is not None:
-            self._preview = progress.preview_png
-        text = progress_line(progress)
+    def progress_text(self, progress: Any) -> str:
+        return progress_line(progress)
+
+    def progress(self, job_id: int, progress: Any) -> None:
+        preview = getattr(progress, "preview_png", None)
+        if preview is not None:
+            self._preview = preview
+        text = self.progress_text(progress)
         if self._finished or self._editing or text == self._last_text:
             return
         if time.monotonic() - self._last_edit < self.interval:

@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot.actions import Action, Presser
 from bot.services import JobRefused, Ticket
 from cogs.buttons import RESULTS_COG, ResultButton, view_factory
+from cogs.context import requester_of
 from cogs.info import infotext_embed
 from cogs.presenter import ReplyPresenter, credits_text, tell_privately
 from engine.params import GenerationParams, InvalidParams
@@ -99,12 +100,14 @@ class Results(commands.Cog, name=RESULTS_COG):
         self.bot.remove_dynamic_items(ResultButton)
 
     def _presser(self, interaction: discord.Interaction) -> Presser:
+        is_admin = self.bot.is_admin(interaction.user)
         return Presser(
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
-            is_admin=self.bot.is_admin(interaction.user),
+            is_admin=is_admin,
             is_owner=self.bot.is_owner_id(interaction.user.id),
+            requester=requester_of(interaction.user, interaction.channel, is_admin=is_admin),
         )
 
     # -- buttons ----------------------------------------------------------------------
@@ -170,9 +173,10 @@ class Results(commands.Cog, name=RESULTS_COG):
         message_id = await observer.queued(ticket)
         if message_id is not None:
             await self.bot.dreams.set_message(ticket.job.id, message_id)
+        note = f" {ticket.note}" if ticket.note else ""
         return (
             f"Queued as job {ticket.job.id}, position {ticket.position}. "
-            f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}."
+            f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}.{note}"
         )
 
     async def show_info(self, interaction: discord.Interaction, job_id: int) -> None:
@@ -238,12 +242,14 @@ class Results(commands.Cog, name=RESULTS_COG):
             if await self._author_of(payload, channel) == me.id:
                 await tell_privately(self.bot, user, "That message is not a result I can act on.")
             return
+        is_admin = self.bot.is_admin(user)
         presser = Presser(
             user_id=user.id,
             guild_id=payload.guild_id,
             channel_id=payload.channel_id,
-            is_admin=self.bot.is_admin(user),
+            is_admin=is_admin,
             is_owner=self.bot.is_owner_id(user.id),
+            requester=requester_of(user, channel, is_admin=is_admin),
         )
         message = channel.get_partial_message(payload.message_id)  # type: ignore[attr-defined]
         try:
@@ -304,10 +310,18 @@ class Results(commands.Cog, name=RESULTS_COG):
         self, job_id: int, user: discord.abc.User, channel: discord.abc.Messageable
     ) -> None:
         images = await self.bot.actions.images(job_id)
+        # The safety filter's blur or spoiler is not to be undone by asking for a copy.
+        withheld = await self.bot.community.withheld(job_id)
+        images = [image for image in images if image.idx not in withheld]
+        if not images:
+            raise JobRefused("The safety filter flagged this result; it cannot be sent on.")
         files = [discord.File(io.BytesIO(image.png), filename=image.filename) for image in images]
-        embed = infotext_embed(images[0].infotext) if images else None
+        embed = infotext_embed(images[0].infotext)
+        text = f"Job {job_id}, as you asked:"
+        if withheld:
+            text += f" ({len(withheld)} flagged image(s) left out.)"
         try:
-            await user.send(f"Job {job_id}, as you asked:", embed=embed, files=files)
+            await user.send(text, embed=embed, files=files)
         except discord.HTTPException:
             await channel.send(
                 f"{user.mention} I could not send you a DM; open your DMs and react again.",
