@@ -12,8 +12,11 @@ from bot.actions import ResultActions
 from bot.credits import CreditService
 from bot.guilds import GuildSettingsService
 from bot.imaging import ImageRequests
+from bot.policy import CommunityPolicy
+from bot.prefs import PreferenceService
 from bot.services import DreamService
 from bot.settings import Settings
+from bot.training import TrainingService
 from bot.tree import SDCommandTree
 from data.store import Store
 
@@ -28,6 +31,11 @@ EXTENSIONS = (
     "cogs.queue",
     "cogs.info",
     "cogs.settings",
+    "cogs.prefer",
+    "cogs.models",
+    "cogs.stats",
+    "cogs.train",
+    "cogs.loras",
 )
 
 
@@ -41,6 +49,9 @@ class SDBot(commands.Bot):
         guilds: GuildSettingsService,
         actions: ResultActions,
         images: ImageRequests,
+        prefs: PreferenceService,
+        community: CommunityPolicy,
+        training: TrainingService,
     ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
@@ -61,6 +72,9 @@ class SDBot(commands.Bot):
         self.guild_settings = guilds
         self.actions = actions
         self.images = images
+        self.prefs = prefs
+        self.community = community
+        self.training = training
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:

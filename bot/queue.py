@@ -12,19 +12,19 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
-from engine.jobs import EngineJob
+from engine.jobs import EngineJob, TrainingJob
 
 
 @dataclass(slots=True)
 class QueuedJob:
     job_id: int
     user_id: int
-    engine_job: EngineJob
+    engine_job: EngineJob | TrainingJob
     queued_at: float
     batch_key: Hashable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.batch_key = self.engine_job.params.batch_key()
+        self.batch_key = self.engine_job.batch_key()
 
 
 class JobQueue:

@@ -17,9 +17,11 @@ from bot.queue import JobQueue
 from bot.safety import SafetyReview
 from bot.services import STANDARD_JOB, DreamService
 from bot.settings import Settings
+from bot.training import TrainingService
 from data.credits import CreditRepository
 from data.guilds import GuildSettingsRepository
 from data.jobs import JobRepository
+from data.loras import LoraRepository
 from data.members import MemberPresetRepository
 from data.stats import StatsRepository
 from data.store import Store
@@ -75,6 +77,7 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
         ImageRequests(dreams),
         prefs,
         community,
+        TrainingService(dreams, LoraRepository(store)),
     )
 
 

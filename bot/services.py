@@ -35,7 +35,7 @@ from data.jobs import (
 )
 from engine.errors import EngineError, JobCancelled
 from engine.infotext import params_from_infotext, parse_infotext
-from engine.jobs import EngineJob
+from engine.jobs import EngineJob, TrainingJob
 from engine.params import (
     DEFAULT_UPSCALE_PIXELS,
     GenerationParams,
@@ -46,6 +46,7 @@ from engine.params import (
 )
 from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.specs import ModelSpec
+from engine.training_params import training_price_units
 from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DREAM = "dream"
+TRAIN = "train"
 # A job left running by a crash is started again once; a second crash fails it.
 MAX_ATTEMPTS = 2
 CRASH_MESSAGE = "The bot stopped twice while running this job, so it was given up."
@@ -69,6 +71,10 @@ class StoredImage:
     infotext: str
     png: bytes
     variation_seed: int | None = None
+    # Set by the safety review (bot/safety.py): `png` is then what may be posted (blurred),
+    # the file at `path` stays the original; `spoiler` posts it behind Discord's cover.
+    flagged: bool = False
+    spoiler: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +97,73 @@ class Ticket:
     position: int
     balance: int | None = None
     duplicate: bool = False
+    note: str = ""  # what the server's rules changed (e.g. words moved to the negative)
 
 
 class JobRefused(Exception):
     """The job was not accepted (credits, caps); the message is for the member."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """What the Discord layer knows of who asks and where, for the server's rules."""
+
+    role_ids: frozenset[int] = frozenset()
+    # The channel is marked age-restricted (NSFW). Unknown (a job restored after a restart)
+    # counts as not: flagged images are then treated by the server's safety policy.
+    age_restricted: bool = False
+    is_admin: bool = False
+    # Asked in a DM about a server's result (a button): the server's rules apply, but not
+    # its channel rules.
+    in_dm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A job the rules let in: its parameters (the rules may change them), price and caps."""
+
+    params: GenerationParams
+    cost: int
+    caps: QueueCaps
+    note: str = ""
+
+
+class Gate(Protocol):
+    """A server's rules for a job, checked before anything is charged (bot/policy.py)."""
+
+    async def admit(
+        self,
+        params: GenerationParams,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        interaction_id: int | None,
+        requester: Requester,
+    ) -> Admission:
+        """JobRefused or InvalidParams say why not."""
+
+
+class Trainer(Protocol):
+    """Runs and restores /train jobs (bot/training.py); the dispatcher hands them over."""
+
+    async def run(self, entry: QueuedJob) -> None: ...
+
+    async def restore(self, job: Job) -> None: ...
+
+    async def resolve(
+        self, params: GenerationParams, *, user_id: int, guild_id: int | None
+    ) -> GenerationParams:
+        """The LoRA and embedding files the prompt names, among those the member may use."""
+
+
+class Reviewer(Protocol):
+    """Looks at finished images before they are posted (bot/safety.py)."""
+
+    async def review(
+        self, job_id: int, images: list[StoredImage], requester: Requester
+    ) -> list[StoredImage]:
+        """The images as they may be shown; JobRefused withholds the whole result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +246,12 @@ class DreamService:
         # a busy one (SimCord's `external_wait`) replaces it.
         self.idle_wait: IdleWait = plain_wait
         self._tasks: set[asyncio.Task[None]] = set()
+        # A server's rules (bot/policy.py) and the safety review (bot/safety.py), set by the
+        # runner; without them every job is admitted at the bot's prices and posted as is.
+        self.gate: Gate | None = None
+        self.reviewer: Reviewer | None = None
+        self.trainer: Trainer | None = None
+        self._requesters: dict[int, Requester] = {}
 
     # -- accepting work -------------------------------------------------------------------
 
@@ -248,14 +323,30 @@ class DreamService:
         interaction_id: int | None,
         observer: JobObserver,
         origin: Origin | None = None,
+        requester: Requester | None = None,
     ) -> Ticket:
         """Charge and record the job in one transaction, then queue it.
 
-        Raises JobRefused (caps, credits) having changed nothing. A retried interaction
-        gets its existing job back, charged once; so does a second click of an action whose
-        first job is still pending (`origin`).
+        Raises JobRefused (the server's rules, caps, credits) having changed nothing. A
+        retried interaction gets its existing job back, charged once; so does a second click
+        of an action whose first job is still pending (`origin`).
         """
+        requester = requester or Requester()
         self.check(params)
+        if self.trainer is not None:  # <lora:name:w> and embedding tokens, as this member may
+            params = await self.trainer.resolve(params, user_id=user_id, guild_id=guild_id)
+        admission = Admission(params, self.price(params), self.caps)
+        if self.gate is not None:
+            admission = await self.gate.admit(
+                params,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                interaction_id=interaction_id,
+                requester=requester,
+            )
+            params = admission.params
+            self.check(params)
         inputs = await self.inputs.for_params(params)
         kind = job_kind(params)
         try:
@@ -266,8 +357,8 @@ class DreamService:
                 channel_id=channel_id,
                 interaction_id=interaction_id,
                 params=params.to_dict(),
-                cost=self.price(params),
-                caps=self.caps,
+                cost=admission.cost,
+                caps=admission.caps,
                 origin=origin,
             )
         except (DuplicateInteraction, DuplicateAction) as duplicate:
@@ -280,6 +371,7 @@ class DreamService:
             )
         except (QueueFull, InsufficientCredits) as refused:
             raise JobRefused(str(refused)) from None
+        self._requesters[job.id] = requester
         position = self._enqueue(job, params, observer, inputs)
         balance = (await self.credits.account(user_id)).balance
         log.info(
@@ -290,7 +382,7 @@ class DreamService:
             job.cost,
             position,
         )
-        return Ticket(job, params, position, balance)
+        return Ticket(job, params, position, balance, note=admission.note)
 
     def _enqueue(
         self,
@@ -311,6 +403,41 @@ class DreamService:
         if observer is not None:
             observer.progress(job_id, progress)
 
+    # -- what the trainer (bot/training.py) shares of the queue --------------------------
+
+    def enqueue_work(self, job: Job, work: TrainingJob, observer: Any) -> int:
+        if observer is not None:
+            self._observers[job.id] = observer
+        return self.queue.put(QueuedJob(job.id, job.user_id, work, time.monotonic()))
+
+    def report_progress(self, job_id: int, progress: Any) -> None:
+        observer = self._observers.get(job_id)
+        if observer is not None:
+            observer.progress(job_id, progress)
+
+    def take_observer(self, job_id: int) -> Any:
+        return self._observers.pop(job_id, None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop_running(self, entry: QueuedJob) -> None:
+        self._stop_running(entry)
+
+    async def fail(
+        self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
+    ) -> None:
+        await self._fail(entry, message, status)
+
+    def spawn(self, delivery: Coroutine[Any, Any, None]) -> None:
+        self._spawn(delivery)
+
+    async def _restore_training(self, job: Job) -> None:
+        if self.trainer is None:
+            raise MissingInput("no trainer to restore a training job")
+        await self.trainer.restore(job)
+
     async def set_message(self, job_id: int, message_id: int) -> None:
         await self.jobs.set_message(job_id, message_id)
 
@@ -325,8 +452,12 @@ class DreamService:
         restored, failed = [], []
         for job in await self.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
             try:
-                params = GenerationParams.from_dict(job.params)
-                inputs = await self.inputs.for_params(params)
+                if job.kind == TRAIN:
+                    params = None
+                    inputs = {}
+                else:
+                    params = GenerationParams.from_dict(job.params)
+                    inputs = await self.inputs.for_params(params)
             except (TypeError, MissingInput) as unusable:
                 # A row this version cannot read, or its input image is gone: refund it.
                 reason = INPUT_GONE if isinstance(unusable, MissingInput) else UNREADABLE
@@ -344,8 +475,17 @@ class DreamService:
                     self._notify_failed(job, CRASH_MESSAGE, refunded)
                     continue
                 await self.jobs.requeue(job.id)
-            observer = self.fallback_observer(job) if self.fallback_observer else None
-            self._enqueue(job, params, observer, inputs)
+            try:
+                if params is None:
+                    await self._restore_training(job)
+                else:
+                    observer = self.fallback_observer(job) if self.fallback_observer else None
+                    self._enqueue(job, params, observer, inputs)
+            except (TypeError, MissingInput):
+                refunded = await self.jobs.finish(job.id, JobStatus.FAILED, error=INPUT_GONE)
+                self._notify_failed(job, INPUT_GONE, refunded)
+                failed.append(job)
+                continue
             restored.append(job)
             log.info("job=%s restored to the queue after a restart", job.id)
         return restored, failed
@@ -370,6 +510,11 @@ class DreamService:
         """Stop taking jobs; let the batch on the engine finish (up to `grace` seconds) so a
         clean shutdown is not mistaken for a crash, then stop the dispatcher."""
         self._stopping = True
+        for entry in self.queue.running:
+            if isinstance(entry.engine_job, TrainingJob):
+                # Training can run for an hour: it stops at its next step instead, and the
+                # next start resumes it from its last checkpoint.
+                entry.engine_job.cancel.set()
         if self._busy:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(dispatcher), grace)
@@ -384,9 +529,15 @@ class DreamService:
         self.queue.running = list(claimed)
         if not claimed:
             return
+        if isinstance(claimed[0].engine_job, TrainingJob):  # never batched with anything
+            if self.trainer is None:
+                raise RuntimeError("a training job was queued without a trainer")
+            await self.trainer.run(claimed[0])
+            return
+        jobs = [entry.engine_job for entry in claimed if isinstance(entry.engine_job, EngineJob)]
         try:
             results = await self.idle_wait(
-                self.engine.generate([entry.engine_job for entry in claimed]),
+                self.engine.generate(jobs),
                 reason="the engine thread is generating",
             )
         except JobCancelled:
@@ -399,7 +550,7 @@ class DreamService:
                 self._stop_running(entry)
                 await self._fail(entry, error.user_message)
             return
-        total_units = sum(price_units(entry.engine_job.params) for entry in claimed)
+        total_units = sum(work_units(entry.engine_job) for entry in claimed)
         self._learn_speed(total_units, results[0].seconds if results else 0.0)
         for entry, result in zip(claimed, results, strict=True):
             # Out of `running` before the outcome is decided: a later /cancel is told the
@@ -417,6 +568,16 @@ class DreamService:
     async def _succeed(self, entry: QueuedJob, result: GenerationResult) -> None:
         params = entry.engine_job.params
         stored = await asyncio.to_thread(self._write_images, entry.job_id, result)
+        requester = self._requesters.pop(entry.job_id, Requester())
+        if self.reviewer is not None:
+            try:
+                stored = await self.idle_wait(
+                    self.reviewer.review(entry.job_id, stored, requester),
+                    reason="the engine thread is checking the images",
+                )
+            except JobRefused as withheld:  # nothing posted; failed, so refunded
+                await self._fail(entry, str(withheld))
+                return
         completed = await self.jobs.complete(
             entry.job_id,
             [
@@ -484,6 +645,7 @@ class DreamService:
         self._notify_failed(job, message, refunded)
 
     def _notify_failed(self, job: Job, message: str, refunded: int) -> None:
+        self._requesters.pop(job.id, None)
         observer = self._observers.pop(job.id, None)
         if observer is None and self.fallback_observer is not None:
             observer = self.fallback_observer(job)
@@ -504,16 +666,13 @@ class DreamService:
     def queue_entries(self) -> list[QueueEntry]:
         """Everything running (position 0) and waiting, in the order it will be served."""
         entries = [
-            QueueEntry(q.job_id, q.user_id, 0, q.engine_job.params, None)
+            QueueEntry(q.job_id, q.user_id, 0, shown_params(q.engine_job), None)
             for q in self.queue.running
         ]
         waited = 0.0
         if self.seconds_per_unit is not None:
             waited = (
-                sum(
-                    self.seconds_per_unit * price_units(q.engine_job.params)
-                    for q in self.queue.running
-                )
+                sum(self.seconds_per_unit * work_units(q.engine_job) for q in self.queue.running)
                 / 2
             )  # on average a running job is half done
         offset = 1 if self.queue.running else 0
@@ -524,12 +683,12 @@ class DreamService:
                     queued.job_id,
                     queued.user_id,
                     index + 1 + offset,
-                    queued.engine_job.params,
+                    shown_params(queued.engine_job),
                     wait,
                 )
             )
             if self.seconds_per_unit is not None:
-                waited += self.seconds_per_unit * price_units(queued.engine_job.params)
+                waited += self.seconds_per_unit * work_units(queued.engine_job)
         return entries
 
     async def cancel(
@@ -654,6 +813,32 @@ def price_units(params: GenerationParams) -> float:
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
     return pixels * steps / STANDARD_STEPS * params.count
+
+
+def work_units(work: EngineJob | TrainingJob) -> float:
+    """Standard images' worth of a queued job, for wait estimates."""
+    if isinstance(work, TrainingJob):
+        return training_price_units(work.params)
+    return price_units(work.params)
+
+
+def shown_params(work: EngineJob | TrainingJob) -> GenerationParams:
+    """How a queued job reads in /queue: a training job as its name, method and steps."""
+    if isinstance(work, EngineJob):
+        return work.params
+    training = work.params
+    return GenerationParams(
+        prompt=f"training {training.name} ({training.method}, {training.steps} steps)",
+        negative="",
+        seed=training.seed,
+        steps=training.steps,
+        cfg=0.0,
+        width=training.resolution,
+        height=training.resolution,
+        sampler="-",
+        count=1,
+        model=training.model,
+    )
 
 
 def job_kind(params: GenerationParams) -> str:

@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     # Attachments are untrusted: refused over these before they are downloaded or decoded.
     max_attachment_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_attachment_pixels: int = Field(default=6144 * 6144, gt=0)
+    # /train (issue 6): what a member may ask for, and how often a run is checkpointed.
+    train_max_steps: int = Field(default=2000, ge=1)
+    train_max_rank: int = Field(default=64, ge=1)
+    train_max_images: int = Field(default=20, ge=3)
+    train_checkpoint_every: int = Field(default=100, ge=1)
+    # Content safety (issue 8): a Stable Diffusion safety checker (Hub id or folder; None:
+    # nothing is checked), what a server does with flagged images by default outside
+    # age-restricted channels, and whether the bot works only in age-restricted channels.
+    safety_checker: str | None = None
+    safety_action: Literal["blur", "spoiler", "refuse"] = "blur"
+    age_restricted_only: bool = False
     log_level: str = "INFO"
 
     @field_validator("models")

@@ -285,6 +285,19 @@ class JobRepository:
         ):
             return cursor.rowcount == 1
 
+    async def put_back(self, job_id: int) -> bool:
+        """A running job stopped by a clean shutdown: queued again, and the interrupted run
+        does not count as one of its attempts."""
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET status = ?, started_at = NULL, attempts = MAX(attempts - 1, 0)"
+                " WHERE id = ? AND status = ?",
+                (JobStatus.QUEUED, job_id, JobStatus.RUNNING),
+            ) as cursor,
+        ):
+            return cursor.rowcount == 1
+
     async def finish(self, job_id: int, status: JobStatus, *, error: str | None = None) -> int:
         """End a pending job; a failed or cancelled one is refunded in the same transaction.
 

@@ -129,9 +129,12 @@ class LoraRepository:
         except sqlite3.IntegrityError:
             raise DuplicateName(name) from None
 
-    async def set_shared(self, lora_id: int, shared: bool) -> None:
+    async def set_shared(self, lora_id: int, shared: bool, guild_id: int) -> None:
         async with self._store.transaction() as db:
-            await db.execute("UPDATE loras SET shared = ? WHERE id = ?", (int(shared), lora_id))
+            await db.execute(
+                "UPDATE loras SET shared = ?, guild_id = ? WHERE id = ?",
+                (int(shared), guild_id, lora_id),
+            )
 
     async def delete(self, lora_id: int) -> None:
         async with self._store.transaction() as db:

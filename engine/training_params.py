@@ -74,6 +74,9 @@ class TrainingLimits:
     min_images: int = 3
     max_images: int = 20
     max_class_images: int = 200
+    # The resolution follows the model's configured size, not the member; an owner's small
+    # configured size (a test model) may go below the usual floor.
+    min_resolution: int = MIN_RESOLUTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +268,10 @@ def _check_numbers(params: TrainingParams, limits: TrainingLimits) -> None:
             f"Learning rate must be {low:g}-{high:g}, not {params.learning_rate:g}."
         )
     resolution = params.resolution
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION or resolution % RESOLUTION_MULTIPLE:
+    lowest = limits.min_resolution
+    if not lowest <= resolution <= MAX_RESOLUTION or resolution % RESOLUTION_MULTIPLE:
         raise InvalidParams(
-            f"Resolution must be a multiple of {RESOLUTION_MULTIPLE} from {MIN_RESOLUTION} to "
+            f"Resolution must be a multiple of {RESOLUTION_MULTIPLE} from {lowest} to "
             f"{MAX_RESOLUTION}, not {resolution}."
         )
     if not 0 <= params.seed <= MAX_SEED:

@@ -14,13 +14,14 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import EngineError, EngineStopped, OutOfMemory
-from engine.jobs import EngineJob
-from engine.params import GenerationResult, ModelInfo, Progress
+from engine.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.params import GenerationResult, ModelInfo
 from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,41 @@ class EngineWorker:
 
         return await self.call(work)
 
+    async def train(self, job: TrainingJob) -> TrainingOutcome:
+        """Train on the engine thread (generation waits), then make a few sample images
+        with what was learned. Progress reaches `job.report` on the loop."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        threaded = replace(job, report=partial(_post, loop, context, job.report))
+        return await self.call(partial(self._train, threaded))
+
+    def _train(self, job: TrainingJob) -> TrainingOutcome:
+        import torch
+
+        from engine.training import train
+        from engine.training_samples import make_samples
+
+        loaded = self._models().get(job.params.model)
+        images = [job.inputs[key] for key in job.params.image_keys]
+        try:
+            result = train(
+                loaded,
+                job.params,
+                images,
+                workdir=Path(job.workdir),
+                report=job.report,
+                cancel=job.cancel,
+                class_images_dir=Path(job.class_dir) if job.class_dir else None,
+            )
+            with torch.inference_mode():
+                samples = make_samples(loaded, job.params, result.path, self.config.noise)
+        except torch.OutOfMemoryError:
+            log.warning("out of memory training job %s", job.job_id)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfMemory() from None
+        return TrainingOutcome(result, samples)
+
     def _models(self) -> Any:
         if self._cache is None:
             # Imported and probed here, on the engine thread: nothing else touches CUDA.
@@ -207,8 +243,8 @@ class EngineWorker:
 def _post(
     loop: asyncio.AbstractEventLoop,
     context: contextvars.Context,
-    report: Callable[[Progress], None],
-    progress: Progress,
+    report: Callable[[Any], None],
+    progress: Any,
 ) -> None:
     # RuntimeError: the loop closed, so nobody is listening any more.
     with contextlib.suppress(RuntimeError):

@@ -1,0 +1,472 @@
+"""/train as a service: requests checked and priced, jobs queued with everyone else's, and
+the results registered as LoRAs (or embeddings) their owners can use in /dream.
+
+A training job is a row like any other (kind `train`), charged when accepted and queued
+fairly; it has the engine thread to itself while it runs. Its checkpoints live in
+DATA_DIR/training/<job>/, so a restart resumes it from the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from bot.queue import QueuedJob
+from bot.services import DreamService, JobRefused, QueueEntry, Ticket, random_seed
+from data.credits import InsufficientCredits
+from data.jobs import DuplicateInteraction, Job, JobImage, JobStatus, QueueFull
+from data.loras import DuplicateName, Lora, LoraRepository
+from engine.errors import EngineError, JobCancelled
+from engine.jobs import TrainingJob, TrainingOutcome
+from engine.params import GenerationParams, InvalidParams
+from engine.training_images import collect_training_images
+from engine.training_params import (
+    TrainingLimits,
+    TrainingParams,
+    TrainingProgress,
+    check_training,
+    make_training_params,
+    sanitize_name,
+    training_price_units,
+    with_images,
+)
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+_SAFE_PART = re.compile(r"[^a-z0-9_-]")
+
+
+class TrainingObserver(Protocol):
+    def progress(self, job_id: int, progress: TrainingProgress) -> None: ...
+
+    async def trained(self, outcome: TrainedOutcome) -> int | None: ...
+
+    async def failed(self, job: Job, message: str, refunded: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedOutcome:
+    job: Job
+    params: TrainingParams
+    lora: Lora
+    samples: list[tuple[bytes, str]]  # PNG and its infotext
+    seconds: float
+    final_loss: float
+    resumed_from: int
+
+    @property
+    def usage(self) -> str:
+        """What a member types to use it."""
+        subject = f"a photo of {self.params.token} {self.params.class_word}".strip()
+        if self.lora.method == "lora":
+            return f"<lora:{self.lora.name}:0.8> {subject}"
+        return subject
+
+
+class TrainingService:
+    def __init__(self, dreams: DreamService, loras: LoraRepository) -> None:
+        self.dreams = dreams
+        self.loras = loras
+        self.settings = dreams.settings
+        self.limits = TrainingLimits(
+            max_steps=self.settings.train_max_steps,
+            max_rank=self.settings.train_max_rank,
+            max_images=self.settings.train_max_images,
+            # The resolution comes from the owner's model settings, never from a member.
+            min_resolution=64,
+        )
+        # Who hears about a training job restored after a restart (set by the /train cog).
+        self.fallback_observer: Callable[[Job], TrainingObserver] | None = None
+        dreams.trainer = self
+
+    # -- folders ------------------------------------------------------------------------
+
+    def workdir(self, job_id: int) -> Path:
+        return self.settings.data_dir / "training" / str(job_id)
+
+    def class_dir(self, params: TrainingParams) -> Path:
+        # Model names come from the owner's settings, class words from members: both are
+        # reduced to safe characters, so no path is built from what a member typed.
+        model = _SAFE_PART.sub("_", params.model.lower())
+        word = _SAFE_PART.sub("_", params.class_word.lower()) or "none"
+        return self.settings.data_dir / "class-images" / model / word
+
+    def lora_path(self, owner_id: int, job_id: int, name: str) -> Path:
+        return (
+            self.settings.data_dir
+            / "loras"
+            / str(owner_id)
+            / f"{sanitize_name(name)}-{job_id}.safetensors"
+        )
+
+    # -- accepting a request ------------------------------------------------------------
+
+    async def prepare(
+        self,
+        files: list[tuple[str, bytes]],
+        *,
+        name: str,
+        user_id: int,
+        model: str | None = None,
+        class_word: str = "",
+        method: str = "lora",
+        steps: int | None = None,
+        rank: int | None = None,
+        learning_rate: float | None = None,
+        prior_preservation: bool = False,
+    ) -> tuple[TrainingParams, str]:
+        """Check the images and options; returns the parameters and a note on skipped files.
+
+        InvalidParams or JobRefused say what is wrong; nothing is stored until then.
+        """
+        model = model or self.settings.default_model
+        spec = self.dreams.models.get(model)
+        if spec is None:
+            raise InvalidParams(
+                f"Unknown model {model!r}. Models: {', '.join(sorted(self.dreams.models))}."
+            )
+        family = spec.guessed_family()
+        # Trained at the model's own size (square, in multiples of 64 as the UNet needs).
+        resolution = max(64, min(spec.size_default()) // 64 * 64)
+        params = make_training_params(
+            name=name,
+            model=model,
+            resolution=resolution,
+            seed=random_seed(),
+            method=method,
+            class_word=class_word,
+            steps=steps,
+            rank=rank,
+            learning_rate=learning_rate,
+            prior_preservation=prior_preservation,
+            checkpoint_every=self.settings.train_checkpoint_every,
+        )
+        check_training(params, self.limits, family)
+        await self._check_name_free(user_id, params.name)
+        collected = await asyncio.to_thread(
+            collect_training_images,
+            files,
+            resolution=params.resolution,
+            max_images=self.limits.max_images,
+            min_images=self.limits.min_images,
+            max_pixels=self.settings.max_attachment_pixels,
+            max_zip_bytes=self.settings.max_attachment_bytes,
+        )
+        keys = [await self.dreams.inputs.put_async(png) for png in collected.images]
+        note = " ".join(collected.skipped)
+        return with_images(params, keys), note
+
+    async def _check_name_free(self, user_id: int, name: str) -> None:
+        if await self.loras.owned(user_id, name) is not None:
+            raise JobRefused(
+                f"You already have a LoRA called {name}; pick another name or delete it."
+            )
+        for job in await self.dreams.jobs.pending_for(user_id):
+            if job.kind == TRAIN and job.params.get("name") == name:
+                raise JobRefused(f"You are already training {name} (job {job.id}).")
+
+    def price(self, params: TrainingParams) -> int:
+        missing = 0
+        if params.prior_preservation:
+            cached = self.class_dir(params)
+            have = len(list(cached.glob("*.png"))) if cached.exists() else 0
+            missing = max(0, params.class_images - have)
+        units = training_price_units(params, class_images_missing=missing)
+        return max(1, round(units * self.settings.price_per_image))
+
+    async def submit(
+        self,
+        params: TrainingParams,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        interaction_id: int | None,
+        observer: TrainingObserver,
+    ) -> Ticket:
+        """Charge and record the job, then queue it; JobRefused says why not."""
+        await self._check_name_free(user_id, params.name)
+        try:
+            job = await self.dreams.jobs.create(
+                kind=TRAIN,
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                interaction_id=interaction_id,
+                params=params.to_dict(),
+                cost=self.price(params),
+                caps=self.dreams.caps,
+            )
+        except DuplicateInteraction as duplicate:
+            return Ticket(duplicate.job, _shown(params), 0, duplicate=True)
+        except (QueueFull, InsufficientCredits) as refused:
+            raise JobRefused(str(refused)) from None
+        position = self._enqueue(job, params, observer, await self._inputs(params))
+        balance = (await self.dreams.credits.account(user_id)).balance
+        log.info(
+            "job=%s kind=train user=%s cost=%s queued position=%s",
+            job.id,
+            user_id,
+            job.cost,
+            position,
+        )
+        return Ticket(job, _shown(params), position, balance)
+
+    async def _inputs(self, params: TrainingParams) -> dict[str, bytes]:
+        keys = list(params.image_keys)
+        values = await asyncio.to_thread(lambda: [self.dreams.inputs.get(key) for key in keys])
+        return dict(zip(keys, values, strict=True))
+
+    def _enqueue(
+        self,
+        job: Job,
+        params: TrainingParams,
+        observer: TrainingObserver | None,
+        inputs: dict[str, bytes],
+    ) -> int:
+        work = TrainingJob(
+            job.id,
+            params,
+            str(self.workdir(job.id)),
+            str(self.class_dir(params)) if params.prior_preservation else None,
+            report=lambda progress: self.dreams.report_progress(job.id, progress),
+            inputs=inputs,
+        )
+        return self.dreams.enqueue_work(job, work, observer)
+
+    async def restore(self, job: Job) -> None:
+        """Back in the queue after a restart (raises MissingInput when its images are gone);
+        progress is then shown by the fallback the Discord layer set."""
+        params = TrainingParams.from_dict(job.params)
+        observer = self.fallback_observer(job) if self.fallback_observer else None
+        self._enqueue(job, params, observer, await self._inputs(params))
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, entry: QueuedJob) -> None:
+        work = entry.engine_job
+        assert isinstance(work, TrainingJob)
+        try:
+            outcome = await self.dreams.idle_wait(
+                self.dreams.engine.train(work), reason="the engine thread is training"
+            )
+        except JobCancelled:
+            self.dreams.stop_running(entry)
+            if self.dreams.stopping:
+                # A clean shutdown, not the member's cancel: back in line for the next start,
+                # resuming from its last checkpoint.
+                await self.dreams.jobs.put_back(entry.job_id)
+                log.info(
+                    "job=%s training paused for shutdown; it resumes at the next start",
+                    entry.job_id,
+                )
+                return
+            await self.dreams.fail(entry, "Cancelled.", JobStatus.CANCELLED)
+            await asyncio.to_thread(shutil.rmtree, self.workdir(entry.job_id), True)
+            return
+        except EngineError as error:
+            self.dreams.stop_running(entry)
+            await self.dreams.fail(entry, error.user_message)
+            return
+        self.dreams.stop_running(entry)
+        await self._finish(entry, outcome)
+
+    async def _finish(self, entry: QueuedJob, outcome: TrainingOutcome) -> None:
+        job = await self.dreams.jobs.get(entry.job_id)
+        assert job is not None
+        params = TrainingParams.from_dict(job.params)
+        target = self.lora_path(job.user_id, job.id, params.name)
+        samples = await asyncio.to_thread(self._keep_files, job.id, outcome, target)
+        try:
+            lora = await self.loras.add(
+                owner_id=job.user_id,
+                guild_id=job.guild_id,
+                name=params.name,
+                method=params.method,
+                token=params.token,
+                class_word=params.class_word,
+                base_model=params.model,
+                path=str(target),
+                job_id=job.id,
+                metadata=outcome.result.metadata,
+            )
+        except DuplicateName:  # the name was taken while it trained: keep both, renamed
+            lora = await self.loras.add(
+                owner_id=job.user_id,
+                guild_id=job.guild_id,
+                name=f"{params.name}-{job.id}"[:32],
+                method=params.method,
+                token=params.token,
+                class_word=params.class_word,
+                base_model=params.model,
+                path=str(target),
+                job_id=job.id,
+                metadata=outcome.result.metadata,
+            )
+        images = [
+            JobImage(job.id, idx, image.seed, str(path), image.width, image.height, image.infotext)
+            for idx, (image, path) in enumerate(samples)
+        ]
+        if not await self.dreams.jobs.complete(job.id, images):
+            return
+        await asyncio.to_thread(shutil.rmtree, self.workdir(job.id), True)
+        log.info(
+            "job=%s kind=train user=%s ran=%.1fs outcome=succeeded lora=%s",
+            job.id,
+            job.user_id,
+            outcome.result.seconds,
+            lora.name,
+        )
+        trained = TrainedOutcome(
+            job,
+            params,
+            lora,
+            [(image.png, image.infotext) for image, _ in samples],
+            outcome.result.seconds,
+            outcome.result.final_loss,
+            outcome.result.resumed_from,
+        )
+        observer = self.dreams.take_observer(job.id)
+        if observer is not None:
+            self.dreams.spawn(self._deliver(observer, trained))  # type: ignore[arg-type]
+
+    async def _deliver(self, observer: TrainingObserver, outcome: TrainedOutcome) -> None:
+        message_id = await observer.trained(outcome)
+        if message_id is not None:
+            await self.dreams.jobs.set_message(outcome.job.id, message_id)
+
+    def _keep_files(
+        self, job_id: int, outcome: TrainingOutcome, target: Path
+    ) -> list[tuple[object, Path]]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(outcome.result.path, target.with_suffix(".part"))
+        os.replace(target.with_suffix(".part"), target)
+        folder = self.settings.images_dir / str(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for idx, image in enumerate(outcome.samples):
+            path = folder / f"{idx}-{image.seed}.png"
+            path.write_bytes(image.png)
+            kept.append((image, path))
+        return kept
+
+    # -- the member's LoRAs -------------------------------------------------------------
+
+    async def usable(self, user_id: int, guild_id: int | None) -> list[Lora]:
+        return await self.loras.usable(user_id, guild_id)
+
+    async def own(self, user_id: int, name: str) -> Lora:
+        lora = await self.loras.owned(user_id, sanitize_name(name))
+        if lora is None:
+            raise JobRefused(f"You have no LoRA called {name}.")
+        return lora
+
+    async def rename(self, user_id: int, name: str, new_name: str) -> Lora:
+        lora = await self.own(user_id, name)
+        clean = sanitize_name(new_name)
+        try:
+            await self.loras.rename(lora.id, clean)
+        except DuplicateName:
+            raise JobRefused(f"You already have a LoRA called {clean}.") from None
+        return replace(lora, name=clean)
+
+    async def share(self, user_id: int, name: str, shared: bool, guild_id: int) -> Lora:
+        """Shared within `guild_id` (the server it is shared from), or private again."""
+        lora = await self.own(user_id, name)
+        await self.loras.set_shared(lora.id, shared, guild_id)
+        return replace(lora, shared=shared, guild_id=guild_id)
+
+    async def delete(self, user_id: int, name: str) -> Lora:
+        lora = await self.own(user_id, name)
+        await self.loras.delete(lora.id)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(Path(lora.path).unlink)
+        return lora
+
+    # -- what /dream may use ------------------------------------------------------------
+
+    async def resolve(
+        self, params: GenerationParams, *, user_id: int, guild_id: int | None
+    ) -> GenerationParams:
+        """The files behind the prompt's <lora:name:w> tags and embedding tokens, among the
+        member's own and those shared in this server; InvalidParams for any other name."""
+        from engine.lora import merged_weights, parse_lora_tags
+
+        _, tags = parse_lora_tags(params.prompt)
+        if not tags and not await self._any_embeddings(user_id, guild_id):
+            return replace(params, loras=(), embeddings=())
+        usable = await self.loras.usable(user_id, guild_id)
+        family = self.dreams.models[params.model].guessed_family()
+        loras = []
+        for name, weight in merged_weights(tags):
+            lora = _find(usable, name, "lora")
+            if lora is None:
+                mine = ", ".join(sorted({x.name for x in usable if x.method == "lora"})) or "none"
+                raise InvalidParams(
+                    f"There is no LoRA called {name!r} that you may use "
+                    f"(yours and those shared here: {mine})."
+                )
+            _check_family(lora, family, self.dreams)
+            loras.append((lora.name, lora.path, weight))
+        words = set(re.findall(r"[\w-]+", f"{params.prompt} {params.negative}".lower()))
+        embeddings = [
+            (lora.token, lora.path)
+            for lora in usable
+            if lora.method == "embedding" and lora.token in words
+        ]
+        for lora in usable:
+            if lora.method == "embedding" and lora.token in words:
+                _check_family(lora, family, self.dreams)
+        return replace(params, loras=tuple(loras), embeddings=tuple(dict.fromkeys(embeddings)))
+
+    async def _any_embeddings(self, user_id: int, guild_id: int | None) -> bool:
+        return any(
+            lora.method == "embedding" for lora in await self.loras.usable(user_id, guild_id)
+        )
+
+
+def _find(usable: list[Lora], name: str, method: str) -> Lora | None:
+    """The member's own first (the list is in that order), then one shared here."""
+    wanted = name.strip().lower()
+    return next((x for x in usable if x.name == wanted and x.method == method), None)
+
+
+def _check_family(lora: Lora, family: str, dreams: DreamService) -> None:
+    base = dreams.models.get(lora.base_model)
+    if base is not None and base.guessed_family() != family:
+        raise InvalidParams(
+            f"{lora.name} was trained on {lora.base_model} ({base.guessed_family()}); "
+            f"it cannot be used with a {family} model."
+        )
+
+
+def _shown(params: TrainingParams) -> GenerationParams:
+    """How a training job reads where a generation's parameters are shown (the queue)."""
+    side = params.resolution
+    return GenerationParams(
+        prompt=f"training {params.name} ({params.method}, {params.steps} steps)",
+        negative="",
+        seed=params.seed,
+        steps=params.steps,
+        cfg=0.0,
+        width=side,
+        height=side,
+        sampler="-",
+        count=1,
+        model=params.model,
+    )
+
+
+def queue_entry(entry: QueuedJob, position: int, wait: float | None) -> QueueEntry:
+    work = entry.engine_job
+    assert isinstance(work, TrainingJob)
+    return QueueEntry(entry.job_id, entry.user_id, position, _shown(work.params), wait)

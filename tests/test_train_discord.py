@@ -1,0 +1,202 @@
+"""/train and /loras through SimCord, and /dream with what was trained (issue 6)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.jobs import JobStatus
+from engine.images import read_png_infotext
+from engine.infotext import parse_infotext
+from tests.conftest import wait_until
+from tests.discord_helpers import ephemeral_followups, has_result
+
+
+@pytest.fixture
+def settings(make_settings):
+    return make_settings(train_checkpoint_every=3)
+
+
+def photo(seed: int, size: int = 64) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def photos(count: int) -> dict[str, tuple[str, bytes]]:
+    return {f"image{i + 1}": (f"rex{i}.png", photo(i)) for i in range(count)}
+
+
+def zipped(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def bot_messages(sim: Any, text: str) -> list[Any]:
+    return [m for m in sim.channel.history() if m.author.bot and text in m.content]
+
+
+async def trained(sim: Any, member: Any, name: str = "rex", **options: Any) -> Any:
+    """Train and wait for the done message; returns it."""
+    result = await member.slash(
+        sim.channel, "train", name=name, class_word="dog", steps=4, **{**photos(3), **options}
+    )
+    assert not result.ephemeral, result.response.content if result.response else result
+    await wait_until(sim.env, lambda: bot_messages(sim, f"**{name}** is ready"), limit=120)
+    await sim.bot.dreams.drain()
+    return bot_messages(sim, f"**{name}** is ready")[-1]
+
+
+def private_answer(result: Any) -> str:
+    if result.ephemeral:
+        return result.response.content
+    return ephemeral_followups(result)[-1]
+
+
+async def balance(sim: Any, member: Any) -> int:
+    return (await sim.bot.dreams.credits.account(member.id)).balance
+
+
+async def test_train_shows_progress_posts_samples_and_dms_the_owner(sim):
+    alice = sim.member("alice")
+    before = await balance(sim, alice)
+    done = await trained(sim, alice)
+    assert alice.mention in done.content
+    assert "`/dream prompt: <lora:rex:0.8> a photo of zwxrex dog`" in done.content
+    assert [a.filename for a in done.attachments] == ["rex-sample-1.png", "rex-sample-2.png"]
+    sample = parse_infotext(read_png_infotext(await done.attachments[0].read()))
+    assert "<lora:rex:1>" in sample.prompt
+    assert sample.values["Lora hashes"].startswith("rex: ")
+    [progress] = bot_messages(sim, "Training **rex** for")
+    assert "done in" in progress.content
+    [dm] = alice.user.dm_channel.history()
+    assert "**rex** is ready" in dm.content
+    assert await balance(sim, alice) < before, "training is priced per step"
+    lora = await sim.bot.training.loras.owned(alice.id, "rex")
+    assert lora is not None
+    assert lora.token == "zwxrex"
+    assert lora.metadata  # base model, steps, rank, images... in the file and the row
+
+
+async def test_a_trained_lora_is_private_until_shared(sim):
+    alice, bob = sim.member("alice"), sim.member("bob")
+    await trained(sim, alice)
+    mine = await alice.slash(sim.channel, "dream", prompt="a photo of zwxrex dog <lora:rex:1>")
+    await wait_until(sim.env, lambda: has_result(mine))
+    png = await mine.response.attachments[0].read()
+    assert "Lora hashes" in parse_infotext(read_png_infotext(png)).values
+
+    theirs = await bob.slash(sim.channel, "dream", prompt="a dog <lora:rex:1>", steps=1)
+    assert "There is no LoRA called 'rex' that you may use" in private_answer(theirs)
+    listed = await bob.slash(sim.channel, "loras list")
+    assert "rex" not in listed.response.content
+
+    shared = await alice.slash(sim.channel, "loras share", name="rex")
+    assert "is shared" in shared.response.content
+    again = await bob.slash(sim.channel, "dream", prompt="a dog <lora:rex:0.5>", steps=1)
+    await wait_until(sim.env, lambda: has_result(again))
+    assert "by <@" in (await bob.slash(sim.channel, "loras list")).response.content
+
+
+async def test_loras_rename_and_delete(sim):
+    alice = sim.member("alice")
+    await trained(sim, alice)
+    renamed = await alice.slash(sim.channel, "loras rename", name="rex", new_name="Rex Two")
+    assert renamed.response.content.startswith("Renamed to **rex-two**")
+    old = await alice.slash(sim.channel, "dream", prompt="a dog <lora:rex:1>", steps=1)
+    assert "no LoRA called 'rex'" in private_answer(old)
+    deleted = await alice.slash(sim.channel, "loras delete", name="rex-two")
+    assert deleted.response.content == "Deleted **rex-two**."
+    missing = await alice.slash(sim.channel, "loras delete", name="rex-two")
+    assert missing.response.content == "❌ You have no LoRA called rex-two."
+
+
+async def test_cancel_button_stops_training_and_refunds(sim):
+    alice = sim.member("alice")
+    before = await balance(sim, alice)
+    await alice.slash(sim.channel, "train", name="slow", class_word="dog", steps=2000, **photos(3))
+
+    def running() -> bool:
+        return any("/2000" in m.content for m in bot_messages(sim, "Training **slow** for"))
+
+    await wait_until(sim.env, running, limit=60)
+    [progress] = bot_messages(sim, "Training **slow** for")
+    answer = await alice.click(progress, label="Cancel")
+    assert "stopping" in answer.response.content
+    await wait_until(
+        sim.env, lambda: "refunded" in bot_messages(sim, "Training **slow** for")[0].content
+    )
+    await sim.bot.dreams.drain()
+    assert await balance(sim, alice) == before
+    [job] = await sim.bot.dreams.jobs.with_status(JobStatus.CANCELLED)
+    assert job.kind == "train"
+
+
+async def test_a_restart_mid_training_resumes_from_the_checkpoint(sim):
+    alice = sim.member("alice")
+    await alice.slash(sim.channel, "train", name="long", class_word="dog", steps=40, **photos(3))
+    checkpoint = sim.settings.data_dir / "training"
+
+    await wait_until(sim.env, lambda: any(checkpoint.glob("*/checkpoint.pt")), limit=60)
+    await sim.restart()
+    await wait_until(sim.env, lambda: bot_messages(sim, "**long** is ready"), limit=180)
+    [done] = bot_messages(sim, "**long** is ready")
+    assert "resumed from step" in done.content
+    [job] = await sim.bot.dreams.jobs.with_status(JobStatus.SUCCEEDED)
+    assert job.kind == "train"
+    assert job.attempts == 1, "a clean restart does not count as a failed attempt"
+
+
+@pytest.mark.parametrize(
+    ("files", "options", "expected"),
+    [
+        (photos(2), {}, "Training needs"),
+        (
+            {**photos(2), "image3": ("notes.png", b"just text")},
+            {},
+            "notes.png",
+        ),
+        (
+            {"image1": ("set.zip", zipped({"../evil.png": photo(1), "a.png": photo(2)}))},
+            {},
+            "../evil.png",
+        ),
+        (
+            {"image1": ("bomb.zip", zipped({f"{i}.png": b"\0" * 3_000_000 for i in range(3)}))},
+            {},
+            "",
+        ),
+        (photos(3), {"name": "../.."}, "has no letters or digits"),
+        (photos(3), {"steps": 99_999}, "Steps must be 1-2000"),
+        (photos(3), {"method": "embedding", "class_word": "dog 2"}, "class word"),
+    ],
+)
+async def test_bad_training_requests_are_refused_without_a_charge(sim, files, options, expected):
+    alice = sim.member("alice")
+    before = await balance(sim, alice)
+    request = {"name": "rex", "class_word": "dog", **options, **files}
+    result = await alice.slash(sim.channel, "train", **request)
+    await wait_until(sim.env, lambda: result.ephemeral or ephemeral_followups(result))
+    answer = private_answer(result)
+    assert answer.startswith("❌")
+    assert expected in answer
+    sim.expected_errors()
+    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await balance(sim, alice) == before
+
+
+async def test_a_duplicate_name_is_refused(sim):
+    alice = sim.member("alice")
+    await trained(sim, alice)
+    again = await alice.slash(sim.channel, "train", name="rex", class_word="dog", **photos(3))
+    assert "You already have a LoRA called rex" in private_answer(again)
