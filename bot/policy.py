@@ -173,12 +173,9 @@ class CommunityPolicy:
         interaction_id: int | None,
         requester: Requester,
     ) -> Admission:
-        policy = await self.guilds.policy(guild_id)
-        if guild_id is not None:
-            if await self.guilds.is_blocked(guild_id, user_id):
-                raise JobRefused(BLOCKED)
-            if not requester.in_dm:
-                check_channel(policy, channel_id, requester)
+        policy = await self.admit_member(
+            user_id=user_id, guild_id=guild_id, channel_id=channel_id, requester=requester
+        )
         limits = await self.limits(guild_id, requester)
         check_limits(params, policy, limits)
         params, note = apply_words(params, policy, self.settings.max_prompt_length)
@@ -187,6 +184,28 @@ class CommunityPolicy:
         cost = job_price(params, policy.price_per_image, limits.price_factor)
         caps = QueueCaps(limits.max_pending, self.settings.max_queued_total)
         return Admission(params, cost, caps, note)
+
+    async def admit_member(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        requester: Requester,
+        model: str | None = None,
+    ) -> GuildPolicy:
+        """Whether this member may use the bot here at all (the blocklist, the channel
+        rules, and `model` when given); /train checks this much, generation all of admit."""
+        policy = await self.guilds.policy(guild_id)
+        if guild_id is not None:
+            if await self.guilds.is_blocked(guild_id, user_id):
+                raise JobRefused(BLOCKED)
+            if not requester.in_dm:
+                check_channel(policy, channel_id, requester)
+        if model is not None and not policy.model_allowed(model):
+            allowed = ", ".join(policy.allowed_models)
+            raise JobRefused(f"Model {model} is not allowed here. Models: {allowed}.")
+        return policy
 
     async def withheld(self, job_id: int) -> set[int]:
         """A result's images flagged where they were asked for and not shown as they are:

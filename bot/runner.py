@@ -77,7 +77,7 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
         ImageRequests(dreams),
         prefs,
         community,
-        TrainingService(dreams, LoraRepository(store)),
+        TrainingService(dreams, LoraRepository(store), community),
     )
 
 

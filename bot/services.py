@@ -46,7 +46,7 @@ from engine.params import (
 )
 from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.specs import ModelSpec
-from engine.training_params import training_price_units
+from engine.training_params import TrainingParams, training_price_units
 from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -824,17 +824,19 @@ def work_units(work: EngineJob | TrainingJob) -> float:
 
 def shown_params(work: EngineJob | TrainingJob) -> GenerationParams:
     """How a queued job reads in /queue: a training job as its name, method and steps."""
-    if isinstance(work, EngineJob):
-        return work.params
-    training = work.params
+    return work.params if isinstance(work, EngineJob) else training_as_shown(work.params)
+
+
+def training_as_shown(training: TrainingParams) -> GenerationParams:
+    side = training.resolution
     return GenerationParams(
         prompt=f"training {training.name} ({training.method}, {training.steps} steps)",
         negative="",
         seed=training.seed,
         steps=training.steps,
         cfg=0.0,
-        width=training.resolution,
-        height=training.resolution,
+        width=side,
+        height=side,
         sampler="-",
         count=1,
         model=training.model,

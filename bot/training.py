@@ -19,8 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from bot.policy import CommunityPolicy
 from bot.queue import QueuedJob
-from bot.services import DreamService, JobRefused, QueueEntry, Ticket, random_seed
+from bot.services import (
+    DreamService,
+    JobRefused,
+    Requester,
+    Ticket,
+    random_seed,
+    training_as_shown,
+)
 from data.credits import InsufficientCredits
 from data.jobs import DuplicateInteraction, Job, JobImage, JobStatus, QueueFull
 from data.loras import DuplicateName, Lora, LoraRepository
@@ -73,9 +81,15 @@ class TrainedOutcome:
 
 
 class TrainingService:
-    def __init__(self, dreams: DreamService, loras: LoraRepository) -> None:
+    def __init__(
+        self,
+        dreams: DreamService,
+        loras: LoraRepository,
+        community: CommunityPolicy | None = None,
+    ) -> None:
         self.dreams = dreams
         self.loras = loras
+        self.community = community
         self.settings = dreams.settings
         self.limits = TrainingLimits(
             max_steps=self.settings.train_max_steps,
@@ -192,8 +206,21 @@ class TrainingService:
         channel_id: int | None,
         interaction_id: int | None,
         observer: TrainingObserver,
+        requester: Requester | None = None,
     ) -> Ticket:
-        """Charge and record the job, then queue it; JobRefused says why not."""
+        """Charge and record the job, then queue it; JobRefused says why not.
+
+        The server's rules for members (blocklist, channels, allowed models) apply as they
+        do to generation.
+        """
+        if self.community is not None:
+            await self.community.admit_member(
+                user_id=user_id,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                requester=requester or Requester(),
+                model=params.model,
+            )
         await self._check_name_free(user_id, params.name)
         try:
             job = await self.dreams.jobs.create(
@@ -207,7 +234,7 @@ class TrainingService:
                 caps=self.dreams.caps,
             )
         except DuplicateInteraction as duplicate:
-            return Ticket(duplicate.job, _shown(params), 0, duplicate=True)
+            return Ticket(duplicate.job, training_as_shown(params), 0, duplicate=True)
         except (QueueFull, InsufficientCredits) as refused:
             raise JobRefused(str(refused)) from None
         position = self._enqueue(job, params, observer, await self._inputs(params))
@@ -219,7 +246,7 @@ class TrainingService:
             job.cost,
             position,
         )
-        return Ticket(job, _shown(params), position, balance)
+        return Ticket(job, training_as_shown(params), position, balance)
 
     async def _inputs(self, params: TrainingParams) -> dict[str, bytes]:
         keys = list(params.image_keys)
@@ -447,26 +474,3 @@ def _check_family(lora: Lora, family: str, dreams: DreamService) -> None:
             f"{lora.name} was trained on {lora.base_model} ({base.guessed_family()}); "
             f"it cannot be used with a {family} model."
         )
-
-
-def _shown(params: TrainingParams) -> GenerationParams:
-    """How a training job reads where a generation's parameters are shown (the queue)."""
-    side = params.resolution
-    return GenerationParams(
-        prompt=f"training {params.name} ({params.method}, {params.steps} steps)",
-        negative="",
-        seed=params.seed,
-        steps=params.steps,
-        cfg=0.0,
-        width=side,
-        height=side,
-        sampler="-",
-        count=1,
-        model=params.model,
-    )
-
-
-def queue_entry(entry: QueuedJob, position: int, wait: float | None) -> QueueEntry:
-    work = entry.engine_job
-    assert isinstance(work, TrainingJob)
-    return QueueEntry(entry.job_id, entry.user_id, position, _shown(work.params), wait)

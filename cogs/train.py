@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.services import JobRefused, Ticket
 from bot.training import TrainedOutcome
+from cogs.context import requester_of
 from cogs.dream import download, model_autocomplete
 from cogs.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
 from data.jobs import Job
@@ -302,6 +303,11 @@ class Train(commands.Cog):
                 channel_id=interaction.channel_id,
                 interaction_id=interaction.id,
                 observer=presenter,
+                requester=requester_of(
+                    interaction.user,
+                    interaction.channel,
+                    is_admin=self.bot.is_admin(interaction.user),
+                ),
             )
         except (InvalidParams, JobRefused) as bad:
             await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")

@@ -200,3 +200,15 @@ async def test_a_duplicate_name_is_refused(sim):
     await trained(sim, alice)
     again = await alice.slash(sim.channel, "train", name="rex", class_word="dog", **photos(3))
     assert "You already have a LoRA called rex" in private_answer(again)
+
+
+async def test_a_blocked_member_cannot_train(sim):
+    import discord
+
+    role = sim.guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    boss = sim.guild.add_member(sim.env.create_user("boss"), roles=[role])
+    alice = sim.member("alice")
+    await boss.slash(sim.channel, "settings block", member=alice, reason="spam")
+    result = await alice.slash(sim.channel, "train", name="rex", class_word="dog", **photos(3))
+    assert private_answer(result) == "❌ You are blocked from using this bot here."
+    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
