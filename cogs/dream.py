@@ -14,6 +14,7 @@ from bot.imaging import ControlRequest
 from bot.services import DreamOptions, JobRefused
 from cogs.buttons import view_factory
 from cogs.context import DirectPresenter, requester_of
+from cogs.loras import usable_lora_autocomplete
 from cogs.presenter import ChannelPresenter, DreamPresenter
 from engine.params import (
     MAX_CFG,
@@ -30,6 +31,7 @@ from engine.params import (
 )
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
+from engine.training_params import sanitize_name
 
 if TYPE_CHECKING:
     from bot.app import SDBot
@@ -47,6 +49,7 @@ SIZE_PRESETS: tuple[tuple[str, float], ...] = (
     ("wide 16:9", 16 / 9),
 )
 MAX_CHOICES = 25  # Discord's limit for autocomplete results
+DEFAULT_LORA_WEIGHT = 0.8
 ControlType = Literal[
     "canny", "depth", "openpose", "scribble", "lineart", "softedge", "seg", "normal"
 ]
@@ -148,9 +151,13 @@ class Dream(commands.Cog):
         control_type="How to read the control image (canny is computed from any picture)",
         control_weight="How strongly the control image holds (0-2)",
         preset="One of your /prefer presets; what you type here still wins",
+        lora="A LoRA of yours or shared here (adds <lora:name:weight> to the prompt)",
+        lora_weight="How strongly the LoRA applies (default 0.8)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
-    @app_commands.autocomplete(model=model_autocomplete, preset=preset_autocomplete)
+    @app_commands.autocomplete(
+        model=model_autocomplete, preset=preset_autocomplete, lora=usable_lora_autocomplete
+    )
     async def dream(
         self,
         interaction: discord.Interaction,
@@ -171,7 +178,13 @@ class Dream(commands.Cog):
         control_type: ControlType | None = None,
         control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
         preset: app_commands.Range[str, 1, 100] | None = None,
+        lora: app_commands.Range[str, 1, 64] | None = None,
+        lora_weight: app_commands.Range[float, -2.0, 2.0] | None = None,
     ) -> None:
+        if lora is not None:
+            prompt = with_lora_tag(
+                prompt, lora, DEFAULT_LORA_WEIGHT if lora_weight is None else lora_weight
+            )
         dreams = self.bot.dreams
         # Checked before deferring (microseconds), so a mistake gets an ephemeral answer and
         # never a public "thinking" message.
@@ -254,6 +267,11 @@ async def start_job(
     message_id = await presenter.queued(ticket)
     if message_id is not None:
         await bot.dreams.set_message(ticket.job.id, message_id)
+
+
+def with_lora_tag(prompt: str, name: str, weight: float) -> str:
+    """The prompt with A1111's tag for the LoRA, so rerolls and the PNG carry it too."""
+    return f"{prompt} <lora:{sanitize_name(name)}:{weight:g}>"
 
 
 async def download(attachment: discord.Attachment, what: str) -> bytes:

@@ -101,6 +101,14 @@ async def test_a_trained_lora_is_private_until_shared(sim):
     listed = await bob.slash(sim.channel, "loras list")
     assert "rex" not in listed.response.content
 
+    by_option = await alice.slash(sim.channel, "dream", prompt="a dog", lora="rex", steps=1)
+    await wait_until(sim.env, lambda: has_result(by_option))
+    tagged = parse_infotext(read_png_infotext(await by_option.response.attachments[0].read()))
+    assert tagged.prompt == "a dog <lora:rex:0.8>"
+    offered = await alice.autocomplete(sim.channel, "dream", "lora", "re", prompt="a dog")
+    assert [choice["value"] for choice in offered] == ["rex"]
+    assert await bob.autocomplete(sim.channel, "dream", "lora", "", prompt="a dog") == []
+
     shared = await alice.slash(sim.channel, "loras share", name="rex")
     assert "is shared" in shared.response.content
     again = await bob.slash(sim.channel, "dream", prompt="a dog <lora:rex:0.5>", steps=1)
