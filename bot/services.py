@@ -564,6 +564,7 @@ class DreamService:
             self.queue.running.remove(entry)
 
     async def _succeed(self, entry: QueuedJob, result: GenerationResult) -> None:
+        assert isinstance(entry.engine_job, EngineJob)
         params = entry.engine_job.params
         stored = await asyncio.to_thread(self._write_images, entry.job_id, result)
         requester = self._requesters.pop(entry.job_id, Requester())

@@ -34,7 +34,7 @@ from data.jobs import DuplicateInteraction, Job, JobImage, JobStatus, QueueFull
 from data.loras import DuplicateName, Lora, LoraRepository
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import TrainingJob, TrainingOutcome
-from engine.params import GenerationParams, InvalidParams
+from engine.params import GeneratedImage, GenerationParams, InvalidParams
 from engine.training_images import collect_training_images
 from engine.training_params import (
     TrainingLimits,
@@ -373,7 +373,7 @@ class TrainingService:
 
     def _keep_files(
         self, job_id: int, outcome: TrainingOutcome, target: Path
-    ) -> list[tuple[object, Path]]:
+    ) -> list[tuple[GeneratedImage, Path]]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(outcome.result.path, target.with_suffix(".part"))
         os.replace(target.with_suffix(".part"), target)

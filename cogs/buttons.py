@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
+from discord.ext import commands
 
 from bot.services import JobOutcome
 
@@ -55,14 +56,15 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMP
     async def from_custom_id(
         cls,
         interaction: discord.Interaction,
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[Any],
         match: Any,
     ) -> ResultButton:
         image = match["image"]
         return cls(match["name"], int(match["job"]), int(image) if image is not None else None)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        handler: ClickHandler | None = interaction.client.get_cog(RESULTS_COG)  # type: ignore[assignment]
+        bot: commands.Bot = interaction.client  # type: ignore[assignment]
+        handler: ClickHandler | None = bot.get_cog(RESULTS_COG)  # type: ignore[assignment]
         if handler is None:  # the cog is being reloaded
             await interaction.response.send_message(
                 "The bot is restarting its buttons; try again in a moment.", ephemeral=True

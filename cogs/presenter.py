@@ -287,10 +287,12 @@ class ReplyPresenter(LiveMessage):
         return await self.message.edit(**kwargs)
 
     async def _send(self, **kwargs: Any) -> discord.Message:
-        try:
-            return await self.channel.send(reference=self.reference, **kwargs)
-        except discord.HTTPException:  # the result was deleted meanwhile: post without reply
-            return await self.channel.send(**kwargs)
+        if self.reference is not None:
+            try:
+                return await self.channel.send(reference=self.reference, **kwargs)
+            except discord.HTTPException:  # the result was deleted meanwhile: no reply
+                pass
+        return await self.channel.send(**kwargs)
 
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         files = await asyncio.to_thread(
@@ -345,7 +347,7 @@ async def tell_privately(
         except discord.HTTPException as error:
             log.info("followup to user %s failed (%s); trying a DM", user.id, error)
     try:
-        await user.send(text)
+        await user.send(text)  # type: ignore[attr-defined]  # a User or a Member: both DM
         return
     except discord.HTTPException as error:  # 50007: the member closed their DMs
         log.info("could not DM user %s (%s)", user.id, error)

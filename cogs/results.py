@@ -321,7 +321,7 @@ class Results(commands.Cog, name=RESULTS_COG):
         if withheld:
             text += f" ({len(withheld)} flagged image(s) left out.)"
         try:
-            await user.send(text, embed=embed, files=files)
+            await user.send(text, embed=embed, files=files)  # type: ignore[attr-defined]
         except discord.HTTPException:
             await channel.send(
                 f"{user.mention} I could not send you a DM; open your DMs and react again.",

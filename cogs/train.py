@@ -68,7 +68,7 @@ class CancelTraining(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CA
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
     ) -> CancelTraining:
         return cls(int(match["job"]))
 
@@ -139,11 +139,9 @@ class TrainingPresenter(LiveMessage):
         channel = await self._channel()
         if channel is None:
             return None
-        view = cancel_view(self.job_id) if self.job_id is not None else None
+        view = cancel_view(self.job_id) if self.job_id is not None else discord.ui.View()
         self.message = await channel.send(
-            allowed_mentions=discord.AllowedMentions.none(),
-            **({"view": view} if view else {}),
-            **kwargs,
+            kwargs.get("content"), allowed_mentions=discord.AllowedMentions.none(), view=view
         )
         return self.message
 
