@@ -220,3 +220,18 @@ async def test_a_blocked_member_cannot_train(sim):
     result = await alice.slash(sim.channel, "train", name="rex", class_word="dog", **photos(3))
     assert private_answer(result) == "❌ You are blocked from using this bot here."
     assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+
+
+async def test_an_embedding_is_used_by_writing_its_token(sim):
+    alice, bob = sim.member("alice"), sim.member("bob")
+    done = await trained(sim, alice, name="fluff", method="embedding")
+    assert "`/dream prompt: a photo of zwxfluff dog`" in done.content
+    used = await alice.slash(sim.channel, "dream", prompt="a photo of zwxfluff dog", steps=1)
+    await wait_until(sim.env, lambda: has_result(used))
+    values = parse_infotext(read_png_infotext(await used.response.attachments[0].read())).values
+    assert values["TI hashes"].startswith("zwxfluff: ")
+    # Someone else's private embedding is just a word to them: no file is applied.
+    theirs = await bob.slash(sim.channel, "dream", prompt="a photo of zwxfluff dog", steps=1)
+    await wait_until(sim.env, lambda: has_result(theirs))
+    png = await theirs.response.attachments[0].read()
+    assert "TI hashes" not in parse_infotext(read_png_infotext(png)).values
