@@ -172,6 +172,7 @@ class QueueEntry:
     position: int  # 0 = running
     params: GenerationParams
     wait_seconds: float | None
+    training: bool = False  # `params` then only describe it (shown_params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,7 +666,14 @@ class DreamService:
     def queue_entries(self) -> list[QueueEntry]:
         """Everything running (position 0) and waiting, in the order it will be served."""
         entries = [
-            QueueEntry(q.job_id, q.user_id, 0, shown_params(q.engine_job), None)
+            QueueEntry(
+                q.job_id,
+                q.user_id,
+                0,
+                shown_params(q.engine_job),
+                None,
+                isinstance(q.engine_job, TrainingJob),
+            )
             for q in self.queue.running
         ]
         waited = 0.0
@@ -684,6 +692,7 @@ class DreamService:
                     index + 1 + offset,
                     shown_params(queued.engine_job),
                     wait,
+                    isinstance(queued.engine_job, TrainingJob),
                 )
             )
             if self.seconds_per_unit is not None:

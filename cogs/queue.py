@@ -30,7 +30,8 @@ def entry_line(entry: QueueEntry, mine: bool) -> str:
         "running" if entry.position == 0 else f"#{entry.position}, {wait_text(entry.wait_seconds)}"
     )
     who = "" if mine else f" <@{entry.user_id}>"
-    return f"`job {entry.job_id}` {where}{who}: {describe(entry.params)}"
+    what = entry.params.prompt if entry.training else describe(entry.params)
+    return f"`job {entry.job_id}` {where}{who}: {what}"
 
 
 class Queue(commands.Cog):

@@ -235,3 +235,11 @@ async def test_an_embedding_is_used_by_writing_its_token(sim):
     await wait_until(sim.env, lambda: has_result(theirs))
     png = await theirs.response.attachments[0].read()
     assert "TI hashes" not in parse_infotext(read_png_infotext(png)).values
+
+
+async def test_queue_shows_a_training_job_by_name(sim):
+    alice = sim.member("alice")
+    await alice.slash(sim.channel, "train", name="slow", class_word="dog", steps=2000, **photos(3))
+    shown = await alice.slash(sim.channel, "queue")
+    assert "training slow (lora, 2000 steps)" in shown.response.content
+    await alice.slash(sim.channel, "cancel")
