@@ -7,13 +7,22 @@ restart; who may press is checked on every click.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 from bot.guilds import GuildSettingsService
-from bot.services import DreamService, JobObserver, JobRefused, Requester, Ticket, random_seed
+from bot.services import (
+    TRAIN,
+    DreamService,
+    JobObserver,
+    JobRefused,
+    Requester,
+    Ticket,
+    random_seed,
+)
 from data.jobs import Job, JobImage, JobStatus, Origin
 from engine import attachments
 from engine.params import GenerationParams
@@ -87,6 +96,8 @@ class ResultActions:
             raise JobRefused(f"Job {job_id}'s result was deleted.")
         if job.status is not JobStatus.SUCCEEDED:
             raise JobRefused(f"Job {job_id} has no result to work from ({job.status.value}).")
+        if job.kind == TRAIN:
+            raise JobRefused("That is a training result: use what it learned in /dream.")
         return job
 
     async def result_for_message(self, message_id: int) -> Job | None:
@@ -124,8 +135,9 @@ class ResultActions:
         await self.check_may_press(job, presser)
         params = await self.params_for(action, job, image, prompt=prompt, negative=negative)
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
-        if action is Action.EDIT:
-            key += f":{hash((prompt, negative)) & 0xFFFFFFFF:x}"
+        if action is Action.EDIT:  # a stable digest: str hashes change with every process
+            digest = hashlib.sha256(f"{prompt}\0{negative}".encode()).hexdigest()[:12]
+            key += f":{digest}"
         # A click in a DM on a server's result (results by DM) is still under that server's
         # rules: only its channel rules cannot apply there.
         guild_id, requester = presser.guild_id, presser.requester
@@ -235,6 +247,11 @@ class ResultActions:
             ) from None
 
     # -- actions that do not start a job ------------------------------------------------
+
+    async def infotexts(self, job_id: int) -> list[str]:
+        """A result's parameters, from the store (the files are not needed for them)."""
+        job = await self.result(job_id)
+        return [stored.infotext for stored in await self.dreams.jobs.images(job.id)]
 
     async def images(self, job_id: int) -> list[ResultImage]:
         """A result's images with their parameters (for Info and the ✉️ reaction)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+import regex as timed_re
+
 from bot.settings import Settings
 from data.guilds import GuildSettingsRepository, RoleLimits
 from engine.params import MAX_COUNT, MAX_STEPS
@@ -41,6 +43,8 @@ MAX_WORDS = 100
 MAX_WORD_LENGTH = 100
 # A quantified group that itself holds a quantifier, e.g. (a+)+ or (\w*)*: the shape of
 # catastrophic backtracking.
+# Seconds one pattern may spend on one prompt before the prompt is refused unchecked.
+MATCH_TIMEOUT = 0.05
 NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
 
 
@@ -72,11 +76,14 @@ class WordRule:
     entry: str
     regex: bool = False
 
-    def pattern(self) -> re.Pattern[str]:
+    def pattern(self) -> timed_re.Pattern[str]:
+        """Compiled with the `regex` package, whose matching takes a timeout: an admin's
+        pattern that backtracks catastrophically (`(a|a)+b`) must not stall the event loop
+        for every server (MATCH_TIMEOUT)."""
         if self.regex:
-            return re.compile(self.entry, re.IGNORECASE)
+            return timed_re.compile(self.entry, timed_re.IGNORECASE | timed_re.VERSION0)
         # A plain word matches as a whole word, whatever characters it holds.
-        return re.compile(rf"(?<!\w){re.escape(self.entry)}(?!\w)", re.IGNORECASE)
+        return timed_re.compile(rf"(?<!\w){timed_re.escape(self.entry)}(?!\w)", timed_re.IGNORECASE)
 
     @property
     def shown(self) -> str:
@@ -101,7 +108,7 @@ def check_word(entry: str, regex: bool) -> WordRule:
             )
         try:
             rule.pattern()
-        except re.error as error:
+        except timed_re.error as error:
             raise SettingRefused(f"That is not a valid pattern: {error}.") from None
     return rule
 

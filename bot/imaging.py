@@ -15,7 +15,7 @@ from engine import attachments
 from engine.attachments import PreparedImage
 from engine.images import UnreadableImage, read_infotext
 from engine.infotext import parse_infotext
-from engine.params import CONTROL_TYPES, GenerationParams, InvalidParams
+from engine.params import CONTROL_TYPES, GenerationParams, InvalidParams, check_upscale_size
 from engine.specs import ModelSpec
 
 DEFAULT_CONTROL = "canny"
@@ -205,6 +205,8 @@ class ImageRequests:
                 options, prompt=carried[0], negative=options.negative or carried[1] or None
             )
         width, height = attachments.upscale_size(init.width, init.height, factor)
+        # Refused before anything is stored: a refused request leaves nothing on disk.
+        check_upscale_size(width, height, self.settings.max_upscale_pixels)
         fields: dict[str, object] = {
             "mode": "upscale",
             "init_image": await self._store(init),

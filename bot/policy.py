@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bot.guilds import (
+    MATCH_TIMEOUT,
     ChannelRule,
     GuildPolicy,
     GuildSettingsService,
@@ -101,8 +102,27 @@ def check_limits(params: GenerationParams, policy: GuildPolicy, limits: Limits) 
 def apply_words(
     params: GenerationParams, policy: GuildPolicy, max_prompt: int
 ) -> tuple[GenerationParams, str]:
-    """Refuse a prompt holding a banned word, or move the words to the negative prompt."""
-    hits = [rule for rule in policy.words if rule.pattern().search(params.prompt)]
+    """Refuse a prompt holding a banned word, or move the words to the negative prompt.
+
+    Every match runs under MATCH_TIMEOUT: a pattern that would backtrack for minutes gets
+    the prompt refused instead of stalling the bot for every server.
+    """
+    try:
+        return _apply_words(params, policy, max_prompt)
+    except TimeoutError:
+        log.warning("a banned-word pattern timed out on a prompt; refused unchecked")
+        raise JobRefused(
+            "This server's word list could not be checked against your prompt; "
+            "try a shorter one, or ask an admin to simplify the patterns."
+        ) from None
+
+
+def _apply_words(
+    params: GenerationParams, policy: GuildPolicy, max_prompt: int
+) -> tuple[GenerationParams, str]:
+    hits = [
+        rule for rule in policy.words if rule.pattern().search(params.prompt, timeout=MATCH_TIMEOUT)
+    ]
     if not hits:
         return params, ""
     if policy.words_action is WordsAction.REFUSE:
@@ -111,8 +131,10 @@ def apply_words(
     prompt, moved = params.prompt, []
     for rule in hits:
         pattern = rule.pattern()
-        moved += [match.group(0).strip() for match in pattern.finditer(prompt)]
-        prompt = pattern.sub(" ", prompt)
+        moved += [
+            match.group(0).strip() for match in pattern.finditer(prompt, timeout=MATCH_TIMEOUT)
+        ]
+        prompt = pattern.sub(" ", prompt, timeout=MATCH_TIMEOUT)
     prompt = tidy_prompt(prompt)
     if not prompt:
         raise JobRefused("Nothing is left of the prompt without this server's banned words.")

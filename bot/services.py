@@ -332,8 +332,6 @@ class DreamService:
         """
         requester = requester or Requester()
         self.check(params)
-        if self.trainer is not None:  # <lora:name:w> and embedding tokens, as this member may
-            params = await self.trainer.resolve(params, user_id=user_id, guild_id=guild_id)
         admission = Admission(params, self.price(params), self.caps)
         if self.gate is not None:
             admission = await self.gate.admit(
@@ -346,7 +344,14 @@ class DreamService:
             )
             params = admission.params
             self.check(params)
-        inputs = await self.inputs.for_params(params)
+        if self.trainer is not None:
+            # <lora:name:w> tags and embedding tokens, among the files this member may use;
+            # after the server's rules, which may have taken words out of the prompt.
+            params = await self.trainer.resolve(params, user_id=user_id, guild_id=guild_id)
+        try:
+            inputs = await self.inputs.for_params(params)
+        except MissingInput:  # a reroll of a result whose input file was removed
+            raise JobRefused(INPUT_GONE) from None
         kind = job_kind(params)
         try:
             job = await self.jobs.create(
@@ -633,6 +638,9 @@ class DreamService:
         refunded = await self.jobs.finish(entry.job_id, status, error=message)
         job = await self.jobs.get(entry.job_id)
         assert job is not None
+        if job.status is JobStatus.SUCCEEDED:
+            # A batch that failed after this job's result was stored: nothing to tell.
+            return
         log.info(
             "job=%s kind=%s user=%s outcome=%s refunded=%s error=%r",
             job.id,

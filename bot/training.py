@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -25,12 +26,22 @@ from bot.services import (
     DreamService,
     JobRefused,
     Requester,
+    StoredImage,
     Ticket,
     random_seed,
     training_as_shown,
 )
 from data.credits import InsufficientCredits
-from data.jobs import DuplicateInteraction, Job, JobImage, JobStatus, QueueFull
+from data.jobs import (
+    DuplicateAction,
+    DuplicateInteraction,
+    Job,
+    JobImage,
+    JobStatus,
+    Origin,
+    QueueCaps,
+    QueueFull,
+)
 from data.loras import DuplicateName, Lora, LoraRepository
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import TrainingJob, TrainingOutcome
@@ -50,6 +61,7 @@ from engine.training_params import (
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
+MAX_NAMES_SHOWN = 20
 _SAFE_PART = re.compile(r"[^a-z0-9_-]")
 
 
@@ -100,6 +112,9 @@ class TrainingService:
         )
         # Who hears about a training job restored after a restart (set by the /train cog).
         self.fallback_observer: Callable[[Job], TrainingObserver] | None = None
+        # Who asked where, for the safety review of the samples (not kept across restarts: a
+        # restored job's samples are reviewed as for an ordinary channel).
+        self._requesters: dict[int, Requester] = {}
         dreams.trainer = self
 
     # -- folders ------------------------------------------------------------------------
@@ -188,14 +203,17 @@ class TrainingService:
             if job.kind == TRAIN and job.params.get("name") == name:
                 raise JobRefused(f"You are already training {name} (job {job.id}).")
 
-    def price(self, params: TrainingParams) -> int:
+    def price(self, params: TrainingParams, per_image: float | None = None) -> int:
+        """Credits for a training job: per step, in standard images, at `per_image` credits
+        each (the bot's own price by default); rounded up, as generation is."""
         missing = 0
         if params.prior_preservation:
             cached = self.class_dir(params)
             have = len(list(cached.glob("*.png"))) if cached.exists() else 0
             missing = max(0, params.class_images - have)
         units = training_price_units(params, class_images_missing=missing)
-        return max(1, round(units * self.settings.price_per_image))
+        price = self.settings.price_per_image if per_image is None else per_image
+        return max(1, math.ceil(units * price - 1e-9))
 
     async def submit(
         self,
@@ -213,14 +231,8 @@ class TrainingService:
         The server's rules for members (blocklist, channels, allowed models) apply as they
         do to generation.
         """
-        if self.community is not None:
-            await self.community.admit_member(
-                user_id=user_id,
-                guild_id=guild_id,
-                channel_id=channel_id,
-                requester=requester or Requester(),
-                model=params.model,
-            )
+        requester = requester or Requester()
+        cost, caps = await self._terms(params, user_id, guild_id, channel_id, requester)
         await self._check_name_free(user_id, params.name)
         try:
             job = await self.dreams.jobs.create(
@@ -230,13 +242,21 @@ class TrainingService:
                 channel_id=channel_id,
                 interaction_id=interaction_id,
                 params=params.to_dict(),
-                cost=self.price(params),
-                caps=self.dreams.caps,
+                cost=cost,
+                caps=caps,
+                # One pending training per member and name, checked in the same transaction
+                # as the charge: a retried /train cannot pay twice.
+                origin=Origin(None, TRAIN, f"{TRAIN}:{params.name}"),
             )
         except DuplicateInteraction as duplicate:
             return Ticket(duplicate.job, training_as_shown(params), 0, duplicate=True)
+        except DuplicateAction as pending:
+            raise JobRefused(
+                f"You are already training {params.name} (job {pending.job.id})."
+            ) from None
         except (QueueFull, InsufficientCredits) as refused:
             raise JobRefused(str(refused)) from None
+        self._requesters[job.id] = requester
         position = self._enqueue(job, params, observer, await self._inputs(params))
         balance = (await self.dreams.credits.account(user_id)).balance
         log.info(
@@ -247,6 +267,29 @@ class TrainingService:
             position,
         )
         return Ticket(job, training_as_shown(params), position, balance)
+
+    async def _terms(
+        self,
+        params: TrainingParams,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        requester: Requester,
+    ) -> tuple[int, QueueCaps]:
+        """Price and caps as this server sets them for this member (its price, their roles),
+        after its member rules: the blocklist, channels, allowed models."""
+        if self.community is None:
+            return self.price(params), self.dreams.caps
+        policy = await self.community.admit_member(
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            requester=requester,
+            model=params.model,
+        )
+        limits = await self.community.limits(guild_id, requester)
+        cost = self.price(params, policy.price_per_image * limits.price_factor)
+        return cost, QueueCaps(limits.max_pending, self.settings.max_queued_total)
 
     async def _inputs(self, params: TrainingParams) -> dict[str, bytes]:
         keys = list(params.image_keys)
@@ -313,32 +356,9 @@ class TrainingService:
         params = TrainingParams.from_dict(job.params)
         target = self.lora_path(job.user_id, job.id, params.name)
         samples = await asyncio.to_thread(self._keep_files, job.id, outcome, target)
-        try:
-            lora = await self.loras.add(
-                owner_id=job.user_id,
-                guild_id=job.guild_id,
-                name=params.name,
-                method=params.method,
-                token=params.token,
-                class_word=params.class_word,
-                base_model=params.model,
-                path=str(target),
-                job_id=job.id,
-                metadata=outcome.result.metadata,
-            )
-        except DuplicateName:  # the name was taken while it trained: keep both, renamed
-            lora = await self.loras.add(
-                owner_id=job.user_id,
-                guild_id=job.guild_id,
-                name=f"{params.name}-{job.id}"[:32],
-                method=params.method,
-                token=params.token,
-                class_word=params.class_word,
-                base_model=params.model,
-                path=str(target),
-                job_id=job.id,
-                metadata=outcome.result.metadata,
-            )
+        # A crash between registering the file and completing the job: the rerun finds its
+        # row instead of adding a second one.
+        lora = await self.loras.by_job(job.id) or await self._register(job, params, target, outcome)
         images = [
             JobImage(job.id, idx, image.seed, str(path), image.width, image.height, image.infotext)
             for idx, (image, path) in enumerate(samples)
@@ -353,18 +373,68 @@ class TrainingService:
             outcome.result.seconds,
             lora.name,
         )
+        shown = await self._reviewed_samples(job.id, samples)
         trained = TrainedOutcome(
             job,
             params,
             lora,
-            [(image.png, image.infotext) for image, _ in samples],
+            shown,
             outcome.result.seconds,
             outcome.result.final_loss,
             outcome.result.resumed_from,
         )
         observer = self.dreams.take_observer(job.id)
         if observer is not None:
-            self.dreams.spawn(self._deliver(observer, trained))  # type: ignore[arg-type]
+            self.dreams.spawn(self._deliver(observer, trained))
+
+    async def _reviewed_samples(
+        self, job_id: int, samples: list[tuple[GeneratedImage, Path]]
+    ) -> list[tuple[bytes, str]]:
+        """The samples as they may be posted: through the same safety review as any result
+        (blurred or left out per the server's policy); none when it withholds them."""
+        requester = self._requesters.pop(job_id, Requester())
+        stored = [
+            StoredImage(image.seed, path, image.width, image.height, image.infotext, image.png)
+            for image, path in samples
+        ]
+        reviewer = self.dreams.reviewer
+        if reviewer is not None:
+            try:
+                stored = await reviewer.review(job_id, stored, requester)
+            except JobRefused as withheld:
+                log.info("job=%s samples withheld: %s", job_id, withheld)
+                return []
+        return [(image.png, image.infotext) for image in stored]
+
+    async def _register(
+        self, job: Job, params: TrainingParams, target: Path, outcome: TrainingOutcome
+    ) -> Lora:
+        try:
+            return await self.loras.add(
+                owner_id=job.user_id,
+                guild_id=job.guild_id,
+                name=params.name,
+                method=params.method,
+                token=params.token,
+                class_word=params.class_word,
+                base_model=params.model,
+                path=str(target),
+                job_id=job.id,
+                metadata=outcome.result.metadata,
+            )
+        except DuplicateName:  # the name was taken while it trained: keep both, renamed
+            return await self.loras.add(
+                owner_id=job.user_id,
+                guild_id=job.guild_id,
+                name=f"{params.name}-{job.id}"[:32],
+                method=params.method,
+                token=params.token,
+                class_word=params.class_word,
+                base_model=params.model,
+                path=str(target),
+                job_id=job.id,
+                metadata=outcome.result.metadata,
+            )
 
     async def _deliver(self, observer: TrainingObserver, outcome: TrainedOutcome) -> None:
         message_id = await observer.trained(outcome)
@@ -437,7 +507,11 @@ class TrainingService:
         for name, weight in merged_weights(tags):
             lora = _find(usable, name, "lora")
             if lora is None:
-                mine = ", ".join(sorted({x.name for x in usable if x.method == "lora"})) or "none"
+                names = sorted({x.name for x in usable if x.method == "lora"})
+                # Discord refuses messages past 2000 characters; a busy server shares many.
+                mine = ", ".join(names[:MAX_NAMES_SHOWN]) or "none"
+                if len(names) > MAX_NAMES_SHOWN:
+                    mine += ", …"
                 raise InvalidParams(
                     f"There is no LoRA called {name!r} that you may use "
                     f"(yours and those shared here: {mine})."
@@ -445,15 +519,14 @@ class TrainingService:
             _check_family(lora, family, self.dreams)
             loras.append((lora.name, lora.path, weight))
         words = set(re.findall(r"[\w-]+", f"{params.prompt} {params.negative}".lower()))
-        embeddings = [
-            (lora.token, lora.path)
-            for lora in usable
-            if lora.method == "embedding" and lora.token in words
-        ]
+        # One file per token: the member's own comes first in `usable`, so a shared one of the
+        # same token (two members who named theirs alike) never loads beside it.
+        embeddings: dict[str, str] = {}
         for lora in usable:
-            if lora.method == "embedding" and lora.token in words:
+            if lora.method == "embedding" and lora.token in words and lora.token not in embeddings:
                 _check_family(lora, family, self.dreams)
-        return replace(params, loras=tuple(loras), embeddings=tuple(dict.fromkeys(embeddings)))
+                embeddings[lora.token] = lora.path
+        return replace(params, loras=tuple(loras), embeddings=tuple(embeddings.items()))
 
     async def _any_embeddings(self, user_id: int, guild_id: int | None) -> bool:
         return any(

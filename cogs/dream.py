@@ -15,7 +15,7 @@ from bot.services import DreamOptions, JobRefused
 from cogs.buttons import view_factory
 from cogs.context import DirectPresenter, requester_of
 from cogs.loras import usable_lora_autocomplete
-from cogs.presenter import ChannelPresenter, DreamPresenter
+from cogs.presenter import ChannelPresenter, DreamPresenter, previews_allowed
 from engine.params import (
     MAX_CFG,
     MAX_CLIP_SKIP,
@@ -247,6 +247,10 @@ async def start_job(
     presenter = presenter_type(
         interaction, bot.settings.progress_interval, note, view=view_factory(bot)
     )
+    requester = requester_of(
+        interaction.user, interaction.channel, is_admin=bot.is_admin(interaction.user)
+    )
+    presenter.previews = previews_allowed(bot.settings, requester.age_restricted)
     try:
         ticket = await bot.dreams.submit(
             params,
@@ -255,9 +259,7 @@ async def start_job(
             channel_id=interaction.channel_id,
             interaction_id=interaction.id,
             observer=presenter,
-            requester=requester_of(
-                interaction.user, interaction.channel, is_admin=bot.is_admin(interaction.user)
-            ),
+            requester=requester,
         )
     except (JobRefused, InvalidParams) as refused:
         await presenter.refused(f"❌ {refused}")

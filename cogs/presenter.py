@@ -129,6 +129,9 @@ class LiveMessage:
         self._editing = False
         self._preview: bytes | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Latent previews show the picture before the safety review has seen it: off where
+        # the review applies (see `previews_allowed`).
+        self.previews = True
 
     async def _write(self, **kwargs: Any) -> discord.Message | None:
         raise NotImplementedError
@@ -149,7 +152,7 @@ class LiveMessage:
 
     def progress(self, job_id: int, progress: Any) -> None:
         preview = getattr(progress, "preview_png", None)
-        if preview is not None:
+        if preview is not None and self.previews:
             self._preview = preview
         text = self.progress_text(progress)
         if self._finished or self._editing or text == self._last_text:
@@ -356,6 +359,12 @@ async def tell_privately(
             await channel.send(
                 f"{user.mention} {text}", allowed_mentions=discord.AllowedMentions(users=True)
             )
+
+
+def previews_allowed(settings: Any, age_restricted: bool) -> bool:
+    """Previews are posted unreviewed: only without a safety checker, or where anything may
+    be shown (an age-restricted channel)."""
+    return not settings.safety_checker or age_restricted
 
 
 def credits_text(amount: int) -> str:

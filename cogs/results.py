@@ -7,6 +7,7 @@ the result they came from.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -20,7 +21,15 @@ from bot.services import JobRefused, Ticket
 from cogs.buttons import RESULTS_COG, ResultButton, view_factory
 from cogs.context import requester_of
 from cogs.info import infotext_embed
-from cogs.presenter import ReplyPresenter, credits_text, tell_privately
+from cogs.presenter import (
+    DEFAULT_FILE_LIMIT,
+    REQUEST_LIMIT,
+    ReplyPresenter,
+    credits_text,
+    previews_allowed,
+    tell_privately,
+)
+from engine.images import fit_to_limit
 from engine.params import GenerationParams, InvalidParams
 
 if TYPE_CHECKING:
@@ -151,11 +160,13 @@ class Results(commands.Cog, name=RESULTS_COG):
             interaction=interaction,
             view=view_factory(self.bot),
         )
+        presser = self._presser(interaction)
+        observer.previews = previews_allowed(self.bot.settings, presser.requester.age_restricted)
         try:
             ticket = await self.bot.actions.start(
                 action,
                 job_id,
-                self._presser(interaction),
+                presser,
                 observer,
                 image=image,
                 prompt=prompt,
@@ -183,12 +194,12 @@ class Results(commands.Cog, name=RESULTS_COG):
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             job = await self.bot.actions.result(job_id)
-            images = await self.bot.actions.images(job_id)
+            infotexts = await self.bot.actions.infotexts(job_id)
         except JobRefused as refused:
             await interaction.followup.send(f"❌ {refused}", ephemeral=True)
             return
         params = GenerationParams.from_dict(job.params)
-        embed = infotext_embed(images[0].infotext) if images else discord.Embed(title="Parameters")
+        embed = infotext_embed(infotexts[0]) if infotexts else discord.Embed(title="Parameters")
         embed.title = f"Job {job.id}"
         if params.mode == "txt2img":
             command = reproduce_command(params)
@@ -300,6 +311,7 @@ class Results(commands.Cog, name=RESULTS_COG):
             self.bot.settings.progress_interval,
             view=view_factory(self.bot),
         )
+        observer.previews = previews_allowed(self.bot.settings, presser.requester.age_restricted)
         ticket = await self.bot.actions.start(Action.REROLL, job_id, presser, observer)
         if not ticket.duplicate:
             message_id = await observer.queued(ticket)
@@ -315,14 +327,21 @@ class Results(commands.Cog, name=RESULTS_COG):
         images = [image for image in images if image.idx not in withheld]
         if not images:
             raise JobRefused("The safety filter flagged this result; it cannot be sent on.")
-        files = [discord.File(io.BytesIO(image.png), filename=image.filename) for image in images]
+        # Under Discord's limits as results are: each file, and the request as a whole.
+        per_file = min(DEFAULT_FILE_LIMIT, REQUEST_LIMIT // len(images))
+        files = []
+        for image in images:
+            fitted = await asyncio.to_thread(fit_to_limit, image.png, image.infotext, per_file)
+            name = image.filename.rsplit(".", 1)[0] + f".{fitted.extension}"
+            files.append(discord.File(io.BytesIO(fitted.data), filename=name))
         embed = infotext_embed(images[0].infotext)
         text = f"Job {job_id}, as you asked:"
         if withheld:
             text += f" ({len(withheld)} flagged image(s) left out.)"
         try:
             await user.send(text, embed=embed, files=files)  # type: ignore[attr-defined]
-        except discord.HTTPException:
+        except discord.Forbidden as closed:  # 50007: the member does not take DMs from us
+            log.info("could not DM user %s (%s)", user.id, closed)
             await channel.send(
                 f"{user.mention} I could not send you a DM; open your DMs and react again.",
                 allowed_mentions=discord.AllowedMentions(users=True),

@@ -104,7 +104,7 @@ class Origin:
     """Where an action job comes from: the job whose result was clicked, and what was asked
     (`key` identifies the click, e.g. 'upscale:12:0', for double-click protection)."""
 
-    parent_id: int
+    parent_id: int | None  # None for a job made from nothing posted (a /train request)
     action: str
     key: str
 

@@ -109,6 +109,9 @@ _MIN_SIDE = 64
 # A mask is stretched onto the image when their aspect ratios differ by at most this much;
 # more, and it was drawn for another picture (or another crop of it).
 _MASK_ASPECT_TOLERANCE = 0.02
+# Longer than this against its width (either way), a picture fits no model's size: scaled
+# to 64 pixels across, its length alone would be past any pixel cap.
+MAX_ASPECT = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,16 @@ def _prepared(image: Image.Image, note: str) -> PreparedImage:
 
 def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
     """The closest size to `width`x`height` in multiples of 8, at most `pixel_cap` pixels
-    and at least 64 a side, with the aspect ratio kept as well as those allow."""
+    and at least 64 a side, with the aspect ratio kept as well as those allow.
+
+    InvalidParams for a picture too long and thin to fit: without that check a 4000x1
+    strip would be scaled to 256000x64 before anything refused it.
+    """
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InvalidParams(
+            f"That picture is {width}x{height}: too long and thin to use. Crop it to at most "
+            f"{MAX_ASPECT:g}:1."
+        )
     scale = min(1.0, math.sqrt(pixel_cap / (width * height)))
     scale = max(scale, _MIN_SIDE / min(width, height))  # a tiny image is scaled up
     ratio = width / height
@@ -146,7 +158,9 @@ def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
         for fitted_w in _multiples_around(width * scale)
         for fitted_h in _multiples_around(height * scale)
     ]
-    within = [(w, h) for w, h in candidates if w * h <= pixel_cap] or [min(candidates)]
+    within = [(w, h) for w, h in candidates if w * h <= pixel_cap]
+    if not within:
+        raise InvalidParams(f"That picture cannot be fitted within {pixel_cap:,} pixels.")
     # The truest aspect ratio; between equals, the larger image.
     return min(
         within, key=lambda size: (abs(size[0] / size[1] - ratio) / ratio, -size[0] * size[1])

@@ -228,3 +228,12 @@ def test_mask_from_transparency_and_refusals():
         prepare_mask(encode(Image.new("L", (128, 96), 0)), init_of(), max_pixels=LIMIT)
     with pytest.raises(UnreadableImage):
         prepare_mask(b"not an image", init_of(), max_pixels=LIMIT)
+
+
+def test_a_long_thin_strip_is_refused_before_any_resize():
+    from engine.attachments import prepare_init
+
+    strip = io.BytesIO()
+    Image.new("RGB", (4000, 1)).save(strip, format="PNG")
+    with pytest.raises(InvalidParams, match="too long and thin"):
+        prepare_init(strip.getvalue(), max_pixels=10**8, pixel_cap=512 * 512)

@@ -139,3 +139,11 @@ async def test_guild_settings_fall_back_and_ignore_unreadable_values(tmp_path, s
         assert time.time() - started < 5
     finally:
         await store.close()
+
+
+def test_a_pattern_that_backtracks_for_minutes_refuses_the_prompt_in_milliseconds():
+    policy = replace(POLICY, words=(check_word("(a|a)+b", True),))
+    started = time.perf_counter()
+    with pytest.raises(JobRefused, match="could not be checked"):
+        apply_words(tiny_params(prompt="a" * 60), policy, 1500)
+    assert time.perf_counter() - started < 1.0

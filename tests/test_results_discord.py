@@ -356,3 +356,19 @@ async def test_a_reaction_on_a_bot_message_that_is_no_result_is_answered(sim):
     [told] = alice.user.dm_channel.history()
     assert told.content == "That message is not a result I can act on."
     assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+
+
+async def test_a_reroll_whose_input_image_is_gone_is_told_so(sim):
+    alice = sim.member("alice")
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(picture, format="PNG")
+    result = await alice.slash(
+        sim.channel, "img2img", image=("p.png", picture.getvalue()), prompt="a sea", steps=2
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    await sim.bot.dreams.drain()
+    job = await sim.bot.dreams.jobs.get(job_id_of(result.response))
+    shutil.rmtree(sim.settings.inputs_dir)
+    gone = await alice.click(result.response, label="Reroll")
+    assert answer(gone) == "❌ The image this job started from is no longer on the bot's disk."
+    assert (await sim.bot.dreams.jobs.get(job.id)).status == "succeeded"

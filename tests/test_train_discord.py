@@ -243,3 +243,33 @@ async def test_queue_shows_a_training_job_by_name(sim):
     shown = await alice.slash(sim.channel, "queue")
     assert "training slow (lora, 2000 steps)" in shown.response.content
     await alice.slash(sim.channel, "cancel")
+
+
+async def test_a_reroll_reaction_on_a_training_result_is_answered(sim):
+    alice = sim.member("alice")
+    done = await trained(sim, alice)
+    await alice.react(done, "🔄")
+    told = alice.user.dm_channel.history()[-1]
+    assert told.content == "❌ That is a training result: use what it learned in /dream."
+    assert len(await sim.bot.dreams.jobs.with_status(*JobStatus)) == 1
+
+
+class TestSafetyReviewOfSamples:
+    @pytest.fixture
+    def settings(self, make_settings, tmp_path):
+        from engine.safety import save_tiny_checker
+
+        checker = save_tiny_checker(tmp_path / "flag-all", flag_everything=True)
+        return make_settings(safety_checker=str(checker))
+
+    async def test_flagged_samples_are_blurred_like_any_result(self, sim):
+        alice = sim.member("alice")
+        done = await trained(sim, alice)
+        job = (await sim.bot.dreams.jobs.with_status(JobStatus.SUCCEEDED))[0]
+        stored = await sim.bot.dreams.jobs.images(job.id)
+        posted = await done.attachments[0].read()
+        original = __import__("pathlib").Path(stored[0].path).read_bytes()
+        assert (
+            Image.open(io.BytesIO(posted)).tobytes() != Image.open(io.BytesIO(original)).tobytes()
+        )
+        assert set((await sim.bot.community.stats_repository.flags(job.id)).values()) == {"blur"}
