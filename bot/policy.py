@@ -229,6 +229,14 @@ class CommunityPolicy:
             raise JobRefused(f"Model {model} is not allowed here. Models: {allowed}.")
         return policy
 
+    async def quote(
+        self, params: GenerationParams, *, guild_id: int | None, requester: Requester
+    ) -> int:
+        """What `params` cost this member here: the server's price times their role factor."""
+        policy = await self.guilds.policy(guild_id)
+        limits = await self.limits(guild_id, requester)
+        return job_price(params, policy.price_per_image, limits.price_factor)
+
     async def withheld(self, job_id: int) -> set[int]:
         """A result's images flagged where they were asked for and not shown as they are:
         never sent on by the ✉️ reaction either."""

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
 from bot.services import DreamOptions
+from cogs.context import requester_of
 from cogs.dream import SizeTransformer, model_autocomplete
 from data.credits import LedgerEntry
 from engine.params import MAX_COUNT, MAX_STEPS
@@ -79,7 +80,11 @@ class Credits(commands.Cog):
         params = dreams.build_params(
             DreamOptions("price", size=size, steps=steps, count=count, model=model)
         )
-        cost = dreams.price(params)
+        # The server's price and the member's roles, as a job here would be charged.
+        requester = requester_of(interaction.user, interaction.channel)
+        cost = await self.bot.community.quote(
+            params, guild_id=interaction.guild_id, requester=requester
+        )
         report = await self.bot.credits.balance(interaction.user.id)
         await interaction.response.send_message(
             f"{params.count}× {params.size}, {params.steps} steps on {params.model} costs "

@@ -297,6 +297,11 @@ async def test_a_role_lifts_caps_and_lowers_prices(sim):
     assert result.response.embeds[0].footer.text.endswith("cost 1 credit · balance 49")
     plain = await dream(sim, alice, steps=2)
     assert "cost 1 credit" in plain.response.embeds[0].footer.text
+    # /price quotes what a job here would be charged: the server's price, the member's role.
+    quoted = await alice.slash(sim.channel, "price", steps=40, size="128x128")
+    assert "costs 8 credits" in quoted.response.content  # 64 x 1/16 x 2
+    quoted = await pat.slash(sim.channel, "price", steps=40, size="128x128")
+    assert "costs 4 credits" in quoted.response.content
     await boss.slash(sim.channel, "settings role", role=patrons, clear=True)
     assert await refused(sim, pat, steps=40) == "❌ 40 steps is over this server's limit of 2."
 
