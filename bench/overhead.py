@@ -37,9 +37,10 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from bot.contracts import JobOutcome
 from bot.logs import configure_logging
 from bot.queue import JobQueue
-from bot.services import DreamService, JobOutcome
+from bot.services import DreamService
 from bot.settings import Settings
 from data.credits import CreditRepository
 from data.jobs import JobRepository

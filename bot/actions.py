@@ -13,16 +13,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from bot.contracts import JobObserver, JobRefused, Requester, Ticket
 from bot.guilds import GuildSettingsService
-from bot.services import (
-    TRAIN,
-    DreamService,
-    JobObserver,
-    JobRefused,
-    Requester,
-    Ticket,
-    random_seed,
-)
+from bot.options import TRAIN, random_seed
+from bot.services import DreamService
 from data.jobs import Job, JobImage, JobStatus, Origin
 from engine import attachments
 from engine.params import GenerationParams

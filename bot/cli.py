@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bot.options import DreamOptions, resolve_options
 from bot.runner import build_engine
-from bot.services import DreamOptions, resolve_options
 from bot.settings import Settings
 from engine.errors import EngineError, ModelLoadError
 from engine.images import read_png_infotext

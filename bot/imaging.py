@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
-from bot.services import DreamOptions, DreamService
+from bot.options import DreamOptions
+from bot.services import DreamService
 from engine import attachments
 from engine.attachments import PreparedImage
 from engine.images import UnreadableImage, read_infotext

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from bot.contracts import Admission, JobRefused, Requester
 from bot.guilds import (
     MATCH_TIMEOUT,
     ChannelRule,
@@ -22,7 +23,7 @@ from bot.guilds import (
     GuildSettingsService,
     WordsAction,
 )
-from bot.services import Admission, JobRefused, Requester, job_kind, price_units
+from bot.options import job_kind, price_units
 from bot.settings import Settings
 from data.guilds import RoleLimits
 from data.jobs import QueueCaps

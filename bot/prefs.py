@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Self
 
 from bot.guilds import GuildPolicy, GuildSettingsService
-from bot.services import DEFAULT_STEPS, DreamOptions, DreamService
+from bot.options import DEFAULT_STEPS, DreamOptions
+from bot.services import DreamService
 from data.members import DEFAULTS, MemberPresetRepository
 from engine.params import MAX_STEPS, MIN_STEPS, InvalidParams, check_size, parse_size
 from engine.samplers import SAMPLERS

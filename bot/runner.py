@@ -11,11 +11,12 @@ from bot.credits import CreditService
 from bot.guilds import GuildSettingsService
 from bot.imaging import ImageRequests
 from bot.inputs import InputStore
+from bot.options import STANDARD_JOB
 from bot.policy import CommunityPolicy
 from bot.prefs import PreferenceService
 from bot.queue import JobQueue
 from bot.safety import SafetyReview
-from bot.services import STANDARD_JOB, DreamService
+from bot.services import DreamService
 from bot.settings import Settings
 from bot.training import TrainingService
 from data.credits import CreditRepository

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from PIL import Image, ImageFilter
 
+from bot.contracts import JobRefused, Requester, StoredImage
 from bot.guilds import GuildSettingsService, SafetyAction
-from bot.services import JobRefused, Requester, StoredImage
 from bot.settings import Settings
 from data.jobs import JobRepository
 from data.stats import StatsRepository

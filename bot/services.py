@@ -10,14 +10,39 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
 
+from bot.contracts import (
+    AdapterResolver,
+    Admission,
+    CancelResult,
+    Gate,
+    IdleWait,
+    JobObserver,
+    JobOutcome,
+    JobRefused,
+    QueueEntry,
+    Requester,
+    Reviewer,
+    StoredImage,
+    Ticket,
+    Trainer,
+    plain_wait,
+)
 from bot.inputs import InputStore, MissingInput
+from bot.options import (
+    HONOURED_KEYS,
+    TRAIN,
+    DreamOptions,
+    job_kind,
+    price_units,
+    resolve_options,
+    shown_params,
+    work_units,
+)
 from bot.queue import JobQueue, QueuedJob
 from bot.settings import Settings
 from data.credits import CreditRepository, InsufficientCredits
@@ -36,184 +61,22 @@ from engine.errors import EngineError, JobCancelled
 from engine.infotext import params_from_infotext, parse_infotext
 from engine.jobs import EngineJob, TrainingJob
 from engine.params import (
-    DEFAULT_UPSCALE_PIXELS,
     GenerationParams,
     GenerationResult,
-    InvalidParams,
     Progress,
     check_params,
 )
 from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.specs import ModelSpec
-from engine.training_params import TrainingParams, training_price_units
 from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-DREAM = "dream"
-TRAIN = "train"
 # A job left running by a crash is started again once; a second crash fails it.
 MAX_ATTEMPTS = 2
 CRASH_MESSAGE = "The bot stopped twice while running this job, so it was given up."
 UNREADABLE = "After an update the bot could not read this job back."
 INPUT_GONE = "The image this job started from is no longer on the bot's disk."
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    seed: int
-    path: Path
-    width: int
-    height: int
-    infotext: str
-    png: bytes
-    variation_seed: int | None = None
-    # Set by the safety review (bot/safety.py): `png` is then what may be posted (blurred),
-    # the file at `path` stays the original; `spoiler` posts it behind Discord's cover.
-    flagged: bool = False
-    spoiler: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    job: Job
-    params: GenerationParams
-    images: list[StoredImage]
-    model_hash: str | None
-    run_seconds: float
-    queued_seconds: float
-    balance: int | None = None
-    # For a job made from another's result (a button): the message showing that result.
-    parent_message_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    job: Job
-    params: GenerationParams
-    position: int
-    balance: int | None = None
-    duplicate: bool = False
-    note: str = ""  # what the server's rules changed (e.g. words moved to the negative)
-
-
-class JobRefused(Exception):
-    """The job was not accepted (credits, caps); the message is for the member."""
-
-
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """What the Discord layer knows of who asks and where, for the server's rules."""
-
-    role_ids: frozenset[int] = frozenset()
-    # The channel is marked age-restricted (NSFW). Unknown (a job restored after a restart)
-    # counts as not: flagged images are then treated by the server's safety policy.
-    age_restricted: bool = False
-    is_admin: bool = False
-    # Asked in a DM about a server's result (a button): the server's rules apply, but not
-    # its channel rules.
-    in_dm: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A job the rules let in: its parameters (the rules may change them), price and caps."""
-
-    params: GenerationParams
-    cost: int
-    caps: QueueCaps
-    note: str = ""
-
-
-class Gate(Protocol):
-    """A server's rules for a job, checked before anything is charged (bot/policy.py)."""
-
-    async def admit(
-        self,
-        params: GenerationParams,
-        *,
-        user_id: int,
-        guild_id: int | None,
-        channel_id: int | None,
-        interaction_id: int | None,
-        requester: Requester,
-    ) -> Admission:
-        """JobRefused or InvalidParams say why not."""
-
-
-class Trainer(Protocol):
-    """Runs and restores /train jobs (bot/training.py); the dispatcher hands them over."""
-
-    async def run(self, entry: QueuedJob) -> None: ...
-
-    async def restore(self, job: Job) -> None: ...
-
-    async def resolve(
-        self, params: GenerationParams, *, user_id: int, guild_id: int | None
-    ) -> GenerationParams:
-        """The LoRA and embedding files the prompt names, among those the member may use."""
-
-
-class Reviewer(Protocol):
-    """Looks at finished images before they are posted (bot/safety.py)."""
-
-    async def review(
-        self, job_id: int, images: list[StoredImage], requester: Requester
-    ) -> list[StoredImage]:
-        """The images as they may be shown; JobRefused withholds the whole result."""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    job_id: int
-    user_id: int
-    position: int  # 0 = running
-    params: GenerationParams
-    wait_seconds: float | None
-    training: bool = False  # `params` then only describe it (shown_params)
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    job_id: int
-    message: str
-    refunded: int = 0
-
-
-class JobObserver(Protocol):
-    """How a job's owner hears about it. `progress` runs on the loop and must not block."""
-
-    def progress(self, job_id: int, progress: Progress) -> None: ...
-
-    async def succeeded(self, outcome: JobOutcome) -> int | None:
-        """Show the result; returns the id of the message that holds it, if any."""
-
-    async def failed(self, job: Job, message: str, refunded: int) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DreamOptions:
-    """What a member typed; None means "use the default"."""
-
-    prompt: str
-    negative: str | None = None
-    seed: int | None = None
-    steps: int | None = None
-    cfg: float | None = None
-    size: tuple[int, int] | None = None
-    sampler: str | None = None
-    count: int | None = None
-    model: str | None = None
-    clip_skip: int | None = None
-    prompt_syntax: str | None = None
-    variation_seed: int | None = None
-    variation_strength: float | None = None
-
-
-DEFAULT_STEPS = 20
-DEFAULT_CFG = 7.0
 
 
 class DreamService:
@@ -251,6 +114,7 @@ class DreamService:
         self.gate: Gate | None = None
         self.reviewer: Reviewer | None = None
         self.trainer: Trainer | None = None
+        self.adapters: AdapterResolver | None = None
         self._requesters: dict[int, Requester] = {}
 
     # -- accepting work -------------------------------------------------------------------
@@ -344,10 +208,10 @@ class DreamService:
             )
             params = admission.params
             self.check(params)
-        if self.trainer is not None:
+        if self.adapters is not None:
             # <lora:name:w> tags and embedding tokens, among the files this member may use;
             # after the server's rules, which may have taken words out of the prompt.
-            params = await self.trainer.resolve(params, user_id=user_id, guild_id=guild_id)
+            params = await self.adapters.resolve(params, user_id=user_id, guild_id=guild_id)
         try:
             inputs = await self.inputs.for_params(params)
         except MissingInput:  # a reroll of a result whose input file was removed
@@ -789,132 +653,3 @@ class DreamService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.drain()
-
-
-# Infotext keys whose meaning this bot reproduces; Version and hashes change nothing.
-HONOURED_KEYS = frozenset(
-    {
-        "Steps",
-        "Sampler",
-        "Schedule type",
-        "CFG scale",
-        "Seed",
-        "Size",
-        "Model",
-        "Model hash",
-        "Variation seed",
-        "Variation seed strength",
-        "Clip skip",
-        "Prompt syntax",
-        "Version",
-        "RNG",
-        "Lora hashes",
-        "TI hashes",
-    }
-)
-
-STANDARD_PIXELS = 512 * 512
-STANDARD_STEPS = 20
-
-
-# What "the price of a standard image" means when members ask.
-STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512, "Euler a", 1, "")
-
-
-def price_units(params: GenerationParams) -> float:
-    """How many standard images (512x512, 20 steps) a job is worth.
-
-    Image-conditioned modes run only `denoise` of their steps (diffusers and A1111 skip the
-    rest), so they cost that fraction.
-    """
-    pixels = params.width * params.height / STANDARD_PIXELS
-    steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
-    return pixels * steps / STANDARD_STEPS * params.count
-
-
-def work_units(work: EngineJob | TrainingJob) -> float:
-    """Standard images' worth of a queued job, for wait estimates."""
-    if isinstance(work, TrainingJob):
-        return training_price_units(work.params)
-    return price_units(work.params)
-
-
-def shown_params(work: EngineJob | TrainingJob) -> GenerationParams:
-    """How a queued job reads in /queue: a training job as its name, method and steps."""
-    return work.params if isinstance(work, EngineJob) else training_as_shown(work.params)
-
-
-def training_as_shown(training: TrainingParams) -> GenerationParams:
-    side = training.resolution
-    return GenerationParams(
-        prompt=f"training {training.name} ({training.method}, {training.steps} steps)",
-        negative="",
-        seed=training.seed,
-        steps=training.steps,
-        cfg=0.0,
-        width=side,
-        height=side,
-        sampler="-",
-        count=1,
-        model=training.model,
-    )
-
-
-def job_kind(params: GenerationParams) -> str:
-    """The job's kind as stored and logged: `dream` for text to image, else the mode."""
-    return DREAM if params.mode == "txt2img" else params.mode
-
-
-def resolve_options(
-    options: DreamOptions,
-    models: dict[str, ModelSpec],
-    default_model: str,
-    max_prompt: int,
-    prompt_syntax: str = "a1111",
-    mode_fields: dict[str, Any] | None = None,
-    max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
-) -> GenerationParams:
-    """A member's options plus defaults, checked; InvalidParams names what is wrong."""
-    model = options.model or default_model
-    spec = models.get(model)
-    if spec is None:
-        raise InvalidParams(f"Unknown model {model!r}. Models: {', '.join(sorted(models))}.")
-    width, height = options.size or spec.size_default()
-    seed = options.seed if options.seed is not None and options.seed >= 0 else random_seed()
-    strength = options.variation_strength or 0.0
-    variation_seed = options.variation_seed
-    if variation_seed is not None and variation_seed < 0:
-        variation_seed = None
-    if strength > 0 and variation_seed is None:  # a strength alone asks for a random variation
-        variation_seed = random_seed()
-    params = GenerationParams(
-        prompt=options.prompt.strip(),
-        negative=(options.negative or "").strip(),
-        seed=seed,
-        steps=options.steps if options.steps is not None else DEFAULT_STEPS,
-        cfg=options.cfg if options.cfg is not None else DEFAULT_CFG,
-        width=width,
-        height=height,
-        sampler=options.sampler or DEFAULT_SAMPLER,
-        count=options.count if options.count is not None else 1,
-        model=model,
-        clip_skip=options.clip_skip or 1,
-        prompt_syntax=options.prompt_syntax or prompt_syntax,
-        variation_seed=variation_seed,
-        variation_strength=strength,
-        **(mode_fields or {}),
-    )
-    check_params(params, models, max_prompt, max_upscale_pixels)
-    return params
-
-
-class IdleWait(Protocol):
-    async def __call__(self, awaitable: Awaitable[T], *, reason: str) -> T: ...
-
-
-async def plain_wait(awaitable: Awaitable[T], *, reason: str) -> T:
-    return await awaitable
-
-
-def random_seed() -> int:
-    return secrets.randbelow(2**32)

@@ -9,28 +9,22 @@ DATA_DIR/training/<job>/, so a restart resumes it from the last one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from bot.contracts import JobRefused, Requester, StoredImage, Ticket
+from bot.loras import LoraLibrary
+from bot.options import random_seed, training_as_shown
 from bot.policy import CommunityPolicy
 from bot.queue import QueuedJob
-from bot.services import (
-    DreamService,
-    JobRefused,
-    Requester,
-    StoredImage,
-    Ticket,
-    random_seed,
-    training_as_shown,
-)
+from bot.services import DreamService
 from data.credits import InsufficientCredits
 from data.jobs import (
     DuplicateAction,
@@ -45,7 +39,7 @@ from data.jobs import (
 from data.loras import DuplicateName, Lora, LoraRepository
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import TrainingJob, TrainingOutcome
-from engine.params import GeneratedImage, GenerationParams, InvalidParams
+from engine.params import GeneratedImage, InvalidParams
 from engine.training_images import collect_training_images
 from engine.training_params import (
     TrainingLimits,
@@ -61,7 +55,6 @@ from engine.training_params import (
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
-MAX_NAMES_SHOWN = 20
 _SAFE_PART = re.compile(r"[^a-z0-9_-]")
 
 
@@ -115,7 +108,9 @@ class TrainingService:
         # Who asked where, for the safety review of the samples (not kept across restarts: a
         # restored job's samples are reviewed as for an ordinary channel).
         self._requesters: dict[int, Requester] = {}
+        self.library = LoraLibrary(dreams.models, loras)
         dreams.trainer = self
+        dreams.adapters = self.library
 
     # -- folders ------------------------------------------------------------------------
 
@@ -455,95 +450,3 @@ class TrainingService:
             path.write_bytes(image.png)
             kept.append((image, path))
         return kept
-
-    # -- the member's LoRAs -------------------------------------------------------------
-
-    async def usable(self, user_id: int, guild_id: int | None) -> list[Lora]:
-        return await self.loras.usable(user_id, guild_id)
-
-    async def own(self, user_id: int, name: str) -> Lora:
-        lora = await self.loras.owned(user_id, sanitize_name(name))
-        if lora is None:
-            raise JobRefused(f"You have no LoRA called {name}.")
-        return lora
-
-    async def rename(self, user_id: int, name: str, new_name: str) -> Lora:
-        lora = await self.own(user_id, name)
-        clean = sanitize_name(new_name)
-        try:
-            await self.loras.rename(lora.id, clean)
-        except DuplicateName:
-            raise JobRefused(f"You already have a LoRA called {clean}.") from None
-        return replace(lora, name=clean)
-
-    async def share(self, user_id: int, name: str, shared: bool, guild_id: int) -> Lora:
-        """Shared within `guild_id` (the server it is shared from), or private again."""
-        lora = await self.own(user_id, name)
-        await self.loras.set_shared(lora.id, shared, guild_id)
-        return replace(lora, shared=shared, guild_id=guild_id)
-
-    async def delete(self, user_id: int, name: str) -> Lora:
-        lora = await self.own(user_id, name)
-        await self.loras.delete(lora.id)
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(Path(lora.path).unlink)
-        return lora
-
-    # -- what /dream may use ------------------------------------------------------------
-
-    async def resolve(
-        self, params: GenerationParams, *, user_id: int, guild_id: int | None
-    ) -> GenerationParams:
-        """The files behind the prompt's <lora:name:w> tags and embedding tokens, among the
-        member's own and those shared in this server; InvalidParams for any other name."""
-        from engine.lora import merged_weights, parse_lora_tags
-
-        _, tags = parse_lora_tags(params.prompt)
-        if not tags and not await self._any_embeddings(user_id, guild_id):
-            return replace(params, loras=(), embeddings=())
-        usable = await self.loras.usable(user_id, guild_id)
-        family = self.dreams.models[params.model].guessed_family()
-        loras = []
-        for name, weight in merged_weights(tags):
-            lora = _find(usable, name, "lora")
-            if lora is None:
-                names = sorted({x.name for x in usable if x.method == "lora"})
-                # Discord refuses messages past 2000 characters; a busy server shares many.
-                mine = ", ".join(names[:MAX_NAMES_SHOWN]) or "none"
-                if len(names) > MAX_NAMES_SHOWN:
-                    mine += ", …"
-                raise InvalidParams(
-                    f"There is no LoRA called {name!r} that you may use "
-                    f"(yours and those shared here: {mine})."
-                )
-            _check_family(lora, family, self.dreams)
-            loras.append((lora.name, lora.path, weight))
-        words = set(re.findall(r"[\w-]+", f"{params.prompt} {params.negative}".lower()))
-        # One file per token: the member's own comes first in `usable`, so a shared one of the
-        # same token (two members who named theirs alike) never loads beside it.
-        embeddings: dict[str, str] = {}
-        for lora in usable:
-            if lora.method == "embedding" and lora.token in words and lora.token not in embeddings:
-                _check_family(lora, family, self.dreams)
-                embeddings[lora.token] = lora.path
-        return replace(params, loras=tuple(loras), embeddings=tuple(embeddings.items()))
-
-    async def _any_embeddings(self, user_id: int, guild_id: int | None) -> bool:
-        return any(
-            lora.method == "embedding" for lora in await self.loras.usable(user_id, guild_id)
-        )
-
-
-def _find(usable: list[Lora], name: str, method: str) -> Lora | None:
-    """The member's own first (the list is in that order), then one shared here."""
-    wanted = name.strip().lower()
-    return next((x for x in usable if x.name == wanted and x.method == method), None)
-
-
-def _check_family(lora: Lora, family: str, dreams: DreamService) -> None:
-    base = dreams.models.get(lora.base_model)
-    if base is not None and base.guessed_family() != family:
-        raise InvalidParams(
-            f"{lora.name} was trained on {lora.base_model} ({base.guessed_family()}); "
-            f"it cannot be used with a {family} model."
-        )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 from discord.ext import commands
 
-from bot.services import JobOutcome
+from bot.contracts import JobOutcome
 
 if TYPE_CHECKING:
     from bot.app import SDBot

@@ -9,7 +9,7 @@ from typing import Any
 
 import discord
 
-from bot.services import JobOutcome, Requester
+from bot.contracts import JobOutcome, Requester
 from cogs.presenter import DEFAULT_FILE_LIMIT, DreamPresenter, result_embed, result_files
 
 log = logging.getLogger(__name__)

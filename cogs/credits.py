@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
-from bot.services import DreamOptions
+from bot.options import DreamOptions
 from cogs.context import requester_of
 from cogs.dream import SizeTransformer, model_autocomplete
 from data.credits import LedgerEntry

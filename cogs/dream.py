@@ -10,8 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.contracts import JobRefused
 from bot.imaging import ControlRequest
-from bot.services import DreamOptions, JobRefused
+from bot.options import DreamOptions
 from cogs.buttons import view_factory
 from cogs.context import DirectPresenter, requester_of
 from cogs.loras import usable_lora_autocomplete

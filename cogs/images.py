@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.imaging import ControlRequest, Prepared
-from bot.services import DreamOptions
+from bot.options import DreamOptions
 from cogs.dream import SAMPLER_CHOICES, ControlType, download, model_autocomplete, start_job
 from cogs.presenter import DreamPresenter
 from engine.params import (

@@ -12,8 +12,8 @@ from typing import Any
 
 import discord
 
+from bot.contracts import JobOutcome, StoredImage, Ticket
 from bot.replies import reply_ephemeral
-from bot.services import JobOutcome, StoredImage, Ticket
 from data.jobs import Job
 from engine.images import EncodedImage, fit_to_limit
 from engine.params import GenerationParams, Progress

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.services import JobRefused, QueueEntry
+from bot.contracts import JobRefused, QueueEntry
 from cogs.presenter import describe
 
 if TYPE_CHECKING:

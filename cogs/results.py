@@ -17,7 +17,7 @@ import discord
 from discord.ext import commands
 
 from bot.actions import Action, Presser
-from bot.services import JobRefused, Ticket
+from bot.contracts import JobRefused, Ticket
 from cogs.buttons import RESULTS_COG, ResultButton, view_factory
 from cogs.context import requester_of
 from cogs.info import infotext_embed

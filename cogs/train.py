@@ -16,7 +16,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.services import JobRefused, Ticket
+from bot.contracts import JobRefused, Ticket
 from bot.training import TrainedOutcome
 from cogs.context import requester_of
 from cogs.dream import download, model_autocomplete

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bot.credits import CreditService, CreditsRefused
-from bot.services import STANDARD_JOB, price_units
+from bot.options import STANDARD_JOB, price_units
 from data import (
     CreditPolicy,
     CreditRepository,

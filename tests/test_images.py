@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from bot.services import StoredImage
+from bot.contracts import StoredImage
 from cogs.presenter import encode_for_upload
 from engine.images import EXIF_IFD, EXIF_USER_COMMENT, encode_png, fit_to_limit, read_png_infotext
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.services import DreamOptions
+from bot.options import DreamOptions
 from data.jobs import JobStatus
 from engine.images import encode_png, read_png_infotext
 from engine.infotext import parse_infotext

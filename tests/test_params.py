@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.services import DreamOptions, resolve_options
+from bot.options import DreamOptions, resolve_options
 from engine.params import GenerationParams, InvalidParams, check_params, parse_size
 from engine.specs import ModelSpec
 from tests.factories import standard_params

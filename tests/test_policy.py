@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from bot.contracts import JobRefused
 from bot.guilds import (
     GuildPolicy,
     GuildSettingsService,
@@ -16,7 +17,6 @@ from bot.guilds import (
     check_word,
 )
 from bot.policy import Limits, apply_words, check_limits, job_price, limits_for, tidy_prompt
-from bot.services import JobRefused
 from data.guilds import GuildSettingsRepository, RoleLimits
 from data.store import Store
 from tests.factories import tiny_params

@@ -14,7 +14,7 @@ from PIL import Image
 
 import engine.txt2img
 from bot.actions import Action
-from bot.services import JobRefused
+from bot.contracts import JobRefused
 from data.jobs import JobStatus
 from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
