@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bot.queue import QueuedJob
+from data.credits import CreditPolicy
 from data.jobs import Job, QueueCaps
 from engine.params import GenerationParams, Progress
 
@@ -83,6 +84,7 @@ class Admission:
     cost: int
     caps: QueueCaps
     note: str = ""
+    credit_policy: CreditPolicy | None = None  # the server's top-up; None: the bot's
 
 
 class Gate(Protocol):

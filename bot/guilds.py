@@ -33,6 +33,7 @@ CHANNELS = "channels"
 LISTED_CHANNELS = "listed_channels"
 SAFETY = "safety"
 PRICE_PER_IMAGE = "price_per_image"
+TOPUP = "topup"
 WORDS = "words"
 WORDS_ACTION = "words_action"
 COOLDOWNS = "cooldowns"
@@ -128,6 +129,11 @@ class GuildPolicy:
     listed_channels: frozenset[int] = frozenset()
     safety: SafetyAction = SafetyAction.BLUR
     price_per_image: float = 1.0
+    # The free top-up a member gets when they use the bot here (credits are one balance
+    # across servers; the top-up follows the server they use it in).
+    topup_amount: int = 20
+    topup_ceiling: int = 50
+    topup_hours: float = 24.0
     words: tuple[WordRule, ...] = ()
     words_action: WordsAction = WordsAction.REFUSE
     cooldowns: dict[str, float] = field(default_factory=dict)  # job kind -> seconds
@@ -158,6 +164,9 @@ class GuildSettingsService:
             ),
             safety=SafetyAction(settings.safety_action),
             price_per_image=settings.price_per_image,
+            topup_amount=settings.topup_amount,
+            topup_ceiling=settings.topup_ceiling,
+            topup_hours=settings.topup_hours,
             max_pending=settings.max_pending_per_member,
         )
 
@@ -265,6 +274,12 @@ def _decode(key: str, value: Any) -> dict[str, Any]:
         return {"safety": SafetyAction(value)}
     if key == PRICE_PER_IMAGE:
         return {"price_per_image": float(value)}
+    if key == TOPUP:
+        return {
+            "topup_amount": int(value["amount"]),
+            "topup_ceiling": int(value["ceiling"]),
+            "topup_hours": float(value["hours"]),
+        }
     if key == WORDS:
         return {"words": tuple(WordRule(str(w["entry"]), bool(w["regex"])) for w in value)}
     if key == WORDS_ACTION:

@@ -25,6 +25,7 @@ from bot.guilds import (
 )
 from bot.options import job_kind, price_units
 from bot.settings import Settings
+from data.credits import CreditPolicy
 from data.guilds import RoleLimits
 from data.jobs import QueueCaps
 from data.stats import GuildStats, StatsRepository
@@ -206,7 +207,16 @@ class CommunityPolicy:
             await self._check_cooldown(policy, params, user_id, guild_id, interaction_id)
         cost = job_price(params, policy.price_per_image, limits.price_factor)
         caps = QueueCaps(limits.max_pending, self.settings.max_queued_total)
-        return Admission(params, cost, caps, note)
+        return Admission(params, cost, caps, note, self.credit_policy(policy))
+
+    def credit_policy(self, policy: GuildPolicy) -> CreditPolicy:
+        """The bot's starting grant with this server's top-up."""
+        return CreditPolicy(
+            starting=self.settings.starting_credits,
+            topup_amount=policy.topup_amount,
+            topup_ceiling=policy.topup_ceiling,
+            topup_interval=policy.topup_hours * 3600,
+        )
 
     async def admit_member(
         self,

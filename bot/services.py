@@ -228,6 +228,7 @@ class DreamService:
                 cost=admission.cost,
                 caps=admission.caps,
                 origin=origin,
+                credit_policy=admission.credit_policy,
             )
         except (DuplicateInteraction, DuplicateAction) as duplicate:
             existing = duplicate.job

@@ -23,6 +23,7 @@ from bot.guilds import (
     MAX_WORDS,
     PRICE_PER_IMAGE,
     SAFETY,
+    TOPUP,
     WORDS,
     WORDS_ACTION,
     ChannelRule,
@@ -43,6 +44,8 @@ ADMINS_ONLY = "Only admins (Manage Server) can change this server's settings."
 Family = Literal["dream", "img2img", "inpaint", "outpaint", "upscale"]
 MAX_COOLDOWN = 24 * 3600
 MAX_PRICE = 10_000.0
+MAX_TOPUP = 1_000_000
+MAX_TOPUP_HOURS = 24 * 365.0
 MAX_PRICE_FACTOR = 100.0
 MAX_PENDING = 50
 MAX_LISTED_CHANNELS = 50
@@ -83,6 +86,8 @@ def policy_text(policy: GuildPolicy, *, roles: Sequence[RoleLimits] = (), full: 
         f"{pixels_text(policy.max_pixels)}.",
         f"Flagged images outside age-restricted channels: {policy.safety.value}.",
         f"Price: {policy.price_per_image:g} credits per standard image (512x512, 20 steps).",
+        f"Top-up: {policy.topup_amount} credits every {policy.topup_hours:g} h, up to "
+        f"{policy.topup_ceiling}.",
         f"Banned words ({policy.words_action.value}): {words or 'none'}.",
         f"Cooldowns: {cooldowns or 'none'}.",
     ]
@@ -331,6 +336,26 @@ class GuildSettings(commands.Cog):
             return
         await self._put(interaction, PRICE_PER_IMAGE, per_image)
         await self._saved(interaction, f"Price: {per_image:g} credits per standard image.")
+
+    @settings_group.command(name="topup", description="The free top-up members get here")
+    @app_commands.describe(
+        amount="Credits given each time",
+        ceiling="No top-up past this balance",
+        hours="Hours between top-ups",
+    )
+    async def topup(
+        self,
+        interaction: discord.Interaction,
+        amount: app_commands.Range[int, 0, MAX_TOPUP],
+        ceiling: app_commands.Range[int, 0, MAX_TOPUP],
+        hours: app_commands.Range[float, 0.1, MAX_TOPUP_HOURS],
+    ) -> None:
+        if await self._admin_guild(interaction) is None:
+            return
+        await self._put(interaction, TOPUP, {"amount": amount, "ceiling": ceiling, "hours": hours})
+        await self._saved(
+            interaction, f"Top-up: {amount} credits every {hours:g} h, up to {ceiling}."
+        )
 
     @settings_group.command(name="cooldown", description="Seconds between a member's jobs")
     @app_commands.describe(command="Which kind of job", seconds="0 turns the cooldown off")

@@ -145,6 +145,7 @@ class JobRepository:
         cost: int = 0,
         caps: QueueCaps | None = None,
         origin: Origin | None = None,
+        credit_policy: CreditPolicy | None = None,
     ) -> Job:
         """Accept a job: caps checked, row written and `cost` charged, all in one transaction.
 
@@ -163,7 +164,7 @@ class JobRepository:
             if caps is not None:
                 await self._check_caps(db, user_id, caps)
             if cost > 0:
-                await credits.touch(db, user_id, self.policy)
+                await credits.touch(db, user_id, credit_policy or self.policy)
             async with db.execute(
                 "INSERT INTO jobs (kind, status, user_id, guild_id, channel_id, interaction_id,"
                 " params, cost, created_at, parent_id, action, action_key)"

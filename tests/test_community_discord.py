@@ -496,3 +496,23 @@ class TestMissingChecker:
             "Your 1 credit was refunded."
         ]
         assert await balance(sim, alice) == before
+
+
+async def test_the_servers_top_up_applies_to_members_using_the_bot_there(sim):
+    boss, alice = admin(sim), sim.member("alice")
+    saved = await boss.slash(sim.channel, "settings topup", amount=30, ceiling=100, hours=1.0)
+    assert saved.response.content == "Saved. Top-up: 30 credits every 1 h, up to 100."
+    shown = await boss.slash(sim.channel, "settings show")
+    assert "Top-up: 30 credits every 1 h, up to 100." in shown.response.content
+    await dream(sim, alice)
+    credits = sim.bot.dreams.credits
+    assert (await credits.account(alice.id)).balance == 49
+    async with sim.bot.store.transaction() as db:  # two hours pass
+        await db.execute(
+            "UPDATE accounts SET topped_up_at = topped_up_at - 7200 WHERE user_id = ?",
+            (alice.id,),
+        )
+    await dream(sim, alice)
+    assert (await credits.account(alice.id)).balance == 49 + 30 - 1
+    denied = await alice.slash(sim.channel, "settings topup", amount=1000, ceiling=1000, hours=1.0)
+    assert denied.response.content.startswith("Only admins")
