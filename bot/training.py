@@ -404,32 +404,25 @@ class TrainingService:
     async def _register(
         self, job: Job, params: TrainingParams, target: Path, outcome: TrainingOutcome
     ) -> Lora:
-        try:
-            return await self.loras.add(
-                owner_id=job.user_id,
-                guild_id=job.guild_id,
-                name=params.name,
-                method=params.method,
-                token=params.token,
-                class_word=params.class_word,
-                base_model=params.model,
-                path=str(target),
-                job_id=job.id,
-                metadata=outcome.result.metadata,
-            )
-        except DuplicateName:  # the name was taken while it trained: keep both, renamed
-            return await self.loras.add(
-                owner_id=job.user_id,
-                guild_id=job.guild_id,
-                name=f"{params.name}-{job.id}"[:32],
-                method=params.method,
-                token=params.token,
-                class_word=params.class_word,
-                base_model=params.model,
-                path=str(target),
-                job_id=job.id,
-                metadata=outcome.result.metadata,
-            )
+        # The name may have been taken while it trained: then both are kept, this one as
+        # name-<job>.
+        for name in (params.name, f"{params.name}-{job.id}"[:32]):
+            try:
+                return await self.loras.add(
+                    owner_id=job.user_id,
+                    guild_id=job.guild_id,
+                    name=name,
+                    method=params.method,
+                    token=params.token,
+                    class_word=params.class_word,
+                    base_model=params.model,
+                    path=str(target),
+                    job_id=job.id,
+                    metadata=outcome.result.metadata,
+                )
+            except DuplicateName:
+                continue
+        raise JobRefused(f"You already have a LoRA called {params.name}.")
 
     async def _deliver(self, observer: TrainingObserver, outcome: TrainedOutcome) -> None:
         message_id = await observer.trained(outcome)
