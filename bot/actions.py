@@ -81,8 +81,12 @@ class ResultActions:
 
     # -- what a click refers to ---------------------------------------------------------
 
-    async def result(self, job_id: int) -> Job:
-        """The finished job a button or reaction refers to; JobRefused when there is none."""
+    async def result(self, job_id: int, *, training: bool = False) -> Job:
+        """The finished job a button or reaction refers to; JobRefused when there is none.
+
+        A training result has nothing to reroll or vary; only `training=True` (deleting it)
+        accepts one.
+        """
         job = await self.dreams.jobs.get(job_id)
         if job is None:
             raise JobRefused(f"There is no job {job_id} any more.")
@@ -90,7 +94,7 @@ class ResultActions:
             raise JobRefused(f"Job {job_id}'s result was deleted.")
         if job.status is not JobStatus.SUCCEEDED:
             raise JobRefused(f"Job {job_id} has no result to work from ({job.status.value}).")
-        if job.kind == TRAIN:
+        if job.kind == TRAIN and not training:
             raise JobRefused("That is a training result: use what it learned in /dream.")
         return job
 
@@ -259,7 +263,7 @@ class ResultActions:
 
     async def delete(self, job_id: int, presser: Presser) -> Job:
         """Mark the result deleted and remove its files; the caller removes the message."""
-        job = await self.result(job_id)
+        job = await self.result(job_id, training=True)
         if job.user_id != presser.user_id and not presser.admin_of(job):
             raise JobRefused(
                 "Only the member who asked for this result, or an admin, can delete it."

@@ -32,18 +32,22 @@ class CreditService:
     def policy(self) -> CreditPolicy:
         return self.credits.policy
 
-    async def balance(self, user_id: int) -> BalanceReport:
-        account = await self.credits.account(user_id)
+    async def balance(self, user_id: int, policy: CreditPolicy | None = None) -> BalanceReport:
+        """With `policy`, the top-up of the server asked from (the bot's by default)."""
+        policy = policy or self.policy
+        account = await self.credits.account(user_id, policy)
         return BalanceReport(
             account,
-            account.next_topup(self.policy),
-            self.policy.topup_amount,
-            self.policy.topup_ceiling,
+            account.next_topup(policy),
+            policy.topup_amount,
+            policy.topup_ceiling,
             self.standard_price,
         )
 
-    async def history(self, user_id: int, limit: int = 10) -> list[LedgerEntry]:
-        await self.credits.account(user_id)
+    async def history(
+        self, user_id: int, limit: int = 10, policy: CreditPolicy | None = None
+    ) -> list[LedgerEntry]:
+        await self.credits.account(user_id, policy)
         return await self.credits.history(user_id, limit)
 
     async def grant(

@@ -44,8 +44,8 @@ MAX_WORDS = 100
 MAX_WORD_LENGTH = 100
 # A quantified group that itself holds a quantifier, e.g. (a+)+ or (\w*)*: the shape of
 # catastrophic backtracking.
-# Seconds one pattern may spend on one prompt before the prompt is refused unchecked.
-MATCH_TIMEOUT = 0.05
+# Seconds all of a server's patterns may spend on one prompt before it is refused unchecked.
+MATCH_TIMEOUT = 0.1
 NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
 
 

@@ -119,11 +119,43 @@ def apply_words(
         ) from None
 
 
+class _Budget:
+    """One time budget for all of a prompt's matching: a hundred patterns each allowed the
+    full timeout would still hold the event loop for seconds."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+
+def check_banned_words(policy: GuildPolicy, *texts: str) -> None:
+    """Refuse texts that hold a banned word whatever the server's action: a name or class
+    word cannot be moved to a negative prompt."""
+    budget = _Budget(MATCH_TIMEOUT)
+    try:
+        hits = [
+            rule
+            for rule in policy.words
+            if any(rule.pattern().search(text, timeout=budget.left()) for text in texts)
+        ]
+    except TimeoutError:
+        raise JobRefused("This server's word list could not be checked; try other words.") from None
+    if hits:
+        shown = ", ".join(rule.shown for rule in hits)
+        raise JobRefused(f"This server does not allow {shown}.")
+
+
 def _apply_words(
     params: GenerationParams, policy: GuildPolicy, max_prompt: int
 ) -> tuple[GenerationParams, str]:
+    budget = _Budget(MATCH_TIMEOUT)
     hits = [
-        rule for rule in policy.words if rule.pattern().search(params.prompt, timeout=MATCH_TIMEOUT)
+        rule for rule in policy.words if rule.pattern().search(params.prompt, timeout=budget.left())
     ]
     if not hits:
         return params, ""
@@ -134,9 +166,9 @@ def _apply_words(
     for rule in hits:
         pattern = rule.pattern()
         moved += [
-            match.group(0).strip() for match in pattern.finditer(prompt, timeout=MATCH_TIMEOUT)
+            match.group(0).strip() for match in pattern.finditer(prompt, timeout=budget.left())
         ]
-        prompt = pattern.sub(" ", prompt, timeout=MATCH_TIMEOUT)
+        prompt = pattern.sub(" ", prompt, timeout=budget.left())
     prompt = tidy_prompt(prompt)
     if not prompt:
         raise JobRefused("Nothing is left of the prompt without this server's banned words.")

@@ -104,6 +104,8 @@ class DreamService:
         # Measured speed: seconds per price unit (a 512x512, 20-step image), for wait estimates.
         self.seconds_per_unit: float | None = None
         self._stopping = False
+        # Training jobs stopped by a shutdown, to be resumed; a member's cancel is not one.
+        self.paused: set[int] = set()
         self._busy = False
         # How the dispatcher waits for work. A test harness that must tell an idle bot from
         # a busy one (SimCord's `external_wait`) replaces it.
@@ -242,7 +244,7 @@ class DreamService:
             raise JobRefused(str(refused)) from None
         self._requesters[job.id] = requester
         position = self._enqueue(job, params, observer, inputs)
-        balance = (await self.credits.account(user_id)).balance
+        balance = await self.credits.balance(user_id)
         log.info(
             "job=%s kind=%s user=%s cost=%s queued position=%s",
             job.id,
@@ -380,10 +382,12 @@ class DreamService:
         clean shutdown is not mistaken for a crash, then stop the dispatcher."""
         self._stopping = True
         for entry in self.queue.running:
-            if isinstance(entry.engine_job, TrainingJob):
+            work = entry.engine_job
+            if isinstance(work, TrainingJob) and not work.cancel.is_set():
                 # Training can run for an hour: it stops at its next step instead, and the
-                # next start resumes it from its last checkpoint.
-                entry.engine_job.cancel.set()
+                # next start resumes it from its last checkpoint (a pause, not a cancel).
+                self.paused.add(entry.job_id)
+                work.cancel.set()
         if self._busy:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(dispatcher), grace)
@@ -477,7 +481,7 @@ class DreamService:
             queued,
             result.seconds,
         )
-        balance = (await self.credits.account(job.user_id)).balance
+        balance = await self.credits.balance(job.user_id)
         parent = await self.jobs.get(job.parent_id) if job.parent_id is not None else None
         outcome = JobOutcome(
             job,
@@ -500,12 +504,14 @@ class DreamService:
     async def _fail(
         self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
     ) -> None:
+        before = await self.jobs.get(entry.job_id)
+        if before is not None and before.status.finished:
+            # A batch that failed after this job had ended (its result stored, or cancelled
+            # and told so): nothing more to tell.
+            return
         refunded = await self.jobs.finish(entry.job_id, status, error=message)
         job = await self.jobs.get(entry.job_id)
         assert job is not None
-        if job.status is JobStatus.SUCCEEDED:
-            # A batch that failed after this job's result was stored: nothing to tell.
-            return
         log.info(
             "job=%s kind=%s user=%s outcome=%s refunded=%s error=%r",
             job.id,
@@ -601,6 +607,7 @@ class DreamService:
         running = next((q for q in self.queue.running if q.job_id == job_id), None)
         if running is None:
             raise JobRefused(f"Job {job_id} is not in the queue any more.")
+        self.paused.discard(job_id)  # the member's cancel wins over a shutdown's pause
         running.engine_job.cancel.set()  # the engine stops at its next step
         return CancelResult(
             job_id,

@@ -22,10 +22,10 @@ from typing import Protocol
 from bot.contracts import JobRefused, Requester, StoredImage, Ticket
 from bot.loras import LoraLibrary
 from bot.options import random_seed, training_as_shown
-from bot.policy import CommunityPolicy
+from bot.policy import CommunityPolicy, check_banned_words
 from bot.queue import QueuedJob
 from bot.services import DreamService
-from data.credits import InsufficientCredits
+from data.credits import CreditPolicy, InsufficientCredits
 from data.jobs import (
     DuplicateAction,
     DuplicateInteraction,
@@ -42,6 +42,7 @@ from engine.jobs import TrainingJob, TrainingOutcome
 from engine.params import GeneratedImage, InvalidParams
 from engine.training_images import collect_training_images
 from engine.training_params import (
+    NAME_MAX,
     TrainingLimits,
     TrainingParams,
     TrainingProgress,
@@ -67,11 +68,18 @@ class TrainingObserver(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    png: bytes
+    infotext: str
+    spoiler: bool = False  # the server's safety policy covers it
+
+
+@dataclass(frozen=True, slots=True)
 class TrainedOutcome:
     job: Job
     params: TrainingParams
     lora: Lora
-    samples: list[tuple[bytes, str]]  # PNG and its infotext
+    samples: list[Sample]
     seconds: float
     final_loss: float
     resumed_from: int
@@ -227,7 +235,9 @@ class TrainingService:
         do to generation.
         """
         requester = requester or Requester()
-        cost, caps = await self._terms(params, user_id, guild_id, channel_id, requester)
+        cost, caps, credit_policy = await self._terms(
+            params, user_id, guild_id, channel_id, requester
+        )
         await self._check_name_free(user_id, params.name)
         try:
             job = await self.dreams.jobs.create(
@@ -242,6 +252,7 @@ class TrainingService:
                 # One pending training per member and name, checked in the same transaction
                 # as the charge: a retried /train cannot pay twice.
                 origin=Origin(None, TRAIN, f"{TRAIN}:{params.name}"),
+                credit_policy=credit_policy,
             )
         except DuplicateInteraction as duplicate:
             return Ticket(duplicate.job, training_as_shown(params), 0, duplicate=True)
@@ -253,7 +264,7 @@ class TrainingService:
             raise JobRefused(str(refused)) from None
         self._requesters[job.id] = requester
         position = self._enqueue(job, params, observer, await self._inputs(params))
-        balance = (await self.dreams.credits.account(user_id)).balance
+        balance = await self.dreams.credits.balance(user_id)
         log.info(
             "job=%s kind=train user=%s cost=%s queued position=%s",
             job.id,
@@ -270,21 +281,25 @@ class TrainingService:
         guild_id: int | None,
         channel_id: int | None,
         requester: Requester,
-    ) -> tuple[int, QueueCaps]:
-        """Price and caps as this server sets them for this member (its price, their roles),
-        after its member rules: the blocklist, channels, allowed models."""
-        if self.community is None:
-            return self.price(params), self.dreams.caps
-        policy = await self.community.admit_member(
+    ) -> tuple[int, QueueCaps, CreditPolicy | None]:
+        """Price, caps and top-up as this server sets them for this member (its price, their
+        roles), after its rules: blocklist, channels, allowed models, and its banned words
+        for the name and class word (posted in public and written into sample prompts)."""
+        community = self.community
+        if community is None:
+            return self.price(params), self.dreams.caps, None
+        policy = await community.admit_member(
             user_id=user_id,
             guild_id=guild_id,
             channel_id=channel_id,
             requester=requester,
             model=params.model,
         )
-        limits = await self.community.limits(guild_id, requester)
+        check_banned_words(policy, params.name.replace("-", " "), params.class_word)
+        limits = await community.limits(guild_id, requester)
         cost = self.price(params, policy.price_per_image * limits.price_factor)
-        return cost, QueueCaps(limits.max_pending, self.settings.max_queued_total)
+        caps = QueueCaps(limits.max_pending, self.settings.max_queued_total)
+        return cost, caps, community.credit_policy(policy)
 
     async def _inputs(self, params: TrainingParams) -> dict[str, bytes]:
         keys = list(params.image_keys)
@@ -326,7 +341,7 @@ class TrainingService:
             )
         except JobCancelled:
             self.dreams.stop_running(entry)
-            if self.dreams.stopping:
+            if entry.job_id in self.dreams.paused:
                 # A clean shutdown, not the member's cancel: back in line for the next start,
                 # resuming from its last checkpoint.
                 await self.dreams.jobs.put_back(entry.job_id)
@@ -341,6 +356,7 @@ class TrainingService:
         except EngineError as error:
             self.dreams.stop_running(entry)
             await self.dreams.fail(entry, error.user_message)
+            await asyncio.to_thread(shutil.rmtree, self.workdir(entry.job_id), True)
             return
         self.dreams.stop_running(entry)
         await self._finish(entry, outcome)
@@ -384,7 +400,7 @@ class TrainingService:
 
     async def _reviewed_samples(
         self, job_id: int, samples: list[tuple[GeneratedImage, Path]]
-    ) -> list[tuple[bytes, str]]:
+    ) -> list[Sample]:
         """The samples as they may be posted: through the same safety review as any result
         (blurred or left out per the server's policy); none when it withholds them."""
         requester = self._requesters.pop(job_id, Requester())
@@ -399,14 +415,15 @@ class TrainingService:
             except JobRefused as withheld:
                 log.info("job=%s samples withheld: %s", job_id, withheld)
                 return []
-        return [(image.png, image.infotext) for image in stored]
+        return [Sample(image.png, image.infotext, image.spoiler) for image in stored]
 
     async def _register(
         self, job: Job, params: TrainingParams, target: Path, outcome: TrainingOutcome
     ) -> Lora:
         # The name may have been taken while it trained: then both are kept, this one as
         # name-<job>.
-        for name in (params.name, f"{params.name}-{job.id}"[:32]):
+        suffix = f"-{job.id}"
+        for name in (params.name, params.name[: NAME_MAX - len(suffix)] + suffix):
             try:
                 return await self.loras.add(
                     owner_id=job.user_id,

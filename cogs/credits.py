@@ -12,7 +12,7 @@ from bot.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
 from bot.options import DreamOptions
 from cogs.context import requester_of
 from cogs.dream import SizeTransformer, model_autocomplete
-from data.credits import LedgerEntry
+from data.credits import CreditPolicy, LedgerEntry
 from engine.params import MAX_COUNT, MAX_STEPS
 
 if TYPE_CHECKING:
@@ -62,8 +62,16 @@ class Credits(commands.Cog):
     @app_commands.command(name="balance", description="Your credits and your next free top-up")
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def balance(self, interaction: discord.Interaction) -> None:
-        report = await self.bot.credits.balance(interaction.user.id)
+        report = await self.bot.credits.balance(
+            interaction.user.id, await self._credit_policy(interaction.guild_id)
+        )
         await interaction.response.send_message(balance_text(report), ephemeral=True)
+
+    async def _credit_policy(self, guild_id: int | None) -> CreditPolicy:
+        """The top-up of the server asked from (credits are one balance; the top-up follows
+        where the member uses the bot)."""
+        community = self.bot.community
+        return community.credit_policy(await community.guilds.policy(guild_id))
 
     @app_commands.command(name="price", description="What a /dream would cost, before you run it")
     @app_commands.describe(size="WIDTHxHEIGHT", steps="Denoising steps", count="How many images")
@@ -85,7 +93,9 @@ class Credits(commands.Cog):
         cost = await self.bot.community.quote(
             params, guild_id=interaction.guild_id, requester=requester
         )
-        report = await self.bot.credits.balance(interaction.user.id)
+        report = await self.bot.credits.balance(
+            interaction.user.id, await self._credit_policy(interaction.guild_id)
+        )
         await interaction.response.send_message(
             f"{params.count}× {params.size}, {params.steps} steps on {params.model} costs "
             f"{cost} credit{'s' if cost != 1 else ''}; you have {report.account.balance}.",
@@ -94,7 +104,9 @@ class Credits(commands.Cog):
 
     @credits_group.command(name="history", description="Your last credit changes")
     async def history(self, interaction: discord.Interaction) -> None:
-        entries = await self.bot.credits.history(interaction.user.id)
+        entries = await self.bot.credits.history(
+            interaction.user.id, policy=await self._credit_policy(interaction.guild_id)
+        )
         text = "\n".join(history_line(entry) for entry in entries) or "No credit changes yet."
         await interaction.response.send_message(text, ephemeral=True)
 

@@ -167,11 +167,14 @@ class TrainingPresenter(LiveMessage):
         sent = None
         channel = await self._channel()
         if channel is not None:
-            sent = await channel.send(
-                f"<@{self.user_id}> {text}",
-                files=_sample_files(outcome),
-                allowed_mentions=discord.AllowedMentions(users=True),
-            )
+            try:
+                sent = await channel.send(
+                    f"<@{self.user_id}> {text}",
+                    files=_sample_files(outcome),
+                    allowed_mentions=discord.AllowedMentions(users=True),
+                )
+            except discord.HTTPException as error:  # no right to post here: the DM has it
+                log.info("training job %s: could not post in its channel (%s)", self.job_id, error)
         await self._dm(text, _sample_files(outcome))
         return sent.id if sent is not None else None
 
@@ -205,8 +208,12 @@ def _done_text(outcome: TrainedOutcome) -> str:
 
 def _sample_files(outcome: TrainedOutcome) -> list[discord.File]:
     return [
-        discord.File(io.BytesIO(png), filename=f"{outcome.lora.name}-sample-{idx + 1}.png")
-        for idx, (png, _) in enumerate(outcome.samples)
+        discord.File(
+            io.BytesIO(sample.png),
+            filename=f"{outcome.lora.name}-sample-{idx + 1}.png",
+            spoiler=sample.spoiler,  # the server's safety policy covers it
+        )
+        for idx, sample in enumerate(outcome.samples)
     ]
 
 

@@ -160,9 +160,18 @@ class CreditRepository:
         self._store = store
         self.policy = policy
 
-    async def account(self, user_id: int) -> Account:
+    async def account(self, user_id: int, policy: CreditPolicy | None = None) -> Account:
+        """The account, created or topped up by `policy` (a server's; the bot's by default)."""
         async with self._store.transaction() as db:
-            return await touch(db, user_id, self.policy)
+            return await touch(db, user_id, policy or self.policy)
+
+    async def balance(self, user_id: int) -> int:
+        """The balance as it stands: no account is created and no top-up given, so reading
+        it after a job never applies the bot's top-up over a server's."""
+        row = await _one(
+            self._store.db, "SELECT balance FROM accounts WHERE user_id = ?", (user_id,)
+        )
+        return int(row["balance"]) if row is not None else 0
 
     async def grant(
         self, user_id: int, amount: int, *, actor_id: int | None, reason: str

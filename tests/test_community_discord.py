@@ -516,3 +516,18 @@ async def test_the_servers_top_up_applies_to_members_using_the_bot_there(sim):
     assert (await credits.account(alice.id)).balance == 49 + 30 - 1
     denied = await alice.slash(sim.channel, "settings topup", amount=1000, ceiling=1000, hours=1.0)
     assert denied.response.content.startswith("Only admins")
+
+
+async def test_reading_a_balance_never_applies_the_bots_top_up_over_the_servers(sim):
+    boss, alice = admin(sim), sim.member("alice")
+    await boss.slash(sim.channel, "settings topup", amount=0, ceiling=0, hours=720.0)
+    await dream(sim, alice)
+    async with sim.bot.store.transaction() as db:  # a day passes: the bot's own would pay
+        await db.execute(
+            "UPDATE accounts SET topped_up_at = topped_up_at - 90000 WHERE user_id = ?",
+            (alice.id,),
+        )
+    shown = await alice.slash(sim.channel, "balance")
+    assert "49" in shown.response.content
+    await dream(sim, alice)
+    assert await sim.bot.dreams.credits.balance(alice.id) == 48

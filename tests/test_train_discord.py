@@ -273,3 +273,24 @@ class TestSafetyReviewOfSamples:
             Image.open(io.BytesIO(posted)).tobytes() != Image.open(io.BytesIO(original)).tobytes()
         )
         assert set((await sim.bot.community.stats_repository.flags(job.id)).values()) == {"blur"}
+
+
+async def test_a_training_result_can_be_deleted_by_its_owner(sim):
+    alice = sim.member("alice")
+    done = await trained(sim, alice)
+    await alice.react(done, "❌")
+    assert done.id not in [m.id for m in sim.channel.history()]
+
+
+async def test_a_banned_word_in_a_training_name_is_refused(sim):
+    import discord
+
+    role = sim.guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    boss = sim.guild.add_member(sim.env.create_user("boss"), roles=[role])
+    await boss.slash(sim.channel, "settings words add", entry="gore")
+    alice = sim.member("alice")
+    result = await alice.slash(
+        sim.channel, "train", name="gore-pics", class_word="dog", **photos(3)
+    )
+    assert private_answer(result) == "❌ This server does not allow gore."
+    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
