@@ -45,6 +45,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/queue_load.py
+	$(PY) bench/image_modes.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
