@@ -110,6 +110,9 @@ class Trainer(Protocol):
 
     async def restore(self, job: Job) -> None: ...
 
+    async def discard(self, job_id: int) -> None:
+        """A training cancelled while queued: its checkpoints (from a paused run) go."""
+
 
 class AdapterResolver(Protocol):
     """Finds the LoRA and embedding files a prompt names (bot/loras.py)."""

@@ -603,6 +603,8 @@ class DreamService:
         if waiting is not None:
             refunded = await self.jobs.finish(job_id, JobStatus.CANCELLED, error="Cancelled.")
             self._notify_failed(job, "Cancelled.", refunded)
+            if isinstance(waiting.engine_job, TrainingJob) and self.trainer is not None:
+                await self.trainer.discard(job_id)
             return CancelResult(job_id, f"Job {job_id} was cancelled.", refunded)
         running = next((q for q in self.queue.running if q.job_id == job_id), None)
         if running is None:

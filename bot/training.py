@@ -323,6 +323,9 @@ class TrainingService:
         )
         return self.dreams.enqueue_work(job, work, observer)
 
+    async def discard(self, job_id: int) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.workdir(job_id), True)
+
     async def restore(self, job: Job) -> None:
         """Back in the queue after a restart (raises MissingInput when its images are gone);
         progress is then shown by the fallback the Discord layer set."""

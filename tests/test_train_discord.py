@@ -294,3 +294,18 @@ async def test_a_banned_word_in_a_training_name_is_refused(sim):
     )
     assert private_answer(result) == "❌ This server does not allow gore."
     assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+
+
+async def test_cancelling_a_queued_training_removes_its_checkpoints(sim):
+    alice, bob = sim.member("alice"), sim.member("bob")
+    await alice.slash(sim.channel, "train", name="slow", class_word="dog", steps=2000, **photos(3))
+    await bob.slash(sim.channel, "train", name="later", class_word="cat", steps=4, **photos(3))
+    [queued] = await sim.bot.dreams.jobs.with_status(JobStatus.QUEUED)
+    # As a run paused by a shutdown leaves it: checkpoints waiting for the next start.
+    workdir = sim.bot.training.workdir(queued.id)
+    workdir.mkdir(parents=True)
+    (workdir / "checkpoint.pt").write_bytes(b"x")
+    cancelled = await bob.slash(sim.channel, "cancel", job=queued.id)
+    assert "was cancelled" in cancelled.response.content
+    assert not workdir.exists()
+    await alice.slash(sim.channel, "cancel")
