@@ -52,8 +52,9 @@ from engine.worker import EngineConfig, EngineWorker
 TICK = 0.010
 
 
-def save_sd15_architecture(folder: Path) -> Path:
-    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L text encoder, random weights."""
+def sd15_architecture(tokenizer_dir: Path) -> StableDiffusionPipeline:
+    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L text encoder, random weights, in
+    memory (the tokenizer's files are written to `tokenizer_dir`)."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -72,32 +73,39 @@ def save_sd15_architecture(folder: Path) -> Path:
         latent_channels=4,
         sample_size=512,
     )
-    with tempfile.TemporaryDirectory() as workdir:
-        tokenizer = tiny_tokenizer(Path(workdir))  # speed does not depend on the vocabulary
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                vocab_size=49408,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.eos_token_id,
-            )
+    tokenizer = tiny_tokenizer(tokenizer_dir)  # speed does not depend on the vocabulary
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
         )
-        StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        ).save_pretrained(str(folder))
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_sd15_architecture(folder: Path) -> Path:
+    """The SD 1.5 architecture saved as a diffusers folder, loaded back the way users' are."""
+    with tempfile.TemporaryDirectory() as workdir:
+        sd15_architecture(Path(workdir)).save_pretrained(str(folder))
     return folder
 
 

@@ -28,72 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKL,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
+from bench.overhead import sd15_architecture
 from engine.loading import LoadedModel, load_model
 from engine.specs import ModelSpec
-from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
+from engine.tiny import save_tiny_model
 from engine.training import train
 from engine.training_params import TrainingProgress, make_training_params
-
-
-def sd15_architecture(workdir: Path) -> StableDiffusionPipeline:
-    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L, random weights, in memory.
-
-    Copied from bench.overhead.save_sd15_architecture, without the multi-GB save and load.
-    """
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    tokenizer = tiny_tokenizer(workdir / "tokenizer")  # speed does not depend on the vocabulary
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def photos(count: int, side: int) -> list[bytes]:
@@ -173,7 +115,7 @@ def main() -> None:
             measure(loaded, 64, args.steps or 30, warmup=3, workdir=root / "tiny-run")
         if args.only in (None, "full"):
             started = time.perf_counter()
-            pipe = sd15_architecture(root)
+            pipe = sd15_architecture(root / "tokenizer")
             print(f"(built the SD 1.5 architecture in {time.perf_counter() - started:.0f} s)")
             loaded = LoadedModel(ModelSpec("sd15", "random"), pipe, "sd1", None, 0.0)
             measure(loaded, 256, args.steps or 4, warmup=1, workdir=root / "full-run")
