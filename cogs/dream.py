@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -11,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.contracts import JobRefused
-from bot.imaging import ControlRequest
+from bot.imaging import ControlRequest, Prepared
 from bot.options import DreamOptions
 from cogs.buttons import view_factory
 from cogs.context import DirectPresenter, requester_of
@@ -216,17 +217,47 @@ class Dream(commands.Cog):
             await interaction.response.defer(thinking=True)
             await start_job(self.bot, interaction, params, dm=filled.dm)
             return
-        images = self.bot.images
-        images.check_size(control_image.size, "control image")
-        await interaction.response.defer(thinking=True)
-        try:
-            data = await download(control_image, "control image")
-            request = ControlRequest(data, control_type, control_weight)
-            prepared = await images.control_for_dream(options, request)
-        except InvalidParams as bad:
-            await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
-            return
-        await start_job(self.bot, interaction, prepared.params, prepared.note, dm=filled.dm)
+
+        async def prepare(data: Uploads) -> Prepared:
+            image = data[CONTROL_IMAGE]
+            assert image is not None
+            request = ControlRequest(image, control_type, control_weight)
+            return await self.bot.images.control_for_dream(options, request)
+
+        uploads = {CONTROL_IMAGE: control_image}
+        await start_from_uploads(self.bot, interaction, uploads, prepare, dm=filled.dm)
+
+
+Uploads = dict[str, bytes | None]  # an attachment's bytes by what it is, None when absent
+CONTROL_IMAGE = "control image"
+
+
+async def start_from_uploads(
+    bot: SDBot,
+    interaction: discord.Interaction,
+    uploads: Mapping[str, discord.Attachment | None],
+    prepare: Callable[[Uploads], Awaitable[Prepared]],
+    *,
+    dm: bool | None = None,
+) -> None:
+    """A job that starts from attachments: sizes checked, defer, download, prepare, queue.
+
+    A file over the size limit is refused before a byte is downloaded (an ephemeral
+    answer, no "thinking" message); a bad picture after the defer is told privately.
+    """
+    for what, attachment in uploads.items():
+        if attachment is not None:
+            bot.images.check_size(attachment.size, what)
+    await interaction.response.defer(thinking=True)
+    try:
+        data: Uploads = {}
+        for what, attachment in uploads.items():
+            data[what] = await download(attachment, what) if attachment else None
+        prepared = await prepare(data)
+    except InvalidParams as bad:
+        await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
+        return
+    await start_job(bot, interaction, prepared.params, prepared.note, dm=dm)
 
 
 async def start_job(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,8 +11,14 @@ from discord.ext import commands
 
 from bot.imaging import ControlRequest, Prepared
 from bot.options import DreamOptions
-from cogs.dream import SAMPLER_CHOICES, ControlType, download, model_autocomplete, start_job
-from cogs.presenter import DreamPresenter
+from cogs.dream import (
+    CONTROL_IMAGE,
+    SAMPLER_CHOICES,
+    ControlType,
+    Uploads,
+    model_autocomplete,
+    start_from_uploads,
+)
 from engine.params import (
     MAX_CFG,
     MAX_CONTROL_SCALE,
@@ -33,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Uploads = dict[str, bytes | None]
 
 COMMON_DESCRIPTIONS = {
     "negative": "What to avoid",
@@ -58,29 +62,6 @@ class Images(commands.Cog):
             options, user_id=interaction.user.id, guild_id=interaction.guild_id, with_size=False
         )
         return filled.options
-
-    async def _run(
-        self,
-        interaction: discord.Interaction,
-        uploads: dict[str, discord.Attachment | None],
-        prepare: Callable[[Uploads], Awaitable[Prepared]],
-    ) -> None:
-        """Check sizes, defer, download, prepare and queue; a bad file is told privately."""
-        requests = self.bot.images
-        # By the size Discord reports, before a byte is downloaded (an ephemeral answer).
-        for what, attachment in uploads.items():
-            if attachment is not None:
-                requests.check_size(attachment.size, what)
-        await interaction.response.defer(thinking=True)
-        try:
-            data: Uploads = {}
-            for what, attachment in uploads.items():
-                data[what] = await download(attachment, what) if attachment else None
-            prepared = await prepare(data)
-        except InvalidParams as bad:
-            await DreamPresenter(interaction, 0.0).refused(f"❌ {bad}")
-            return
-        await start_job(self.bot, interaction, prepared.params, prepared.note)
 
     @app_commands.command(name="img2img", description="Repaint a picture of yours from a prompt")
     @app_commands.describe(
@@ -121,7 +102,9 @@ class Images(commands.Cog):
                 options, _required(data, "image"), strength, control
             )
 
-        await self._run(interaction, {"image": image, "control image": control_image}, prepare)
+        await start_from_uploads(
+            self.bot, interaction, {"image": image, CONTROL_IMAGE: control_image}, prepare
+        )
 
     @app_commands.command(
         name="inpaint", description="Repaint part of a picture: white in the mask"
@@ -170,7 +153,7 @@ class Images(commands.Cog):
                 padding=padding,
             )
 
-        await self._run(interaction, {"image": image, "mask": mask}, prepare)
+        await start_from_uploads(self.bot, interaction, {"image": image, "mask": mask}, prepare)
 
     @app_commands.command(name="outpaint", description="Grow a picture beyond its edges")
     @app_commands.describe(
@@ -214,7 +197,7 @@ class Images(commands.Cog):
             pads = (left, right, up, down)
             return await self.bot.images.outpaint(options, _required(data, "image"), pads, strength)
 
-        await self._run(interaction, {"image": image}, prepare)
+        await start_from_uploads(self.bot, interaction, {"image": image}, prepare)
 
     @app_commands.command(name="upscale", description="Make a picture larger, with new detail")
     @app_commands.describe(
@@ -248,7 +231,7 @@ class Images(commands.Cog):
                 options, _required(data, "image"), factor, strength
             )
 
-        await self._run(interaction, {"image": image}, prepare)
+        await start_from_uploads(self.bot, interaction, {"image": image}, prepare)
 
 
 def _required(data: Uploads, what: str) -> bytes:
@@ -267,7 +250,7 @@ def _control_needs_image(
 def _control(
     data: Uploads, control_type: str | None, weight: float | None
 ) -> ControlRequest | None:
-    image = data.get("control image")
+    image = data.get(CONTROL_IMAGE)
     return ControlRequest(image, control_type, weight) if image is not None else None
 
 
