@@ -21,6 +21,7 @@ from engine.specs import ModelSpec
 from engine.training import CHECKPOINT_FILE, train
 from engine.training_methods import LORA_TARGETS
 from engine.training_params import TrainingParams, TrainingProgress, make_training_params
+from tests.test_lora import render
 
 CPU = torch.device("cpu")
 
@@ -55,18 +56,6 @@ def params(**overrides: Any) -> TrainingParams:
     )
     values.update(overrides)
     return make_training_params(**values)
-
-
-def render(loaded: LoadedModel, prompt: str) -> np.ndarray:
-    pipe: Any = loaded.pipe
-    return pipe(
-        prompt=prompt,
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
 
 
 def snapshot(loaded: LoadedModel) -> dict[str, Any]:
