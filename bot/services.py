@@ -63,7 +63,6 @@ from engine.jobs import EngineJob, TrainingJob
 from engine.params import (
     GenerationParams,
     GenerationResult,
-    Progress,
     check_params,
 )
 from engine.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -262,21 +261,13 @@ class DreamService:
         observer: JobObserver | None,
         inputs: dict[str, bytes],
     ) -> int:
-        if observer is not None:
-            self._observers[job.id] = observer
         engine_job = EngineJob(
-            job.id, params, report=lambda p: self._progress(job.id, p), inputs=inputs
+            job.id, params, report=lambda p: self.report_progress(job.id, p), inputs=inputs
         )
-        return self.queue.put(QueuedJob(job.id, job.user_id, engine_job, time.monotonic()))
+        return self.enqueue_work(job, engine_job, observer)
 
-    def _progress(self, job_id: int, progress: Progress) -> None:
-        observer = self._observers.get(job_id)
-        if observer is not None:
-            observer.progress(job_id, progress)
-
-    # -- what the trainer (bot/training.py) shares of the queue --------------------------
-
-    def enqueue_work(self, job: Job, work: TrainingJob, observer: Any) -> int:
+    def enqueue_work(self, job: Job, work: EngineJob | TrainingJob, observer: Any | None) -> int:
+        """Queue a recorded job; `observer` hears of it (bot/training.py queues its own)."""
         if observer is not None:
             self._observers[job.id] = observer
         return self.queue.put(QueuedJob(job.id, job.user_id, work, time.monotonic()))
@@ -288,21 +279,6 @@ class DreamService:
 
     def take_observer(self, job_id: int) -> Any:
         return self._observers.pop(job_id, None)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def stop_running(self, entry: QueuedJob) -> None:
-        self._stop_running(entry)
-
-    async def fail(
-        self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
-    ) -> None:
-        await self._fail(entry, message, status)
-
-    def spawn(self, delivery: Coroutine[Any, Any, None]) -> None:
-        self._spawn(delivery)
 
     async def _restore_training(self, job: Job) -> None:
         if self.trainer is None:
@@ -415,26 +391,26 @@ class DreamService:
             )
         except JobCancelled:
             for entry in claimed:
-                self._stop_running(entry)
-                await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
+                self.stop_running(entry)
+                await self.fail(entry, "Cancelled.", JobStatus.CANCELLED)
             return
         except EngineError as error:
             for entry in claimed:
-                self._stop_running(entry)
-                await self._fail(entry, error.user_message)
+                self.stop_running(entry)
+                await self.fail(entry, error.user_message)
             return
         total_units = sum(work_units(entry.engine_job) for entry in claimed)
         self._learn_speed(total_units, results[0].seconds if results else 0.0)
         for entry, result in zip(claimed, results, strict=True):
             # Out of `running` before the outcome is decided: a later /cancel is told the
             # job has ended instead of being promised a refund that will not come.
-            self._stop_running(entry)
+            self.stop_running(entry)
             if entry.engine_job.cancel.is_set():  # cancelled while batched with others
-                await self._fail(entry, "Cancelled.", JobStatus.CANCELLED)
+                await self.fail(entry, "Cancelled.", JobStatus.CANCELLED)
             else:
                 await self._succeed(entry, result)
 
-    def _stop_running(self, entry: QueuedJob) -> None:
+    def stop_running(self, entry: QueuedJob) -> None:
         if entry in self.queue.running:
             self.queue.running.remove(entry)
 
@@ -450,7 +426,7 @@ class DreamService:
                     reason="the engine thread is checking the images",
                 )
             except JobRefused as withheld:  # nothing posted; failed, so refunded
-                await self._fail(entry, str(withheld))
+                await self.fail(entry, str(withheld))
                 return
         completed = await self.jobs.complete(
             entry.job_id,
@@ -495,13 +471,13 @@ class DreamService:
         )
         observer = self._observers.pop(entry.job_id, None)
         if observer is not None:
-            self._spawn(self._deliver(observer, outcome))
+            self.spawn(self._deliver(observer, outcome))
 
     async def _fail_quietly(self, entry: QueuedJob, message: str) -> None:
         with contextlib.suppress(Exception):
-            await self._fail(entry, message)
+            await self.fail(entry, message)
 
-    async def _fail(
+    async def fail(
         self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
     ) -> None:
         before = await self.jobs.get(entry.job_id)
@@ -529,7 +505,7 @@ class DreamService:
         if observer is None and self.fallback_observer is not None:
             observer = self.fallback_observer(job)
         if observer is not None:
-            self._spawn(observer.failed(job, message, refunded))
+            self.spawn(observer.failed(job, message, refunded))
 
     def _learn_speed(self, units: float, seconds: float) -> None:
         """`seconds` for a batch worth `units` standard images."""
@@ -642,7 +618,7 @@ class DreamService:
             )
         return stored
 
-    def _spawn(self, delivery: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, delivery: Coroutine[Any, Any, None]) -> None:
         """Deliver outcomes on their own task: a slow Discord call never holds up the GPU."""
 
         async def deliver() -> None:
