@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -109,14 +109,22 @@ class Results(commands.Cog, name=RESULTS_COG):
         self.bot.remove_dynamic_items(ResultButton)
 
     def _presser(self, interaction: discord.Interaction) -> Presser:
-        is_admin = self.bot.is_admin(interaction.user)
+        return self._presser_of(
+            interaction.user, interaction.guild_id, interaction.channel_id, interaction.channel
+        )
+
+    def _presser_of(
+        self, user: discord.abc.User, guild_id: int | None, channel_id: int | None, channel: Any
+    ) -> Presser:
+        """Who pressed (a button or a reaction), with their standing and channel."""
+        is_admin = self.bot.is_admin(user)
         return Presser(
-            user_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
+            user_id=user.id,
+            guild_id=guild_id,
+            channel_id=channel_id,
             is_admin=is_admin,
-            is_owner=self.bot.is_owner_id(interaction.user.id),
-            requester=requester_of(interaction.user, interaction.channel, is_admin=is_admin),
+            is_owner=self.bot.is_owner_id(user.id),
+            requester=requester_of(user, channel, is_admin=is_admin),
         )
 
     # -- buttons ----------------------------------------------------------------------
@@ -253,15 +261,7 @@ class Results(commands.Cog, name=RESULTS_COG):
             if await self._author_of(payload, channel) == me.id:
                 await tell_privately(self.bot, user, "That message is not a result I can act on.")
             return
-        is_admin = self.bot.is_admin(user)
-        presser = Presser(
-            user_id=user.id,
-            guild_id=payload.guild_id,
-            channel_id=payload.channel_id,
-            is_admin=is_admin,
-            is_owner=self.bot.is_owner_id(user.id),
-            requester=requester_of(user, channel, is_admin=is_admin),
-        )
+        presser = self._presser_of(user, payload.guild_id, payload.channel_id, channel)
         message = channel.get_partial_message(payload.message_id)  # type: ignore[attr-defined]
         try:
             if emoji == REROLL:
