@@ -56,12 +56,13 @@ class Images(commands.Cog):
 
     async def _defaults(
         self, interaction: discord.Interaction, options: DreamOptions
-    ) -> DreamOptions:
-        """The member's preferences and the server's defaults; the picture sets the size."""
+    ) -> tuple[DreamOptions, bool]:
+        """The member's preferences and the server's defaults (the picture sets the size),
+        and whether they want results by DM."""
         filled = await self.bot.prefs.fill(
             options, user_id=interaction.user.id, guild_id=interaction.guild_id, with_size=False
         )
-        return filled.options
+        return filled.options, filled.dm
 
     @app_commands.command(name="img2img", description="Repaint a picture of yours from a prompt")
     @app_commands.describe(
@@ -93,7 +94,7 @@ class Images(commands.Cog):
         control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
     ) -> None:
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
-        options = await self._defaults(interaction, options)
+        options, dm = await self._defaults(interaction, options)
         _control_needs_image(control_image, control_type, control_weight)
 
         async def prepare(data: Uploads) -> Prepared:
@@ -103,7 +104,7 @@ class Images(commands.Cog):
             )
 
         await start_from_uploads(
-            self.bot, interaction, {"image": image, CONTROL_IMAGE: control_image}, prepare
+            self.bot, interaction, {"image": image, CONTROL_IMAGE: control_image}, prepare, dm=dm
         )
 
     @app_commands.command(
@@ -140,7 +141,7 @@ class Images(commands.Cog):
         model: str | None = None,
     ) -> None:
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
-        options = await self._defaults(interaction, options)
+        options, dm = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             return await self.bot.images.inpaint(
@@ -153,7 +154,9 @@ class Images(commands.Cog):
                 padding=padding,
             )
 
-        await start_from_uploads(self.bot, interaction, {"image": image, "mask": mask}, prepare)
+        await start_from_uploads(
+            self.bot, interaction, {"image": image, "mask": mask}, prepare, dm=dm
+        )
 
     @app_commands.command(name="outpaint", description="Grow a picture beyond its edges")
     @app_commands.describe(
@@ -191,13 +194,13 @@ class Images(commands.Cog):
                 "Say how far to grow the picture: left, right, up or down, in pixels."
             )
         options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
-        options = await self._defaults(interaction, options)
+        options, dm = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             pads = (left, right, up, down)
             return await self.bot.images.outpaint(options, _required(data, "image"), pads, strength)
 
-        await start_from_uploads(self.bot, interaction, {"image": image}, prepare)
+        await start_from_uploads(self.bot, interaction, {"image": image}, prepare, dm=dm)
 
     @app_commands.command(name="upscale", description="Make a picture larger, with new detail")
     @app_commands.describe(
@@ -224,14 +227,14 @@ class Images(commands.Cog):
         model: str | None = None,
     ) -> None:
         options = DreamOptions(prompt or "", negative, seed, steps, model=model)
-        options = await self._defaults(interaction, options)
+        options, dm = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
             return await self.bot.images.upscale(
                 options, _required(data, "image"), factor, strength
             )
 
-        await start_from_uploads(self.bot, interaction, {"image": image}, prepare)
+        await start_from_uploads(self.bot, interaction, {"image": image}, prepare, dm=dm)
 
 
 def _required(data: Uploads, what: str) -> bytes:
