@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bot.contracts import JobRefused
 from data.loras import DuplicateName, Lora, LoraRepository
+from engine.lora_tags import merged_weights, parse_lora_tags
 from engine.params import GenerationParams, InvalidParams
 from engine.specs import ModelSpec
 from engine.training_params import sanitize_name
@@ -64,11 +65,7 @@ class LoraLibrary:
     ) -> GenerationParams:
         """The files behind the prompt's <lora:name:w> tags and embedding tokens, among the
         member's own and those shared in this server; InvalidParams for any other name."""
-        from engine.lora import merged_weights, parse_lora_tags
-
         _, tags = parse_lora_tags(params.prompt)
-        if not tags and not await self._any_embeddings(user_id, guild_id):
-            return replace(params, loras=(), embeddings=())
         usable = await self.loras.usable(user_id, guild_id)
         family = self.models[params.model].guessed_family()
         loras = []
@@ -95,11 +92,6 @@ class LoraLibrary:
                 _check_family(lora, family, self.models)
                 embeddings[lora.token] = lora.path
         return replace(params, loras=tuple(loras), embeddings=tuple(embeddings.items()))
-
-    async def _any_embeddings(self, user_id: int, guild_id: int | None) -> bool:
-        return any(
-            lora.method == "embedding" for lora in await self.loras.usable(user_id, guild_id)
-        )
 
 
 def _find(usable: list[Lora], name: str, method: str) -> Lora | None:

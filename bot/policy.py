@@ -29,15 +29,14 @@ from data.credits import CreditPolicy
 from data.guilds import RoleLimits
 from data.jobs import QueueCaps
 from data.stats import GuildStats, StatsRepository
+from engine.lora_tags import tidy_prompt as tidy_tag_gaps
 from engine.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
 BLOCKED = "You are blocked from using this bot here."
-# Left behind in a prompt once banned words are taken out: empty emphasis, stray commas.
+# Left behind in a prompt once banned words are taken out: empty emphasis.
 EMPTY_EMPHASIS = re.compile(r"[(\[]\s*(?::\s*[\d.]+)?\s*[)\]]")
-REPEATED_COMMAS = re.compile(r"\s*,(?:\s*,)+\s*")
-SPACES = re.compile(r"[ \t]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +187,9 @@ def _apply_words(
 
 
 def tidy_prompt(prompt: str) -> str:
-    prompt = EMPTY_EMPHASIS.sub(" ", prompt)
-    prompt = REPEATED_COMMAS.sub(", ", prompt)
-    prompt = SPACES.sub(" ", prompt)
-    return prompt.strip(" ,\n\t")
+    """What taking words out leaves: emptied emphasis, then the commas and spaces a removed
+    LoRA tag would leave too."""
+    return tidy_tag_gaps(EMPTY_EMPHASIS.sub(" ", prompt))
 
 
 def job_price(params: GenerationParams, per_image: float, factor: float) -> int:

@@ -21,9 +21,8 @@ from engine.lora import (
     lora_hashes,
     lora_infotext,
     lora_short_hash,
-    merged_weights,
-    parse_lora_tags,
 )
+from engine.lora_tags import merged_weights, parse_lora_tags
 from engine.params import InvalidParams
 from engine.prompts import PromptEncoder
 from engine.specs import ModelSpec
