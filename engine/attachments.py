@@ -7,6 +7,7 @@ open, so the pixel count is checked before any pixel is decoded: a small file cl
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -25,16 +26,16 @@ log = logging.getLogger(__name__)
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF"})
 
 
+@functools.cache
 def _register_heif() -> bool:
+    """Teach Pillow HEIC once, when the first attachment is read: importing this module
+    changes nothing global."""
     try:
         from pillow_heif import register_heif_opener
     except ImportError:  # optional: without it HEIC files are refused with a clear reason
         return False
     register_heif_opener()
     return True
-
-
-_HEIF = _register_heif()
 
 
 def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -45,6 +46,7 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """
     if not data:
         raise UnreadableImage("That file is empty.")
+    _register_heif()
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
