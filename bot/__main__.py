@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     db = commands.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
     db.add_parser("check", help="ledger equals balances, no job charged twice, ...")
+    db.add_parser(
+        "backup", help="a consistent copy of the database, safe while the bot runs"
+    ).add_argument("path", help="the backup file to write (replaced if it exists)")
     return parser.parse_args(argv)
 
 

@@ -21,6 +21,10 @@ from data.jobs import Job, JobImage, JobStatus, Origin
 from engine import attachments
 from engine.params import GenerationParams
 
+# The same answer whether the job is another server's, another channel's or someone's DM:
+# it says nothing of the job.
+NOT_YOURS = "That result is not one you can see here."
+
 
 class Action(StrEnum):
     REROLL = "reroll"
@@ -81,8 +85,11 @@ class ResultActions:
 
     # -- what a click refers to ---------------------------------------------------------
 
-    async def result(self, job_id: int, *, training: bool = False) -> Job:
-        """The finished job a button or reaction refers to; JobRefused when there is none.
+    async def result(
+        self, job_id: int, presser: Presser, *, use: bool = False, training: bool = False
+    ) -> Job:
+        """The finished job a button or reaction refers to, if `presser` may see it (and,
+        with `use`, act on it); JobRefused when there is none or they may not.
 
         A training result has nothing to reroll or vary; only `training=True` (deleting it)
         accepts one.
@@ -90,6 +97,10 @@ class ResultActions:
         job = await self.dreams.jobs.get(job_id)
         if job is None:
             raise JobRefused(f"There is no job {job_id} any more.")
+        # Who may look comes first: a refusal must not tell a stranger anything of the job.
+        self.check_may_see(job, presser)
+        if use:
+            await self.check_may_press(job, presser)
         if job.deleted_at is not None:
             raise JobRefused(f"Job {job_id}'s result was deleted.")
         if job.status is not JobStatus.SUCCEEDED:
@@ -101,9 +112,33 @@ class ResultActions:
     async def result_for_message(self, message_id: int) -> Job | None:
         return await self.dreams.jobs.by_message(message_id)
 
+    @staticmethod
+    def check_may_see(job: Job, presser: Presser) -> None:
+        """The requester and owners anywhere; nobody else a result delivered by DM; an admin
+        of the job's server from that server; anyone else only in the channel the result was
+        posted in.
+
+        Custom ids and message ids arrive from anyone who can craft an interaction, so this
+        is decided from the stored job alone, never from where the button seems to be.
+        """
+        if job.user_id == presser.user_id or presser.is_owner:
+            return
+        if job.private:  # the server never saw it, so its admins have nothing to moderate
+            raise JobRefused(NOT_YOURS)
+        if presser.admin_of(job):
+            return
+        posted_here = (
+            job.guild_id is not None
+            and job.guild_id == presser.guild_id
+            and job.channel_id == presser.channel_id
+        )
+        if not posted_here:
+            raise JobRefused(NOT_YOURS)
+
     async def check_may_press(self, job: Job, presser: Presser) -> None:
-        """The requester, an admin of the job's server, an owner; anyone if the server lets
-        them (each pays for their own clicks)."""
+        """Seeing, and then: the requester, an admin of the job's server, an owner; anyone if
+        the server lets them (each pays for their own clicks)."""
+        self.check_may_see(job, presser)
         if job.user_id == presser.user_id or presser.admin_of(job):
             return
         if (await self.guilds.policy(job.guild_id)).buttons_for_anyone:
@@ -129,8 +164,7 @@ class ResultActions:
         A second press of the same action while the first one's job is pending returns that
         job (`Ticket.duplicate`) and charges nothing.
         """
-        job = await self.result(job_id)
-        await self.check_may_press(job, presser)
+        job = await self.result(job_id, presser, use=True)
         params = await self.params_for(action, job, image, prompt=prompt, negative=negative)
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
         if action is Action.EDIT:  # a stable digest: str hashes change with every process
@@ -150,6 +184,8 @@ class ResultActions:
             observer=observer,
             origin=Origin(job.id, action.value, key),
             requester=requester,
+            # Pressed in a DM: the new result lands there, as private as the DM itself.
+            private=job.private or presser.guild_id is None,
         )
 
     async def params_for(
@@ -230,6 +266,7 @@ class ResultActions:
         return target_w * target_h <= self.settings.max_upscale_pixels
 
     async def _image(self, job: Job, image: int | None) -> JobImage:
+        check_not_expired(job)
         images = await self.dreams.jobs.images(job.id)
         for stored in images:
             if stored.idx == image:
@@ -246,14 +283,15 @@ class ResultActions:
 
     # -- actions that do not start a job ------------------------------------------------
 
-    async def infotexts(self, job_id: int) -> list[str]:
-        """A result's parameters, from the store (the files are not needed for them)."""
-        job = await self.result(job_id)
+    async def infotexts(self, job: Job) -> list[str]:
+        """A result's parameters, from the store (the files are not needed for them); `job`
+        comes from `result`, which checked who asks."""
         return [stored.infotext for stored in await self.dreams.jobs.images(job.id)]
 
-    async def images(self, job_id: int) -> list[ResultImage]:
-        """A result's images with their parameters (for Info and the ✉️ reaction)."""
-        job = await self.result(job_id)
+    async def images(self, job_id: int, presser: Presser) -> list[ResultImage]:
+        """A result's images with their parameters (for the ✉️ reaction)."""
+        job = await self.result(job_id, presser)
+        check_not_expired(job)
         found = []
         for stored in await self.dreams.jobs.images(job.id):
             png = await self._image_bytes(job, stored)
@@ -263,7 +301,7 @@ class ResultActions:
 
     async def delete(self, job_id: int, presser: Presser) -> Job:
         """Mark the result deleted and remove its files; the caller removes the message."""
-        job = await self.result(job_id, training=True)
+        job = await self.result(job_id, presser, training=True)
         if job.user_id != presser.user_id and not presser.admin_of(job):
             raise JobRefused(
                 "Only the member who asked for this result, or an admin, can delete it."
@@ -273,6 +311,16 @@ class ResultActions:
         folder = self.settings.images_dir / str(job.id)
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return job
+
+
+def check_not_expired(job: Job) -> None:
+    """The retention sweep (bot/retention.py) removed this result's images: what needs them
+    says so; rerolls and edits, which need only the parameters, still work."""
+    if job.expired_at is not None:
+        raise JobRefused(
+            f"The images of job {job.id} expired: this server's bot keeps results for a "
+            "limited time."
+        )
 
 
 def from_image(params: GenerationParams, init_key: str) -> GenerationParams:

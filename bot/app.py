@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import discord
 from discord.ext import commands
@@ -14,6 +15,8 @@ from bot.guilds import GuildSettingsService
 from bot.imaging import ImageRequests
 from bot.policy import CommunityPolicy
 from bot.prefs import PreferenceService
+from bot.replies import RecentInteractions, reply_ephemeral
+from bot.retention import Sweeper
 from bot.services import DreamService
 from bot.settings import Settings
 from bot.training import TrainingService
@@ -21,6 +24,10 @@ from bot.tree import SDCommandTree
 from data.store import Store
 
 log = logging.getLogger(__name__)
+
+# Every custom id of the bot's own buttons starts so (cogs/buttons.py, cogs/train.py).
+CUSTOM_ID_PREFIX = "sd:"
+UNKNOWN_BUTTON = "That button no longer does anything; use the newest message's buttons."
 
 EXTENSIONS = (
     "cogs.dream",
@@ -64,6 +71,9 @@ class SDBot(commands.Bot):
             help_command=None,
             # Empty means "the application's owner or team", which discord.py looks up.
             owner_ids=set(settings.owner_ids) or None,
+            # Nobody is pinged unless a message names exactly whom (bot.replies.mention_only):
+            # members' prompts are quoted back, and may hold @everyone or a role.
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.settings = settings
         self.store = store
@@ -76,6 +86,9 @@ class SDBot(commands.Bot):
         self.community = community
         self.training = training
         self._dispatcher: asyncio.Task[None] | None = None
+        self._sweeper: Sweeper | None = None
+        self._recent_interactions = RecentInteractions()
+        self._dynamic_items: set[type[discord.ui.DynamicItem[Any]]] = set()
 
     async def setup_hook(self) -> None:
         await self.store.open()
@@ -92,6 +105,10 @@ class SDBot(commands.Bot):
                 len(failed),
             )
         self._dispatcher = asyncio.create_task(self.dreams.run(), name="sd-dispatcher")
+        # After recovery: it has settled which jobs are still pending (their files stay).
+        self._sweeper = Sweeper.for_settings(self.settings, self.store)
+        if self._sweeper is not None:
+            self._sweeper.start()
         await self.sync_dev_guild()
 
     async def sync_dev_guild(self) -> None:
@@ -105,12 +122,47 @@ class SDBot(commands.Bot):
         log.info("synced %d command(s) to development guild %s", len(synced), guild_id)
 
     async def close(self) -> None:
+        # First: a sweep under way finishes while the database is still open.
+        if self._sweeper is not None:
+            await self._sweeper.stop()
         if self._dispatcher is not None:
             await self.dreams.stop(self._dispatcher)
         await self.dreams.close()
         await self.dreams.engine.stop()
         await super().close()
         await self.store.close()
+
+    def add_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
+        super().add_dynamic_items(*items)
+        self._dynamic_items.update(items)
+
+    def remove_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
+        super().remove_dynamic_items(*items)
+        self._dynamic_items.difference_update(items)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A click on one of our custom ids that no button of ours reads (crafted, or from a
+        version of the bot that had other buttons) would get no answer and leave the member
+        with "This interaction failed": answer it."""
+        if interaction.type is not discord.InteractionType.component:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
+        if not custom_id.startswith(CUSTOM_ID_PREFIX) or self._reads(custom_id):
+            return
+        if not interaction.response.is_done():
+            await reply_ephemeral(interaction, f"❌ {UNKNOWN_BUTTON}")
+
+    def _reads(self, custom_id: str) -> bool:
+        return any(
+            item.__discord_ui_compiled_template__.fullmatch(custom_id)
+            for item in self._dynamic_items
+        )
+
+    def first_delivery(self, interaction: discord.Interaction) -> bool:
+        """False for an interaction Discord delivered again (the tree, buttons and modals
+        drop it without an answer)."""
+        return self._recent_interactions.first_delivery(interaction.id)
 
     def is_owner_id(self, user_id: int) -> bool:
         """Configured owners, or the application's owner or team as discord.py knows them."""

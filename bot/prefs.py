@@ -125,7 +125,8 @@ class PreferenceService:
                 raise InvalidParams(f"Unknown sampler {text!r}. Samplers: {', '.join(SAMPLERS)}.")
             return matches[0]
         if option == "steps":
-            if not text.isdigit() or not MIN_STEPS <= int(text) <= MAX_STEPS:
+            # isdigit() alone takes `²` and `٣`, which int() then refuses or reads: ASCII only.
+            if not (text.isascii() and text.isdigit()) or not MIN_STEPS <= int(text) <= MAX_STEPS:
                 raise InvalidParams(f"Steps must be a whole number {MIN_STEPS}-{MAX_STEPS}.")
             return int(text)
         if option == "size":

@@ -188,8 +188,12 @@ class DreamService:
         observer: JobObserver,
         origin: Origin | None = None,
         requester: Requester | None = None,
+        private: bool = False,
     ) -> Ticket:
         """Charge and record the job in one transaction, then queue it.
+
+        `private`: the result goes to the member's DMs, so only they may see it or use its
+        buttons (bot.actions checks it on every click).
 
         Raises JobRefused (the server's rules, caps, credits) having changed nothing. A
         retried interaction gets its existing job back, charged once; so does a second click
@@ -230,6 +234,7 @@ class DreamService:
                 caps=admission.caps,
                 origin=origin,
                 credit_policy=admission.credit_policy,
+                private=private,
             )
         except (DuplicateInteraction, DuplicateAction) as duplicate:
             existing = duplicate.job

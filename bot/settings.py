@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     safety_checker: str | None = None
     safety_action: Literal["blur", "spoiler", "refuse"] = "blur"
     age_restricted_only: bool = False
+    # Retention (issue 14): finished jobs' images and the inputs only they used are removed
+    # after RETENTION_DAYS, and the oldest first while they take more than RETENTION_MAX_GB.
+    # 0 turns each off. Finite only: `inf` would read as "keep" and `nan` compares false.
+    retention_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    retention_max_gb: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     log_level: str = "INFO"
 
     @field_validator("models")

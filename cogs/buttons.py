@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from bot.app import SDBot
 
 RESULTS_COG = "Results"
+# Job ids are SQLite rowids: a custom id naming a larger number (anyone can craft one) names
+# no job, and must not reach the store, where it would overflow.
+MAX_JOB_ID = 2**63 - 1
+NO_SUCH_BUTTON = "That button refers to nothing I know; it may be from an old message."
 # Discord: a custom_id is 1-100 characters; ours are at most ~40.
 TEMPLATE = (
     r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete):(?P<job>[0-9]{1,20})"
@@ -60,9 +64,16 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMP
         match: Any,
     ) -> ResultButton:
         image = match["image"]
-        return cls(match["name"], int(match["job"]), int(image) if image is not None else None)
+        # An id out of range becomes 0, which no job has: the callback answers it.
+        return cls(match["name"], job_id_of(match["job"]), int(image) if image else None)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        if self.job_id == 0:
+            await interaction.response.send_message(f"❌ {NO_SUCH_BUTTON}", ephemeral=True)
+            return
         bot: commands.Bot = interaction.client  # type: ignore[assignment]
         handler: ClickHandler | None = bot.get_cog(RESULTS_COG)  # type: ignore[assignment]
         if handler is None:  # the cog is being reloaded
@@ -71,6 +82,19 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMP
             )
             return
         await handler.clicked(interaction, self.name, self.job_id, self.image)
+
+
+def job_id_of(digits: str) -> int:
+    """A job id from a custom id's ASCII digits; 0 (no job's) when past SQLite's range."""
+    value = int(digits)
+    return value if 0 < value <= MAX_JOB_ID else 0
+
+
+def first_delivery(interaction: discord.Interaction) -> bool:
+    """False for a click Discord delivers a second time: it is dropped unanswered (the first
+    delivery answers it)."""
+    check = getattr(interaction.client, "first_delivery", None)
+    return check is None or bool(check(interaction))
 
 
 def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) -> discord.ui.View:

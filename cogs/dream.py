@@ -292,6 +292,7 @@ async def start_job(
             interaction_id=interaction.id,
             observer=presenter,
             requester=requester,
+            private=dm,
         )
     except (JobRefused, InvalidParams) as refused:
         await presenter.refused(f"❌ {refused}")

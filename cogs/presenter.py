@@ -13,7 +13,7 @@ from typing import Any
 import discord
 
 from bot.contracts import JobOutcome, StoredImage, Ticket
-from bot.replies import reply_ephemeral
+from bot.replies import CHANNEL_FALLBACK, mention_only, reply_ephemeral
 from data.jobs import Job
 from engine.images import EncodedImage, fit_to_limit
 from engine.params import GenerationParams, Progress
@@ -221,7 +221,7 @@ class DreamPresenter(LiveMessage):
                     content=mention,
                     embed=embed,
                     attachments=files,
-                    allowed_mentions=discord.AllowedMentions(users=True),
+                    allowed_mentions=mention_only(self.interaction.user),
                     **extra,
                 )
                 return message.id
@@ -234,17 +234,24 @@ class DreamPresenter(LiveMessage):
         files = await asyncio.to_thread(
             result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
         )
-        sent = await channel.send(mention, embed=embed, files=files, **extra)
+        sent = await channel.send(
+            mention,
+            embed=embed,
+            files=files,
+            allowed_mentions=mention_only(self.interaction.user),
+            **extra,
+        )
         return sent.id
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:
-        await self.refused(failure_text(message, refunded))
+        await self.refused(failure_text(message, refunded), public=public_failure(job, refunded))
 
-    async def refused(self, text: str) -> None:
-        """The public progress message goes; the member alone reads why."""
+    async def refused(self, text: str, public: str = CHANNEL_FALLBACK) -> None:
+        """The public progress message goes; the member alone reads why (`public`, which
+        quotes nothing they typed, is what the channel reads if they cannot be reached)."""
         async with self._lock:
             self._finished = True
-            await reply_ephemeral(self.interaction, text, fallback_to_channel=True)
+            await reply_ephemeral(self.interaction, text, fallback_to_channel=True, public=public)
 
 
 class ReplyPresenter(LiveMessage):
@@ -304,7 +311,7 @@ class ReplyPresenter(LiveMessage):
         content = f"{self.label} for {self.requester.mention}"
         embed = result_embed(outcome, self.requester)
         extra = _view_kwargs(self.view, outcome)
-        mentions = discord.AllowedMentions(users=True)
+        mentions = mention_only(self.requester)
         async with self._lock:
             self._finished = True
             if self.message is not None:
@@ -324,15 +331,19 @@ class ReplyPresenter(LiveMessage):
             return sent.id
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:
-        await self.refused(f"Job {job.id}: {failure_text(message, refunded)}")
+        await self.refused(
+            f"Job {job.id}: {failure_text(message, refunded)}", public=public_failure(job, refunded)
+        )
 
-    async def refused(self, text: str) -> None:
+    async def refused(self, text: str, public: str = CHANNEL_FALLBACK) -> None:
         async with self._lock:
             self._finished = True
             if self.message is not None:
                 with contextlib.suppress(discord.HTTPException):
                     await self.message.delete()
-        await tell_privately(self.client, self.requester, text, self.interaction, self.channel)
+        await tell_privately(
+            self.client, self.requester, text, self.interaction, self.channel, public=public
+        )
 
 
 async def tell_privately(
@@ -341,8 +352,14 @@ async def tell_privately(
     text: str,
     interaction: discord.Interaction | None = None,
     channel: discord.abc.Messageable | None = None,
+    *,
+    public: str = CHANNEL_FALLBACK,
 ) -> None:
-    """An ephemeral followup while the interaction lives, else a DM, else the channel."""
+    """An ephemeral followup while the interaction lives, else a DM, else the channel.
+
+    The channel reads `public` instead of `text`: a refusal may quote what the member typed
+    (a banned word, a LoRA's name), and only they should read that.
+    """
     if interaction is not None and not interaction.is_expired():
         try:
             await interaction.followup.send(text, ephemeral=True)
@@ -356,15 +373,20 @@ async def tell_privately(
         log.info("could not DM user %s (%s)", user.id, error)
     if channel is not None:
         with contextlib.suppress(discord.HTTPException):
-            await channel.send(
-                f"{user.mention} {text}", allowed_mentions=discord.AllowedMentions(users=True)
-            )
+            await channel.send(f"{user.mention} {public}", allowed_mentions=mention_only(user))
 
 
 def previews_allowed(settings: Any, age_restricted: bool) -> bool:
     """Previews are posted unreviewed: only without a safety checker, or where anything may
     be shown (an age-restricted channel)."""
     return not settings.safety_checker or age_restricted
+
+
+def public_failure(job: Job, refunded: int) -> str:
+    """What the channel may read of a failure the member could not be told privately: the
+    job and the refund, not the reason (which may quote their prompt)."""
+    refund = f" {credits_text(refunded)} refunded." if refunded else ""
+    return f"job {job.id} could not be finished.{refund} Open your DMs to hear why."
 
 
 def credits_text(amount: int) -> str:
@@ -414,7 +436,7 @@ class ChannelPresenter:
         kwargs: dict[str, Any] = {
             "embed": result_embed(outcome, None),
             "files": files,
-            "allowed_mentions": discord.AllowedMentions(users=True),
+            "allowed_mentions": mention_only(self.job.user_id),
             **_view_kwargs(self.view, outcome),
         }
         text = f"<@{self.job.user_id}> your job {self.job.id} finished after a restart."
@@ -438,11 +460,12 @@ class ChannelPresenter:
             with contextlib.suppress(discord.HTTPException):
                 user = await self.client.fetch_user(job.user_id)
         channel = await self._channel()
+        public = public_failure(job, refunded)
         if user is not None:
-            await tell_privately(self.client, user, text, channel=channel)
+            await tell_privately(self.client, user, text, channel=channel, public=public)
         elif channel is not None:
             await channel.send(
-                f"<@{job.user_id}> {text}", allowed_mentions=discord.AllowedMentions(users=True)
+                f"<@{job.user_id}> {public}", allowed_mentions=mention_only(job.user_id)
             )
 
 

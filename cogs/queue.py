@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.contracts import JobRefused, QueueEntry
 from cogs.presenter import describe
+from engine.params import GenerationParams
 
 if TYPE_CHECKING:
     from bot.app import SDBot
@@ -29,9 +30,17 @@ def entry_line(entry: QueueEntry, mine: bool) -> str:
     where = (
         "running" if entry.position == 0 else f"#{entry.position}, {wait_text(entry.wait_seconds)}"
     )
-    who = "" if mine else f" <@{entry.user_id}>"
+    if not mine:
+        # Anyone's /queue lists it, from any server: neither who asked nor what they named
+        # their training is theirs to read; the size and model are what a wait depends on.
+        what = "a training" if entry.training else describe_shape(entry.params)
+        return f"`job {entry.job_id}` {where}: {what}"
     what = entry.params.prompt if entry.training else describe(entry.params)
-    return f"`job {entry.job_id}` {where}{who}: {what}"
+    return f"`job {entry.job_id}` {where}: {what}"
+
+
+def describe_shape(params: GenerationParams) -> str:
+    return f"{params.count}× {params.size}, {params.steps} steps, {params.model}"
 
 
 class Queue(commands.Cog):

@@ -18,7 +18,8 @@ from discord.ext import commands
 
 from bot.actions import Action, Presser
 from bot.contracts import JobRefused, Ticket
-from cogs.buttons import RESULTS_COG, ResultButton, view_factory
+from bot.replies import mention_only
+from cogs.buttons import RESULTS_COG, ResultButton, first_delivery, view_factory
 from cogs.context import requester_of
 from cogs.info import infotext_embed
 from cogs.presenter import (
@@ -87,6 +88,9 @@ class EditModal(discord.ui.Modal, title="Edit and run again"):
         )
         self.add_item(self.prompt)
         self.add_item(self.negative)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.cog.run_action(
@@ -201,8 +205,8 @@ class Results(commands.Cog, name=RESULTS_COG):
     async def show_info(self, interaction: discord.Interaction, job_id: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            job = await self.bot.actions.result(job_id)
-            infotexts = await self.bot.actions.infotexts(job_id)
+            job = await self.bot.actions.result(job_id, self._presser(interaction))
+            infotexts = await self.bot.actions.infotexts(job)
         except JobRefused as refused:
             await interaction.followup.send(f"❌ {refused}", ephemeral=True)
             return
@@ -219,8 +223,7 @@ class Results(commands.Cog, name=RESULTS_COG):
     async def edit_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
         # A modal must be the first response, so the checks come before any deferral.
         try:
-            job = await self.bot.actions.result(job_id)
-            await self.bot.actions.check_may_press(job, self._presser(interaction))
+            job = await self.bot.actions.result(job_id, self._presser(interaction), use=True)
         except JobRefused as refused:
             await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
             return
@@ -272,9 +275,10 @@ class Results(commands.Cog, name=RESULTS_COG):
                     await message.delete()
                 return
             else:
-                await self._send_by_dm(job.id, user, channel)
+                await self._send_by_dm(job.id, presser, user, channel)
         except (JobRefused, InvalidParams) as refused:
-            await tell_privately(self.bot, user, f"❌ {refused}")
+            # No interaction to answer: by DM, else a line in the channel that quotes nothing.
+            await tell_privately(self.bot, user, f"❌ {refused}", channel=channel)
         # Taken off again so the member can react once more (needs Manage Messages).
         with contextlib.suppress(discord.HTTPException):
             await message.remove_reaction(payload.emoji, user)
@@ -319,9 +323,13 @@ class Results(commands.Cog, name=RESULTS_COG):
                 await self.bot.dreams.set_message(ticket.job.id, message_id)
 
     async def _send_by_dm(
-        self, job_id: int, user: discord.abc.User, channel: discord.abc.Messageable
+        self,
+        job_id: int,
+        presser: Presser,
+        user: discord.abc.User,
+        channel: discord.abc.Messageable,
     ) -> None:
-        images = await self.bot.actions.images(job_id)
+        images = await self.bot.actions.images(job_id, presser)
         # The safety filter's blur or spoiler is not to be undone by asking for a copy.
         withheld = await self.bot.community.withheld(job_id)
         images = [image for image in images if image.idx not in withheld]
@@ -344,7 +352,7 @@ class Results(commands.Cog, name=RESULTS_COG):
             log.info("could not DM user %s (%s)", user.id, closed)
             await channel.send(
                 f"{user.mention} I could not send you a DM; open your DMs and react again.",
-                allowed_mentions=discord.AllowedMentions(users=True),
+                allowed_mentions=mention_only(user),
                 delete_after=30,
             )
 

@@ -17,7 +17,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.contracts import JobRefused, Ticket
+from bot.replies import mention_only
 from bot.training import TrainedOutcome
+from cogs.buttons import NO_SUCH_BUTTON, first_delivery, job_id_of
 from cogs.context import requester_of
 from cogs.dream import download, model_autocomplete
 from cogs.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
@@ -70,10 +72,16 @@ class CancelTraining(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CA
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
     ) -> CancelTraining:
-        return cls(int(match["job"]))
+        return cls(job_id_of(match["job"]))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: SDBot = interaction.client  # type: ignore[assignment]
+        if self.job_id == 0:
+            await interaction.response.send_message(f"❌ {NO_SUCH_BUTTON}", ephemeral=True)
+            return
         try:
             result = await bot.dreams.cancel(
                 self.job_id,
@@ -171,7 +179,7 @@ class TrainingPresenter(LiveMessage):
                 sent = await channel.send(
                     f"<@{self.user_id}> {text}",
                     files=_sample_files(outcome),
-                    allowed_mentions=discord.AllowedMentions(users=True),
+                    allowed_mentions=mention_only(self.user_id),
                 )
             except discord.HTTPException as error:  # no right to post here: the DM has it
                 log.info("training job %s: could not post in its channel (%s)", self.job_id, error)

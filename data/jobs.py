@@ -47,6 +47,10 @@ class Job:
     parent_id: int | None = None
     action: str | None = None
     deleted_at: float | None = None
+    # The result went to the requester's DMs: nobody else may see it or press its buttons.
+    private: bool = False
+    # Set when retention removed the job's files (bot/retention.py); the row stays.
+    expired_at: float | None = None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -69,6 +73,8 @@ class Job:
             parent_id=row["parent_id"],
             action=row["action"],
             deleted_at=row["deleted_at"],
+            private=bool(row["private"]),
+            expired_at=row["expired_at"],
         )
 
 
@@ -146,6 +152,7 @@ class JobRepository:
         caps: QueueCaps | None = None,
         origin: Origin | None = None,
         credit_policy: CreditPolicy | None = None,
+        private: bool = False,
     ) -> Job:
         """Accept a job: caps checked, row written and `cost` charged, all in one transaction.
 
@@ -167,8 +174,8 @@ class JobRepository:
                 await credits.touch(db, user_id, credit_policy or self.policy)
             async with db.execute(
                 "INSERT INTO jobs (kind, status, user_id, guild_id, channel_id, interaction_id,"
-                " params, cost, created_at, parent_id, action, action_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " params, cost, created_at, parent_id, action, action_key, private)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     kind,
                     JobStatus.QUEUED,
@@ -182,6 +189,7 @@ class JobRepository:
                     origin.parent_id if origin else None,
                     origin.action if origin else None,
                     origin.key if origin else None,
+                    int(private),
                 ),
             ) as cursor:
                 row = await cursor.fetchone()

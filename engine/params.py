@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
+from engine.prompt_syntax import PROMPT_SYNTAXES, weight_problem
 from engine.samplers import SAMPLERS
 from engine.specs import ModelSpec
 
@@ -16,9 +17,6 @@ MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
 # A1111 counts CLIP layers from the end: 1 is the last, 2 the penultimate; CLIP ViT-L has 12.
 MIN_CLIP_SKIP, MAX_CLIP_SKIP = 1, 12
 MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH = 0.0, 1.0
-# How prompt text is read: A1111's emphasis syntax, the optimized fork's `text:weight`
-# sub-prompts, or whichever one the text unambiguously uses (engine/prompts.py).
-PROMPT_SYNTAXES = ("a1111", "subprompt", "auto")
 MIN_SIDE = 64
 # How a job makes its images. Every mode but txt2img starts from a stored input image.
 MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale")
@@ -328,3 +326,7 @@ def check_prompt_options(params: GenerationParams) -> None:
         )
     if strength > 0 and variation is None:
         raise InvalidParams("A variation strength above 0 needs a variation seed.")
+    for text, what in ((params.prompt, "prompt"), (params.negative, "negative prompt")):
+        problem = weight_problem(text, params.prompt_syntax, what)
+        if problem is not None:
+            raise InvalidParams(problem)

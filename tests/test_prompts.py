@@ -9,17 +9,14 @@ import pytest
 import torch
 
 from engine.params import GenerationParams, InvalidParams, check_params
-from engine.prompts import (
+from engine.prompt_syntax import (
     BREAK,
-    CHUNK_LENGTH,
-    PromptEncoder,
-    apply_emphasis,
     parse_attention,
     resolve_syntax,
     split_subprompts,
-    text_encoders,
     uses_subprompt_syntax,
 )
+from engine.prompts import CHUNK_LENGTH, PromptEncoder, apply_emphasis, text_encoders
 from engine.specs import ModelSpec
 from engine.tiny import build_tiny_sd1, build_tiny_sdxl
 from tests.factories import standard_params

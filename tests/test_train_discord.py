@@ -52,7 +52,7 @@ async def trained(sim: Any, member: Any, name: str = "rex", **options: Any) -> A
         sim.channel, "train", name=name, class_word="dog", steps=4, **{**photos(3), **options}
     )
     assert not result.ephemeral, result.response.content if result.response else result
-    await wait_until(sim.env, lambda: bot_messages(sim, f"**{name}** is ready"), limit=120)
+    await wait_until(sim.env, lambda: bot_messages(sim, f"**{name}** is ready"))
     await sim.bot.dreams.drain()
     return bot_messages(sim, f"**{name}** is ready")[-1]
 
@@ -137,7 +137,7 @@ async def test_cancel_button_stops_training_and_refunds(sim):
     def running() -> bool:
         return any("/2000" in m.content for m in bot_messages(sim, "Training **slow** for"))
 
-    await wait_until(sim.env, running, limit=60)
+    await wait_until(sim.env, running)
     [progress] = bot_messages(sim, "Training **slow** for")
     answer = await alice.click(progress, label="Cancel")
     assert "stopping" in answer.response.content
@@ -155,9 +155,9 @@ async def test_a_restart_mid_training_resumes_from_the_checkpoint(sim):
     await alice.slash(sim.channel, "train", name="long", class_word="dog", steps=40, **photos(3))
     checkpoint = sim.settings.data_dir / "training"
 
-    await wait_until(sim.env, lambda: any(checkpoint.glob("*/checkpoint.pt")), limit=60)
+    await wait_until(sim.env, lambda: any(checkpoint.glob("*/checkpoint.pt")))
     await sim.restart()
-    await wait_until(sim.env, lambda: bot_messages(sim, "**long** is ready"), limit=180)
+    await wait_until(sim.env, lambda: bot_messages(sim, "**long** is ready"))
     [done] = bot_messages(sim, "**long** is ready")
     assert "resumed from step" in done.content
     [job] = await sim.bot.dreams.jobs.with_status(JobStatus.SUCCEEDED)
