@@ -551,3 +551,12 @@ async def test_the_bot_sweeps_old_results_when_it_starts(sim: Any) -> None:
     await wait_until(sim.env, lambda: not folder.exists())
     await sim.env.settle()
     assert (await sim.bot.dreams.jobs.get(job.id)).expired_at is not None
+    # Its buttons still work after the restart: what needs the images says they expired,
+    # a reroll (the parameters alone) still runs.
+    upscale = await member.click(result.response, label="Upscale")
+    expired = f"❌ The images of job {job.id} expired: this server's bot keeps results for a"
+    assert upscale.response.content.startswith(expired)
+    await member.react(result.response, "✉️")
+    assert member.user.dm_channel.history()[-1].content.startswith(expired)
+    reroll = await member.click(result.response, label="Reroll")
+    assert reroll.response.content.startswith("Queued as job")
