@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from bot.contracts import (
@@ -57,6 +60,7 @@ from data.jobs import (
     QueueCaps,
     QueueFull,
 )
+from data.store import StoreBusy
 from engine.errors import EngineError, JobCancelled
 from engine.infotext import params_from_infotext, parse_infotext
 from engine.jobs import EngineJob, TrainingJob
@@ -76,6 +80,18 @@ MAX_ATTEMPTS = 2
 CRASH_MESSAGE = "The bot stopped twice while running this job, so it was given up."
 UNREADABLE = "After an update the bot could not read this job back."
 INPUT_GONE = "The image this job started from is no longer on the bot's disk."
+DISK_FULL = "The bot's disk is full, so the images could not be saved."
+NOT_SAVED = "The bot could not save the images to its disk."
+STORE_BUSY = "The bot's database was busy for too long, so the result could not be saved."
+UNRECORDED = (
+    "The bot could not write to its database, so this job could not be finished now; it will"
+    " be run again (or refunded) when the bot next starts."
+)
+# Delivering a result: discord.py has already tried a 5xx or 429 answer again itself (five
+# tries over about 25 s) before we hear of it, so these pauses are for an outage, which
+# lasts minutes: about 9 minutes over six tries, then the result is given up (it stays
+# stored, charged once, its images on disk).
+DELIVERY_RETRY_DELAYS = (10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class DreamService:
@@ -103,6 +119,8 @@ class DreamService:
         # Measured speed: seconds per price unit (a 512x512, 20-step image), for wait estimates.
         self.seconds_per_unit: float | None = None
         self._stopping = False
+        # Set by stop(): deliveries waiting to try again make their last try at once.
+        self._stopped = asyncio.Event()
         # Training jobs stopped by a shutdown, to be resumed; a member's cancel is not one.
         self.paused: set[int] = set()
         self._busy = False
@@ -362,6 +380,7 @@ class DreamService:
         """Stop taking jobs; let the batch on the engine finish (up to `grace` seconds) so a
         clean shutdown is not mistaken for a crash, then stop the dispatcher."""
         self._stopping = True
+        self._stopped.set()
         for entry in self.queue.running:
             work = entry.engine_job
             if isinstance(work, TrainingJob) and not work.cancel.is_set():
@@ -379,7 +398,16 @@ class DreamService:
     async def run_batch(self, batch: list[QueuedJob]) -> None:
         # Visible as running from the start, so /cancel finds a job while it is claimed.
         self.queue.running = list(batch)
-        claimed = [entry for entry in batch if await self.jobs.mark_running(entry.job_id)]
+        claimed = []
+        for entry in batch:
+            try:
+                if await self.jobs.mark_running(entry.job_id):
+                    claimed.append(entry)
+            except StoreBusy as busy:
+                # Not claimed, so still queued in the database: back in line, to be claimed
+                # once the other connection lets go (its charge, made at submit, stands).
+                log.warning("job=%s not claimed (%s); back in the queue", entry.job_id, busy)
+                self.queue.put(entry)
         self.queue.running = list(claimed)
         if not claimed:
             return
@@ -422,7 +450,18 @@ class DreamService:
     async def _succeed(self, entry: QueuedJob, result: GenerationResult) -> None:
         assert isinstance(entry.engine_job, EngineJob)
         params = entry.engine_job.params
-        stored = await asyncio.to_thread(self._write_images, entry.job_id, result)
+        try:
+            stored = await asyncio.to_thread(self._write_images, entry.job_id, result)
+        except OSError as error:
+            # A full disk (or a folder the bot may not write): there is nothing to post, so
+            # the job fails and is refunded. Nothing is held back: the next job writes
+            # again, so the bot serves as soon as there is space.
+            log.error("job=%s images not saved: %s", entry.job_id, error)
+            full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            # Quietly: the database may sit on the same full disk; the batch's other jobs
+            # go on either way.
+            await self._fail_quietly(entry, DISK_FULL if full else NOT_SAVED)
+            return
         requester = self._requesters.pop(entry.job_id, Requester())
         if self.reviewer is not None:
             try:
@@ -433,21 +472,26 @@ class DreamService:
             except JobRefused as withheld:  # nothing posted; failed, so refunded
                 await self.fail(entry, str(withheld))
                 return
-        completed = await self.jobs.complete(
-            entry.job_id,
-            [
-                JobImage(
-                    entry.job_id,
-                    idx,
-                    image.seed,
-                    str(image.path),
-                    image.width,
-                    image.height,
-                    image.infotext,
-                )
-                for idx, image in enumerate(stored)
-            ],
-        )
+        try:
+            completed = await self.jobs.complete(
+                entry.job_id,
+                [
+                    JobImage(
+                        entry.job_id,
+                        idx,
+                        image.seed,
+                        str(image.path),
+                        image.width,
+                        image.height,
+                        image.infotext,
+                    )
+                    for idx, image in enumerate(stored)
+                ],
+            )
+        except StoreBusy as busy:  # another connection held the lock through every try
+            log.warning("job=%s result not stored: %s", entry.job_id, busy)
+            await self._fail_quietly(entry, STORE_BUSY)
+            return
         if not completed:  # cancelled from the outside while its images were being saved
             log.info("job=%s ended before its result was stored; result dropped", entry.job_id)
             return
@@ -479,8 +523,27 @@ class DreamService:
             self.spawn(self._deliver(observer, outcome))
 
     async def _fail_quietly(self, entry: QueuedJob, message: str) -> None:
-        with contextlib.suppress(Exception):
+        """fail(), where whatever goes wrong must not stop the caller."""
+        try:
             await self.fail(entry, message)
+        except sqlite3.OperationalError as refused:  # StoreBusy, or SQLITE_FULL: a full disk
+            # Not even the failure could be written. The row stays pending, so the next
+            # start runs it again (or refunds it), exactly once; the member hears so now
+            # rather than never.
+            log.error(
+                "job=%s end not recorded (%s); pending until next start", entry.job_id, refused
+            )
+            self._requesters.pop(entry.job_id, None)
+            observer = self._observers.pop(entry.job_id, None)
+            try:
+                job = await self.jobs.get(entry.job_id)  # a read: not blocked in WAL mode
+            except Exception:
+                log.exception("job=%s could not be read back to tell its member", entry.job_id)
+                return
+            if observer is not None and job is not None:
+                self.spawn(observer.failed(job, UNRECORDED, 0))
+        except Exception:
+            log.exception("job=%s could not be recorded as failed", entry.job_id)
 
     async def fail(
         self, entry: QueuedJob, message: str, status: JobStatus = JobStatus.FAILED
@@ -599,17 +662,81 @@ class DreamService:
         )
 
     async def _deliver(self, observer: JobObserver, outcome: JobOutcome) -> None:
-        message_id = await observer.succeeded(outcome)
+        await self.post_result(outcome.job.id, lambda: observer.succeeded(outcome))
+
+    async def post_result(self, job_id: int, post: Callable[[], Awaitable[int | None]]) -> None:
+        """Post a stored result with `post` (which returns the id of the message holding it),
+        trying again with growing pauses while Discord fails; then remember the message.
+
+        The job has succeeded and was charged once before this runs; nothing here touches
+        the ledger, so a try that fails, or a result given up, costs nothing more.
+        """
+        delays = iter(DELIVERY_RETRY_DELAYS)
+        attempt = 1
+        while True:
+            try:
+                message_id = await post()
+                break
+            except Exception as error:
+                delay = next(delays, None)
+                if delay is None or self._stopping or not _worth_retrying(error):
+                    log.error(
+                        "job=%s result not delivered after %d attempt(s) (%s: %s); it stays"
+                        " stored with its images",
+                        job_id,
+                        attempt,
+                        type(error).__name__,
+                        error,
+                        exc_info=_is_bug(error),
+                    )
+                    return
+                # discord.RateLimited says how long to wait: not sooner, nor past our longest.
+                asked = float(getattr(error, "retry_after", 0.0) or 0.0)
+                delay = min(max(delay, asked), DELIVERY_RETRY_DELAYS[-1])
+                log.warning(
+                    "job=%s delivery attempt %d failed (%s: %s); trying again in %.0fs",
+                    job_id,
+                    attempt,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                # Declared idle: a test harness moves its clock past the pause instead of
+                # waiting it out.
+                await self.idle_wait(self._pause(delay), reason=f"job {job_id} delivery retry")
+                attempt += 1
+        if attempt > 1:
+            log.info("job=%s result delivered on attempt %d", job_id, attempt)
         if message_id is not None:
-            await self.jobs.set_message(outcome.job.id, message_id)
+            try:
+                await self.jobs.set_message(job_id, message_id)
+            except StoreBusy as busy:  # posted: only the link to its message is missing
+                log.warning("job=%s message id not stored: %s", job_id, busy)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or until stop(): a shutdown does not wait out a delivery's pause."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
 
     def _write_images(self, job_id: int, result: GenerationResult) -> list[StoredImage]:
         folder = self.settings.images_dir / str(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         stored = []
+        written: list[Path] = []
         for idx, image in enumerate(result.images):
             path = folder / f"{idx}-{image.seed}.png"
-            path.write_bytes(image.png)
+            written.append(path)
+            try:
+                path.write_bytes(image.png)
+            except OSError:
+                # A full disk leaves a truncated PNG: remove what this try wrote, so no
+                # half image is ever read back and the space goes to the next job.
+                with contextlib.suppress(OSError):
+                    for done in written:
+                        done.unlink(missing_ok=True)
+                    folder.rmdir()  # only when empty: an earlier run's files stay
+                raise
             stored.append(
                 StoredImage(
                     image.seed,
@@ -644,3 +771,19 @@ class DreamService:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.drain()
+
+
+def _worth_retrying(error: Exception) -> bool:
+    """Whether posting a result again may go better. A 4xx other than 429 (a permission
+    missing, the channel deleted, a payload refused) will be answered the same way; a 5xx,
+    a 429, a dropped connection or a timeout may not."""
+    status = getattr(error, "status", None)  # discord.HTTPException, aiohttp's errors
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return not _is_bug(error)
+
+
+def _is_bug(error: Exception) -> bool:
+    """Ours, not Discord's: it fails the same way every time, so it is logged with its
+    traceback and not tried again."""
+    return isinstance(error, TypeError | ValueError | AttributeError | LookupError)

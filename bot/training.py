@@ -399,7 +399,8 @@ class TrainingService:
         )
         observer = self.dreams.take_observer(job.id)
         if observer is not None:
-            self.dreams.spawn(self._deliver(observer, trained))
+            # Posted as generation results are: retried while Discord fails, then remembered.
+            self.dreams.spawn(self.dreams.post_result(job.id, lambda: observer.trained(trained)))
 
     async def _reviewed_samples(
         self, job_id: int, samples: list[tuple[GeneratedImage, Path]]
@@ -443,11 +444,6 @@ class TrainingService:
             except DuplicateName:
                 continue
         raise JobRefused(f"You already have a LoRA called {params.name}.")
-
-    async def _deliver(self, observer: TrainingObserver, outcome: TrainedOutcome) -> None:
-        message_id = await observer.trained(outcome)
-        if message_id is not None:
-            await self.dreams.jobs.set_message(outcome.job.id, message_id)
 
     def _keep_files(
         self, job_id: int, outcome: TrainingOutcome, target: Path

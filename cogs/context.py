@@ -49,7 +49,7 @@ class DirectPresenter(DreamPresenter):
             sent = await user.send(
                 embed=result_embed(outcome, user, self.note), files=files, **extra
             )
-        except discord.HTTPException as error:
+        except discord.Forbidden as error:  # 50007: closed DMs; anything else is retried
             log.info(
                 "job %s: DM to user %s failed (%s); posting here", outcome.job.id, user.id, error
             )

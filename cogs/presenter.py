@@ -226,6 +226,8 @@ class DreamPresenter(LiveMessage):
                 )
                 return message.id
             except discord.HTTPException as error:
+                if is_transient(error):  # the service tries the same post again later
+                    raise
                 # The interaction token lives 15 minutes; a long queue outlives it.
                 log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
         channel = self.interaction.channel
@@ -321,6 +323,8 @@ class ReplyPresenter(LiveMessage):
                     )
                     return edited.id
                 except discord.HTTPException as error:
+                    if is_transient(error):  # the service tries the same post again later
+                        raise
                     log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
                     files = await asyncio.to_thread(
                         result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
@@ -376,6 +380,12 @@ async def tell_privately(
             await channel.send(f"{user.mention} {public}", allowed_mentions=mention_only(user))
 
 
+def is_transient(error: discord.HTTPException) -> bool:
+    """Discord failing for a while (5xx, 429 after discord.py's own retries), not refusing:
+    the post is retried as it is (bot/services.py), not replaced by another kind of post."""
+    return error.status >= 500 or error.status == 429
+
+
 def previews_allowed(settings: Any, age_restricted: bool) -> bool:
     """Previews are posted unreviewed: only without a safety checker, or where anything may
     be shown (an age-restricted channel)."""
@@ -421,7 +431,7 @@ class ChannelPresenter:
         if channel is None:
             try:
                 channel = await self.client.fetch_channel(self.job.channel_id)
-            except discord.HTTPException:
+            except (discord.NotFound, discord.Forbidden):  # gone, or no longer ours to see
                 return None
         return channel if isinstance(channel, discord.abc.Messageable) else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -12,6 +13,18 @@ from pathlib import Path
 import aiosqlite
 
 log = logging.getLogger(__name__)
+
+# A write first waits `busy_timeout` (5 s) for another connection's write lock (a `sqlite3`
+# shell, a backup script that locks the file, a second process), then tries again after each
+# of these pauses: a lock held for a quarter of a minute is ridden out, and between tries the
+# connection's thread serves the reads that queued up behind the wait.
+BUSY_RETRY_PAUSES = (0.1, 0.5, 1.0)
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class StoreBusy(sqlite3.OperationalError):
+    """Another connection held the database's write lock through every try; nothing was
+    written, so the caller may try again later."""
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -39,13 +52,36 @@ class Store:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises (or is cancelled)."""
         async with self._write_lock:
             db = self.db
-            await db.execute("BEGIN IMMEDIATE")
+            await self._begin(db)
             try:
                 yield db
             except BaseException:
                 await asyncio.shield(db.execute("ROLLBACK"))
                 raise
             await db.execute("COMMIT")
+
+    async def _begin(self, db: aiosqlite.Connection) -> None:
+        """BEGIN IMMEDIATE, tried again while another connection holds the write lock.
+
+        Only BEGIN can meet a lock held elsewhere: once it succeeds this connection holds
+        the write lock (in WAL mode readers never block it), so a retry here can repeat
+        nothing half done. StoreBusy when the lock outlasts every try.
+        """
+        pauses = iter(BUSY_RETRY_PAUSES)
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if getattr(error, "sqlite_errorcode", None) not in _BUSY_CODES:
+                    raise
+                pause = next(pauses, None)
+                if pause is None:
+                    raise StoreBusy(
+                        f"the database stayed locked by another connection ({error})"
+                    ) from error
+                log.warning("database locked by another connection; trying again in %ss", pause)
+                await asyncio.sleep(pause)
 
     @property
     def db(self) -> aiosqlite.Connection:

@@ -2,7 +2,8 @@
 
 Shaped like aiosqlite's connection thread: a thread-safe queue brings it (work, future)
 pairs, results go back to the event loop with `call_soon_threadsafe` (guarded against a
-future that is already done), and a sentinel stops it.
+future that is already done), and a sentinel stops it. A thread that dies (something its
+loop does not catch escapes it) fails the work in hand and a new thread takes over.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +62,13 @@ class _Request:
             log.warning("event loop closed before an engine callback could be delivered")
 
 
+class EngineDied(EngineError):
+    """The engine thread ended while it ran this work; a new thread serves what follows."""
+
+    def __init__(self) -> None:
+        super().__init__("The image engine stopped while running this job and was restarted.")
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # the awaiting side gave up (cancelled); nothing to deliver
         return
@@ -78,6 +88,8 @@ class EngineWorker:
         self._stopping = False
         self._cache: Any = None  # engine.loading.ModelCache, created on the thread
         self._safety: Any = None  # engine.safety.SafetyCheckers, created on the thread
+        self.restarts = 0  # threads started after one died
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
 
     @property
     def running(self) -> bool:
@@ -86,8 +98,24 @@ class EngineWorker:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the engine thread was already started")
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sd-engine", daemon=True)
         self._thread.start()
+
+    def _revive(self, dead: threading.Thread) -> None:
+        """The supervisor, on the loop: a new thread for the requests still queued, once per
+        death (the dying thread asks, and so does `call` when it finds it gone)."""
+        if self._stopping or self._thread is not dead:
+            return
+        self.restarts += 1
+        # The dead thread may have left a pipeline half changed (a scheduler swapped, LoRA
+        # weights fused): its models are dropped and the new thread loads them again.
+        self._cache = None
+        self._safety = None
+        log.warning("starting a new engine thread (restart %d)", self.restarts)
+        self._start_thread()
 
     async def stop(self) -> None:
         """Finish the batch in progress, refuse what is still queued, and join the thread."""
@@ -96,12 +124,15 @@ class EngineWorker:
         self._stopping = True
         self._requests.put(None)
         await asyncio.to_thread(self._thread.join)
+        self._drain()  # a thread that died before the sentinel served nothing after it
 
     async def call(self, work: Callable[[], T]) -> T:
         """Run `work` on the engine thread and wait for its result without blocking the loop."""
         if self._thread is None or self._stopping:
             raise EngineStopped()
-        loop = asyncio.get_running_loop()
+        if not self._thread.is_alive():  # died with no work in hand to tell the loop by
+            self._revive(self._thread)
+        loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._requests.put(_Request(work, future, loop, contextvars.copy_context()))
         return await future
@@ -216,19 +247,48 @@ class EngineWorker:
             raise OutOfMemory() from None
 
     def _run(self) -> None:
-        while (request := self._requests.get()) is not None:
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = request.work()
-            except EngineError as known:
-                error = known
-            except Exception as unexpected:  # keep serving: one bad job must not stop the engine
-                log.exception("engine work failed")
-                error = EngineError(f"Generation failed ({type(unexpected).__name__}).")
-                error.__cause__ = unexpected
-            request.post(_settle, request.future, result, error)
+        if self.restarts:
+            self._after_death()
+        request: _Request | None = None
+        try:
+            while (request := self._requests.get()) is not None:
+                self._serve(request)
+                request = None
+        except BaseException as death:
+            # What `_serve` does not catch: SystemExit or KeyboardInterrupt raised in this
+            # thread (a library calling sys.exit, an asynchronous exception), a failure to
+            # post a result back. The thread ends here; without this, whoever awaits the
+            # work in hand would wait forever and nothing would serve the queue again.
+            log.critical("the engine thread died", exc_info=death)
+            thread = threading.current_thread()
+            if request is not None:
+                request.post(_settle, request.future, None, EngineDied())
+                request.post(self._revive, thread)
+            elif self._loop is not None:  # died between two requests: work may be queued
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody to serve
+                    self._loop.call_soon_threadsafe(self._revive, thread)
+            return
         self._drain()
+
+    def _serve(self, request: _Request) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = request.work()
+        except EngineError as known:
+            error = known
+        except Exception as unexpected:  # keep serving: one bad job must not stop the engine
+            log.exception("engine work failed")
+            error = EngineError(f"Generation failed ({type(unexpected).__name__}).")
+            error.__cause__ = unexpected
+        request.post(_settle, request.future, result, error)
+
+    def _after_death(self) -> None:
+        """Free what the dead thread's models held before loading them again."""
+        gc.collect()
+        torch = sys.modules.get("torch")  # never imported here for its own sake
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _drain(self) -> None:
         while True:
