@@ -45,6 +45,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/queue_load.py
+	$(PY) bench/soak.py
 	$(PY) bench/image_modes.py
 	$(PY) bench/train.py
 

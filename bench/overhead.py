@@ -37,15 +37,11 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bot.contracts import JobOutcome
+from bench.common import Waiter, running_service
 from bot.logs import configure_logging
-from bot.queue import JobQueue
 from bot.services import DreamService
 from bot.settings import Settings
-from data.credits import CreditRepository
-from data.jobs import JobRepository
-from data.store import Store
-from engine.params import GenerationParams, Progress
+from engine.params import GenerationParams
 from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
 from engine.worker import EngineConfig, EngineWorker
 
@@ -124,27 +120,6 @@ class Figures:
         return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
 
-class Waiter:
-    """A JobObserver that just waits for the outcome."""
-
-    def __init__(self) -> None:
-        self.done = asyncio.Event()
-        self.outcome: JobOutcome | None = None
-        self.error: str | None = None
-
-    def progress(self, job_id: int, progress: Progress) -> None:
-        pass
-
-    async def succeeded(self, outcome: JobOutcome) -> int | None:
-        self.outcome = outcome
-        self.done.set()
-        return None
-
-    async def failed(self, job: object, message: str) -> None:
-        self.error = message
-        self.done.set()
-
-
 async def ticker(lags: list[float], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -205,30 +180,18 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
         models={params.model: {"source": str(folder)}},
         default_model=params.model,
     )
-    store = Store(settings.db_path)
-    await store.open()
     engine = EngineWorker(EngineConfig(settings.model_specs(), device="cpu", preview_interval=2.0))
-    engine.start()
-    policy = settings.credit_policy()
-    service = DreamService(
-        settings, JobRepository(store, policy), CreditRepository(store, policy), engine, JobQueue()
-    )
-    dispatcher = asyncio.create_task(service.run())
-    # The plain call runs on the engine's own thread too: torch keeps an OpenMP team per
-    # calling thread, and two teams on two cores slow each other down, which would blur
-    # what this measures (the bot's own overhead).
-    plain_pipe = await engine.call(partial(load_plain, folder))
     figures = Figures([], [], [])
-    try:
+    async with running_service(settings, engine) as service:
+        # The plain call runs on the engine's own thread too: torch keeps an OpenMP team per
+        # calling thread, and two teams on two cores slow each other down, which would blur
+        # what this measures (the bot's own overhead).
+        plain_pipe = await engine.call(partial(load_plain, folder))
         await job_call(service, params, [])  # warm-up: loads the model in the engine
         await engine.call(partial(plain_call, plain_pipe, params))
         for _ in range(repeats):
             figures.plain.append(await engine.call(partial(plain_call, plain_pipe, params)))
             figures.engine.append(await job_call(service, params, figures.lags))
-    finally:
-        dispatcher.cancel()
-        await engine.stop()
-        await store.close()
     return figures
 
 

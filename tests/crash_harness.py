@@ -1,29 +1,46 @@
-"""A bot process for the crash test: `python -m tests.crash_harness first|second DATA MODEL`.
+"""A bot process for the crash tests: `python -m tests.crash_harness PHASE DATA MODEL [ROUND SEED]`.
 
 `first` starts the bot in a SimCord world, has three members ask for images and prints
 `RUNNING <job>` once a job is on the engine; the test then kills the process with SIGKILL.
 `second` starts a new process on the same data folder, in a world built the same way (so
 the channel has the same id), waits until every job has ended and prints a JSON report.
+
+`chaos ROUND SEED` is one life of the bot in the randomized test: it starts (recovering what
+the previous life left), members ask for images and cancel some, and it waits to be
+killed. Along the way it prints `MARK <point> <id>` lines at the moments of a job's life the
+test aims its SIGKILL at (see `instrument`); after `MARK idle` nothing is left to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import os
+import random
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import simcord
 
+import data.credits
 from bot.runner import build_bot
 from bot.settings import Settings
 from data import JobStatus
 
 GUILD = 424242424242424242
 MEMBERS = ("alice", "bob", "carol")
+# How long the process holds still at a marked point: a kill aimed just after the marker
+# then lands inside that moment (mid-transaction, mid-write) rather than always after it.
+HOLD = 0.02
+_out = threading.Lock()  # markers come from the loop and from image-writing threads
 
 
 def settings(data: Path, model: Path) -> Settings:
@@ -47,6 +64,83 @@ async def world(bot):  # the same objects in the same order give the same ids
     return env, channel, members
 
 
+def mark(point: str, *values: object) -> None:
+    line = " ".join(["MARK", point, *(str(v) for v in values if v != "")]) + "\n"
+    with _out:  # one write per line: the test reads whole lines
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def announce(
+    owner: Any,
+    name: str,
+    before: str,
+    after: str | None = None,
+    *,
+    key: Callable[..., object] = lambda *args, **kwargs: args[0] if args else "",
+    hold: bool = True,
+) -> None:
+    """Replace `owner.name` with the same function that says when it is entered (`before`,
+    then holds still for HOLD seconds) and left (`after`). `key` picks what to print from
+    the arguments. Only the timing changes: the real code runs as it is."""
+    function = getattr(owner, name)
+
+    def enter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mark(before, key(*args, **kwargs))
+        if hold:
+            # time.sleep, not asyncio.sleep: nothing else runs on the loop meanwhile, so
+            # the moment (an open transaction, say) stays exactly where it is.
+            time.sleep(HOLD)
+
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            enter(args, kwargs)
+            result = await function(*args, **kwargs)
+            if after:
+                mark(after, key(*args, **kwargs))
+            return result
+
+    else:
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            enter(args, kwargs)
+            result = function(*args, **kwargs)
+            if after:
+                mark(after, key(*args, **kwargs))
+            return result
+
+    setattr(owner, name, wrapper)
+
+
+def instrument(bot: Any) -> None:
+    """Markers at the points of a job's life where a crash could hurt the books: start-up
+    recovery, the charge's transaction, the claim, the denoising steps, the image files and
+    the transaction that records them. The names are those test_crash.py aims at."""
+    dreams, jobs = bot.dreams, bot.dreams.jobs
+    announce(dreams, "recover", "recover", "recovered", key=lambda: "")
+    announce(jobs, "requeue", "requeue", "requeued")
+    announce(jobs, "finish", "finish", "finished")
+    announce(jobs, "create", "submit", key=lambda **kw: kw["user_id"])
+    # Inside create's transaction, between the job's row and its charge (data/jobs.py
+    # calls it through the module, so this is the function it finds).
+    announce(data.credits, "charge", "charge", "charged", key=lambda db, user, cost, job: job)
+    announce(jobs, "mark_running", "claim", "claimed")
+    announce(jobs, "complete", "complete", "completed")
+    # Runs on a worker thread (asyncio.to_thread): the hold keeps a file half written.
+    announce(dreams, "_write_images", "write", "written")
+
+    report = dreams.report_progress
+
+    def report_progress(job_id: int, progress: Any) -> None:
+        mark("step", job_id, progress.step)
+        report(job_id, progress)
+
+    dreams.report_progress = report_progress
+
+
 async def first(data: Path, model: Path) -> None:
     bot = build_bot(settings(data, model))
     env, channel, members = await world(bot)
@@ -61,18 +155,53 @@ async def first(data: Path, model: Path) -> None:
         await asyncio.sleep(0.05)
 
 
+async def wait_until_idle(env: Any, bot: Any, limit: float) -> None:
+    """Until no job is queued or running (or `limit` seconds, a safety net), settling."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        await env.settle()
+        if not await bot.dreams.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def chaos(data: Path, model: Path, round_number: int, seed: int) -> None:
+    rng = random.Random(f"{seed}:{round_number}")
+    bot = build_bot(settings(data, model))
+    instrument(bot)
+    mark("start", round_number)
+    env, channel, members = await world(bot)
+    # SimCord's ids come from its virtual clock, which starts at the same instant in every
+    # process: without moving it on, this life's first /dream would get the interaction id
+    # of an earlier life's, and the bot would rightly take it for a retry of that one.
+    await env.advance_time(3600.0 * round_number)
+    mark("ready")
+    for _ in range(rng.randint(2, 4)):
+        member = rng.choice(members)
+        if rng.random() < 0.2:
+            await member.slash(channel, "cancel")  # their latest job, queued or running
+        else:
+            await member.slash(
+                channel,
+                "dream",
+                prompt=f"round {round_number} for {member.name}",
+                steps=rng.randint(2, 8),
+                count=rng.choice((1, 1, 2)),
+                seed=rng.randrange(1000),
+            )
+        await asyncio.sleep(rng.uniform(0.0, 0.3))  # let the engine get going meanwhile
+    await wait_until_idle(env, bot, 240)
+    mark("idle")
+    await asyncio.sleep(3600)  # until SIGKILL
+
+
 async def second(data: Path, model: Path) -> None:
     bot = build_bot(settings(data, model))
     env, channel, members = await world(bot)
     jobs = bot.dreams.jobs
     # A 150-step job on a shared 2-core machine can take minutes: wait up to the test's limit.
-    deadline = asyncio.get_running_loop().time() + 240
-    while asyncio.get_running_loop().time() < deadline:
-        await env.settle()
-        pending = await jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING)
-        if not pending:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_idle(env, bot, 240)
     await bot.dreams.drain()
     await env.settle()
     report = {
@@ -92,6 +221,7 @@ async def second(data: Path, model: Path) -> None:
             name: (await bot.credits.balance(member.id)).account.balance
             for name, member in zip(MEMBERS, members, strict=True)
         },
+        "members": {name: member.id for name, member in zip(MEMBERS, members, strict=True)},
     }
     print(json.dumps(report), flush=True)
     await env.shutdown()
@@ -100,10 +230,14 @@ async def second(data: Path, model: Path) -> None:
 
 if __name__ == "__main__":
     phase, data_dir, model_dir = sys.argv[1:4]
-    run = first if phase == "first" else second
+    paths = (Path(data_dir), Path(model_dir))
+    if phase == "chaos":
+        run = chaos(*paths, int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        run = first(*paths) if phase == "first" else second(*paths)
     # aiosqlite's thread is not a daemon: never let a failure leave the process hanging.
     try:
-        asyncio.run(run(Path(data_dir), Path(model_dir)))
+        asyncio.run(run)
     except BaseException:
         import traceback
 

@@ -1,0 +1,101 @@
+"""What the benchmarks share: the service built around an engine, an observer that waits for
+a job's outcome, and an engine whose generation is instant.
+
+Torch-free on purpose: `bench/soak.py` measures the bot's own memory and file use over
+thousands of jobs, and importing torch (or diffusers) would add a large, unrelated heap to
+what it watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from PIL import Image
+
+from bot.contracts import JobOutcome
+from bot.queue import JobQueue
+from bot.services import DreamService
+from bot.settings import Settings
+from data.credits import CreditRepository
+from data.jobs import JobRepository
+from data.store import Store
+from engine.errors import JobCancelled
+from engine.images import encode_png
+from engine.infotext import build_infotext
+from engine.jobs import EngineJob
+from engine.params import GeneratedImage, GenerationResult, Progress
+from engine.worker import EngineConfig, EngineWorker
+
+
+class Waiter:
+    """A JobObserver that just waits for the outcome."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.outcome: JobOutcome | None = None
+        self.error: str | None = None
+
+    def progress(self, job_id: int, progress: Progress) -> None:
+        pass
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        self.outcome = outcome
+        self.done.set()
+        return None
+
+    async def failed(self, job: object, message: str, refunded: int) -> None:
+        self.error = message
+        self.done.set()
+
+
+class InstantEngine(EngineWorker):
+    """The real engine thread, request queue and loop callbacks, with generation replaced
+    by a solid-colour PNG (infotext included) made at once: the bot's side of a job at its
+    full rate, without torch. The models `settings` names need not exist anywhere."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(EngineConfig(settings.model_specs(), device="cpu"))
+
+    def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        results = []
+        for job in jobs:
+            params = job.params
+            job.report(Progress(0, params.steps))
+            if job.cancel.is_set():
+                raise JobCancelled()
+            images = []
+            for index in range(params.count):
+                seed = params.seed + index
+                infotext = build_infotext(params, seed=seed, model_hash=None)
+                picture = Image.new("RGB", (params.width, params.height), (seed % 256, 96, 160))
+                png = encode_png(picture, infotext)
+                images.append(GeneratedImage(seed, png, params.width, params.height, infotext))
+            job.report(Progress(params.steps, params.steps))
+            results.append(GenerationResult(images, None, 0.0))
+        return results
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings, engine: EngineWorker, store: Store | None = None
+) -> AsyncIterator[DreamService]:
+    """A DreamService over the store in `settings.data_dir` (or `store`, for a caller that
+    reads it too), its engine started and its dispatcher running, as the bot's runner builds
+    it minus Discord and servers' rules. All three are stopped and closed on the way out."""
+    store = store or Store(settings.db_path)
+    await store.open()
+    engine.start()
+    policy = settings.credit_policy()
+    service = DreamService(
+        settings, JobRepository(store, policy), CreditRepository(store, policy), engine, JobQueue()
+    )
+    dispatcher = asyncio.create_task(service.run())
+    try:
+        yield service
+    finally:
+        await service.stop(dispatcher)
+        await service.close()
+        await engine.stop()
+        await store.close()
