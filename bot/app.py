@@ -97,12 +97,15 @@ class SDBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         # After the cogs: they tell the service how to reach members of restored jobs.
-        restored, failed = await self.dreams.recover()
-        if restored or failed:
+        restored, ended = await self.dreams.recover()
+        undelivered = await self.dreams.redeliver()
+        if restored or ended or undelivered:
             log.warning(
-                "restart: %d job(s) back in the queue, %d failed and refunded",
+                "restart: %d job(s) back in the queue, %d ended and refunded (failed, or "
+                "cancelled by their member), %d finished result(s) being posted",
                 len(restored),
-                len(failed),
+                len(ended),
+                len(undelivered),
             )
         self._dispatcher = asyncio.create_task(self.dreams.run(), name="sd-dispatcher")
         # After recovery: it has settled which jobs are still pending (their files stay).

@@ -131,6 +131,10 @@ class Reviewer(Protocol):
     ) -> list[StoredImage]:
         """The images as they may be shown; JobRefused withholds the whole result."""
 
+    async def reapply(self, job_id: int, images: list[StoredImage]) -> list[StoredImage]:
+        """A stored result's images as the review decided they may be shown, for posting it
+        again (after a restart) without checking them again."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:

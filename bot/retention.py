@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.settings import Settings
-from data.jobs import Job
+from data.jobs import Job, JobStatus
 from data.retention import RetentionRepository
 from data.store import Store
 
@@ -209,7 +209,7 @@ class Sweeper:
         chosen: list[int] = []
         keys: list[str] = []
         for job in jobs:
-            if not job.status.finished:
+            if not job.status.finished or awaits_posting(job):
                 continue
             ended = job.finished_at if job.finished_at is not None else job.created_at
             too_old = cutoff is not None and ended < cutoff
@@ -297,3 +297,9 @@ def _put_back(moved: Path, path: Path) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         os.replace(moved, path)
+
+
+def awaits_posting(job: Job) -> bool:
+    """A result stored but not yet posted (bot/services.py `redeliver` posts it): its files
+    are what will be posted, so they stay whatever their age."""
+    return job.status is JobStatus.SUCCEEDED and job.delivered_at is None

@@ -90,6 +90,19 @@ class SafetyReview:
             for image, flag in zip(images, flags, strict=True)
         ]
 
+    async def reapply(self, job_id: int, images: list[StoredImage]) -> list[StoredImage]:
+        flags = await self.stats.flags(job_id)
+        treated = []
+        for idx, image in enumerate(images):
+            action = flags.get(idx)
+            if action is None:
+                treated.append(image)
+            elif action == POSTED:  # shown as it is where it was asked for
+                treated.append(replace(image, flagged=True))
+            else:
+                treated.append(await self._treat(image, SafetyAction(action)))
+        return treated
+
     @staticmethod
     async def _treat(image: StoredImage, action: SafetyAction) -> StoredImage:
         if action is SafetyAction.SPOILER:

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,10 @@ class DreamService:
         """
         restored, failed = [], []
         for job in await self.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
+            if job.cancel_requested_at is not None:  # the member was told it stops
+                await self._cancel_at_start(job)
+                failed.append(job)
+                continue
             try:
                 if job.kind == TRAIN:
                     params = None
@@ -359,6 +364,66 @@ class DreamService:
             restored.append(job)
             log.info("job=%s restored to the queue after a restart", job.id)
         return restored, failed
+
+    async def _cancel_at_start(self, job: Job) -> None:
+        refunded = await self.jobs.finish(job.id, JobStatus.CANCELLED, error="Cancelled.")
+        log.info("job=%s outcome=cancelled before a restart refunded=%s", job.id, refunded)
+        if job.kind == TRAIN and self.trainer is not None:
+            await self.trainer.discard(job.id)
+        self._notify_failed(job, "Cancelled.", refunded)
+
+    async def redeliver(self) -> list[Job]:
+        """Post the results a previous run stored but never posted (it died between the
+        two, or Discord failed every try): the outbox, emptied at start-up."""
+        pending = [job for job in await self.jobs.undelivered() if job.kind != TRAIN]
+        for job in pending:
+            observer = self.fallback_observer(job) if self.fallback_observer else None
+            if observer is None:
+                continue
+            try:
+                outcome = await self._stored_outcome(job)
+            except OSError as error:  # its files went: nothing to post, ever
+                log.warning("job=%s stored result unreadable (%s); not posted", job.id, error)
+                await self.jobs.mark_delivered(job.id, None)
+                continue
+            log.info("job=%s result posted after a restart", job.id)
+            self.spawn(self.post_result(job.id, partial(observer.succeeded, outcome)))
+        return pending
+
+    async def _stored_outcome(self, job: Job) -> JobOutcome:
+        """A succeeded job's outcome rebuilt from its row and files, with the safety review's
+        decisions applied again (a blurred image stays blurred)."""
+        params = GenerationParams.from_dict(job.params)
+        rows = await self.jobs.images(job.id)
+        pngs = await asyncio.to_thread(lambda: [Path(row.path).read_bytes() for row in rows])
+        variations = params.variation_seeds
+        stored = [
+            StoredImage(
+                row.seed,
+                Path(row.path),
+                row.width,
+                row.height,
+                row.infotext,
+                png,
+                variations[row.idx] if row.idx < len(variations) else None,
+            )
+            for row, png in zip(rows, pngs, strict=True)
+        ]
+        if self.reviewer is not None:
+            stored = await self.reviewer.reapply(job.id, stored)
+        parent = await self.jobs.get(job.parent_id) if job.parent_id is not None else None
+        ran = (job.finished_at or job.created_at) - (job.started_at or job.created_at)
+        queued = (job.started_at or job.created_at) - job.created_at
+        return JobOutcome(
+            job,
+            params,
+            stored,
+            None,
+            ran,
+            queued,
+            await self.credits.balance(job.user_id),
+            parent.message_id if parent is not None else None,
+        )
 
     async def run(self) -> None:
         """The dispatcher: one batch at a time to the engine thread, until stop()."""
@@ -654,6 +719,9 @@ class DreamService:
         if running is None:
             raise JobRefused(f"Job {job_id} is not in the queue any more.")
         self.paused.discard(job_id)  # the member's cancel wins over a shutdown's pause
+        # In the row before the member hears it: if the bot dies before the engine's next
+        # step, start-up refunds the job instead of running it again.
+        await self.jobs.request_cancel(job_id)
         running.engine_job.cancel.set()  # the engine stops at its next step
         return CancelResult(
             job_id,
@@ -707,11 +775,13 @@ class DreamService:
                 attempt += 1
         if attempt > 1:
             log.info("job=%s result delivered on attempt %d", job_id, attempt)
-        if message_id is not None:
-            try:
-                await self.jobs.set_message(job_id, message_id)
-            except StoreBusy as busy:  # posted: only the link to its message is missing
-                log.warning("job=%s message id not stored: %s", job_id, busy)
+        try:
+            # Marked once posted, never before: a crash in between posts it again at the
+            # next start (Discord's nonce folds a quick second post of a restored result
+            # into the first), while marking first could lose it.
+            await self.jobs.mark_delivered(job_id, message_id)
+        except StoreBusy as busy:
+            log.warning("job=%s posted but not marked delivered: %s", job_id, busy)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds`, or until stop(): a shutdown does not wait out a delivery's pause."""

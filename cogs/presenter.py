@@ -436,10 +436,9 @@ class ChannelPresenter:
         return channel if isinstance(channel, discord.abc.Messageable) else None
 
     async def succeeded(self, outcome: JobOutcome) -> int | None:
-        channel = await self._channel()
-        if channel is None:
-            log.warning("job %s: its channel is gone; the images stay on disk", self.job.id)
-            return None
+        """Posted in the job's channel (a reply to the result it came from, for a button's
+        job); by DM for a private result or when the channel is gone. None when neither
+        can be reached: there is nowhere left to post it."""
         files = await asyncio.to_thread(
             result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
         )
@@ -447,9 +446,15 @@ class ChannelPresenter:
             "embed": result_embed(outcome, None),
             "files": files,
             "allowed_mentions": mention_only(self.job.user_id),
+            # Discord returns the message already made with this nonce instead of a second
+            # one: a restart soon after a post that was not yet marked delivered.
+            "nonce": f"sdr{self.job.id}",
             **_view_kwargs(self.view, outcome),
         }
         text = f"<@{self.job.user_id}> your job {self.job.id} finished after a restart."
+        channel = None if self.job.private else await self._channel()
+        if channel is None:
+            return await self._send_to_member(text, kwargs)
         reference = outcome.parent_message_id
         if reference is not None and isinstance(channel, discord.abc.GuildChannel | discord.Thread):
             with contextlib.suppress(discord.HTTPException):
@@ -461,6 +466,21 @@ class ChannelPresenter:
                 result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
             )
         sent = await channel.send(text, **kwargs)
+        return sent.id
+
+    async def _send_to_member(self, text: str, kwargs: dict[str, Any]) -> int | None:
+        user = self.client.get_user(self.job.user_id)
+        try:
+            user = user or await self.client.fetch_user(self.job.user_id)
+            sent = await user.send(text, **kwargs)
+        except (discord.NotFound, discord.Forbidden) as error:  # no such user, or DMs closed
+            log.warning(
+                "job %s: its channel is gone and its member cannot be reached (%s); the "
+                "images stay on disk",
+                self.job.id,
+                error,
+            )
+            return None
         return sent.id
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:

@@ -232,58 +232,161 @@ class CreditRepository:
         return balances, spenders
 
     async def check(self) -> list[str]:
-        """Every way the books can be wrong, as sentences; empty when all is well."""
+        """Every way the books can be wrong, one line each; empty when all is well.
+
+        Worked out from the rows alone: the unique indexes and foreign keys that should keep
+        these faults out are what a migration might drop, so none is taken on trust.
+        """
         problems = []
-        for sentence, sql in BOOK_CHECKS:
-            async with self._store.db.execute(sql) as cursor:
-                problems += [sentence.format(*row) for row in await cursor.fetchall()]
+        for check in BOOK_CHECKS:
+            async with self._store.db.execute(check.sql()) as cursor:
+                for row in await cursor.fetchall():
+                    values = dict(zip(row.keys(), row, strict=True))
+                    problems += [
+                        rule.line.format(**values)
+                        for index, rule in enumerate(check.rules)
+                        if values[f"rule{index}"]
+                    ]
         return problems
 
 
-BOOK_CHECKS: tuple[tuple[str, str], ...] = (
-    (
-        "user {0}: balance {1} but the ledger sums to {2}",
+@dataclass(frozen=True, slots=True)
+class BookRule:
+    """One way the books can be wrong: an SQL condition on a row of its check's source, and
+    the line that reports it, formatted from that row's columns."""
+
+    when: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class BookCheck:
+    """A source with one row per member, job or ledger row, and the rules each row must pass.
+
+    One query per check, whatever the number of rules or jobs: a store holds tens of thousands
+    of jobs, and `db check` runs beside a live bot.
+    """
+
+    source: str
+    order: str  # the report reads member by member, job by job, row by row
+    rules: tuple[BookRule, ...]
+
+    def sql(self) -> str:
+        flags = ", ".join(f"({rule.when}) AS rule{i}" for i, rule in enumerate(self.rules))
+        failing = " OR ".join(f"({rule.when})" for rule in self.rules)
+        return f"SELECT *, {flags} FROM ({self.source}) WHERE {failing} ORDER BY {self.order}"
+
+
+# The ledger is summed per member and per job before it is joined to anything: that is one
+# pass over it, and stays one pass if the indexes on `ledger.job_id` are ever dropped (a join
+# on the bare table would then scan the ledger once per job).
+_MEMBERS = (
+    "WITH per_user AS (SELECT user_id, SUM(delta) AS total FROM ledger GROUP BY user_id)"
+    " SELECT a.user_id AS user, a.balance AS balance, COALESCE(p.total, 0) AS total,"
+    " 1 AS has_account FROM accounts a LEFT JOIN per_user p ON p.user_id = a.user_id"
+    " UNION ALL"
+    " SELECT p.user_id, NULL, p.total, 0 FROM per_user p"
+    " WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = p.user_id)"
+)
+
+_JOBS = (
+    "WITH per_job AS (SELECT job_id,"
+    " SUM(kind = 'charge') AS charges,"
+    " -SUM(CASE WHEN kind = 'charge' THEN delta ELSE 0 END) AS charged,"
+    " SUM(kind = 'refund') AS refunds,"
+    " SUM(CASE WHEN kind = 'refund' THEN delta ELSE 0 END) AS refunded,"
+    " MIN(CASE WHEN kind IN ('charge', 'refund') THEN user_id END) AS low_user,"
+    " MAX(CASE WHEN kind IN ('charge', 'refund') THEN user_id END) AS high_user"
+    " FROM ledger WHERE job_id IS NOT NULL GROUP BY job_id)"
+    " SELECT j.id AS job, j.user_id AS user, j.status AS status, j.cost AS cost,"
+    " COALESCE(p.charges, 0) AS charges, COALESCE(p.charged, 0) AS charged,"
+    " COALESCE(p.refunds, 0) AS refunds, COALESCE(p.refunded, 0) AS refunded,"
+    " CASE WHEN p.low_user != j.user_id THEN p.low_user"
+    " WHEN p.high_user != j.user_id THEN p.high_user END AS stranger,"
+    " a.user_id IS NOT NULL AS has_account"
+    " FROM jobs j LEFT JOIN per_job p ON p.job_id = j.id"
+    " LEFT JOIN accounts a ON a.user_id = j.user_id"
+)
+
+# Only the ledger rows that can be wrong on their own: those naming a job, and the charges
+# and refunds (which always should).
+_ENTRIES = (
+    "SELECT l.id AS entry, l.user_id AS user, l.kind AS kind, l.delta AS delta, l.job_id AS job,"
+    " j.id IS NOT NULL AS job_exists FROM ledger l LEFT JOIN jobs j ON j.id = l.job_id"
+    " WHERE l.job_id IS NOT NULL OR l.kind IN ('charge', 'refund')"
+)
+
+# The rules follow how the books are written. A job with a cost is charged exactly that, once,
+# in the transaction that creates it (data/jobs.py `create`); a job without one is never
+# charged. Only `finish` refunds, in the transaction that ends a pending job failed or
+# cancelled, and only a job that has a charge; it gives back the whole charge, to the member
+# charged: there are no partial refunds, so a refund other than the charge is a fault either way.
+BOOK_CHECKS: tuple[BookCheck, ...] = (
+    BookCheck(
+        _MEMBERS,
+        "user",
         (
-            "SELECT a.user_id, a.balance, COALESCE(SUM(l.delta), 0) AS total FROM accounts a"
-            " LEFT JOIN ledger l ON l.user_id = a.user_id GROUP BY a.user_id"
-            " HAVING a.balance != total"
+            BookRule(
+                "has_account AND balance != total",
+                "user {user}: balance {balance} but the ledger sums to {total}",
+            ),
+            BookRule("has_account AND balance < 0", "user {user}: balance {balance} is below zero"),
+            BookRule(
+                "NOT has_account", "user {user} has no account but the ledger sums to {total}"
+            ),
         ),
     ),
-    (
-        "job {0} was charged {1} times",
+    BookCheck(
+        _JOBS,
+        "job",
         (
-            "SELECT job_id, COUNT(*) FROM ledger WHERE kind = 'charge' AND job_id IS NOT NULL"
-            " GROUP BY job_id HAVING COUNT(*) > 1"
+            BookRule("charges > 1", "job {job} was charged {charges} times"),
+            BookRule("charged != cost", "job {job} costs {cost} but was charged {charged}"),
+            BookRule("refunds > 1", "job {job} was refunded {refunds} times"),
+            BookRule(
+                "refunds > 0 AND refunded != charged",
+                "job {job} was charged {charged} but refunded {refunded}",
+            ),
+            BookRule(
+                "refunds > 0 AND status = 'succeeded'",
+                "job {job} succeeded but was refunded {refunded}",
+            ),
+            BookRule(
+                "refunds > 0 AND status IN ('queued', 'running')",
+                "job {job} is {status} but was refunded {refunded}",
+            ),
+            BookRule(
+                "charges > 0 AND refunds = 0 AND status IN ('failed', 'cancelled')",
+                "job {job} ended {status} but was not refunded",
+            ),
+            BookRule(
+                "stranger IS NOT NULL",
+                "job {job} belongs to user {user} but its charge or refund went to user {stranger}",
+            ),
+            BookRule(
+                "NOT has_account AND cost > 0 AND status IN ('queued', 'running')",
+                "job {job} is {status} but its owner has no account",
+            ),
         ),
     ),
-    (
-        "job {0} costs {1} but was charged {2}",
+    BookCheck(
+        _ENTRIES,
+        "entry",
         (
-            "SELECT j.id, j.cost, COALESCE(-SUM(l.delta), 0) AS charged FROM jobs j"
-            " LEFT JOIN ledger l ON l.job_id = j.id AND l.kind = 'charge' WHERE j.cost > 0"
-            " GROUP BY j.id HAVING charged != j.cost"
-        ),
-    ),
-    (
-        "job {0} ended {1} but was not refunded",
-        (
-            "SELECT j.id, j.status FROM jobs j WHERE j.cost > 0"
-            " AND j.status IN ('failed', 'cancelled') AND NOT EXISTS"
-            " (SELECT 1 FROM ledger l WHERE l.job_id = j.id AND l.kind = 'refund')"
-        ),
-    ),
-    (
-        "job {0} succeeded but was refunded",
-        (
-            "SELECT j.id FROM jobs j JOIN ledger l ON l.job_id = j.id AND l.kind = 'refund'"
-            " WHERE j.status = 'succeeded'"
-        ),
-    ),
-    (
-        "job {0} is {1} but its owner has no account",
-        (
-            "SELECT j.id, j.status FROM jobs j WHERE j.status IN ('queued', 'running')"
-            " AND j.cost > 0 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = j.user_id)"
+            BookRule(
+                "job IS NOT NULL AND NOT job_exists",
+                "ledger row {entry}: {kind} {delta:+d} for user {user} names job {job},"
+                " which does not exist",
+            ),
+            BookRule(
+                "job IS NOT NULL AND kind NOT IN ('charge', 'refund')",
+                "ledger row {entry}: {kind} {delta:+d} for user {user} names job {job};"
+                " only charges and refunds belong to a job",
+            ),
+            BookRule(
+                "job IS NULL AND kind IN ('charge', 'refund')",
+                "ledger row {entry}: {kind} {delta:+d} for user {user} names no job",
+            ),
         ),
     ),
 )

@@ -51,6 +51,10 @@ class Job:
     private: bool = False
     # Set when retention removed the job's files (bot/retention.py); the row stays.
     expired_at: float | None = None
+    # The member cancelled it while it ran; honoured at start-up if the bot died first.
+    cancel_requested_at: float | None = None
+    # Its result was posted; a succeeded job without it is posted at start-up.
+    delivered_at: float | None = None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -75,6 +79,8 @@ class Job:
             deleted_at=row["deleted_at"],
             private=bool(row["private"]),
             expired_at=row["expired_at"],
+            cancel_requested_at=row["cancel_requested_at"],
+            delivered_at=row["delivered_at"],
         )
 
 
@@ -267,6 +273,41 @@ class JobRepository:
         marks = ", ".join("?" for _ in statuses)
         async with self._store.db.execute(
             f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY id", statuses
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    async def request_cancel(self, job_id: int) -> bool:
+        """Record a member's cancel of a running job before they are told it is stopping;
+        False if the job is no longer running (it ended meanwhile)."""
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET cancel_requested_at = ? WHERE id = ? AND status = ?",
+                (time.time(), job_id, JobStatus.RUNNING),
+            ) as cursor,
+        ):
+            return cursor.rowcount == 1
+
+    async def mark_delivered(self, job_id: int, message_id: int | None) -> None:
+        """The result is posted (in `message_id`, if it is anywhere the bot can find it)."""
+        async with (
+            self._store.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET delivered_at = ?, message_id = COALESCE(?, message_id)"
+                " WHERE id = ?",
+                (time.time(), message_id, job_id),
+            ),
+        ):
+            pass
+
+    async def undelivered(self) -> list[Job]:
+        """Succeeded jobs whose result was never posted (a crash, or Discord down for good),
+        oldest first; not those deleted or expired meanwhile."""
+        async with self._store.db.execute(
+            "SELECT * FROM jobs WHERE status = ? AND delivered_at IS NULL"
+            " AND deleted_at IS NULL AND expired_at IS NULL ORDER BY id",
+            (JobStatus.SUCCEEDED,),
         ) as cursor:
             rows = await cursor.fetchall()
         return [Job.from_row(row) for row in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,24 @@ class SimWorld:
         if name not in self._members:
             self._members[name] = self.guild.add_member(self.env.create_user(name))
         return self._members[name]
+
+
+class EngineGate:
+    """Holds the engine thread on a first piece of work, so that a job queued behind it is
+    mid-run (accepted, charged, claimed, waiting on the GPU) for as long as a test needs."""
+
+    def __init__(self, engine: Any) -> None:
+        self._opened = threading.Event()
+        self._held = asyncio.ensure_future(engine.call(self._opened.wait))
+
+    async def open(self) -> None:
+        self._opened.set()
+        await self._held
+
+
+@pytest_asyncio.fixture
+async def gate(sim: Any) -> AsyncIterator[EngineGate]:
+    """The engine thread held on a first piece of work until the test opens it."""
+    held = EngineGate(sim.bot.dreams.engine)
+    yield held
+    await held.open()  # never leave the engine thread blocked for the bot's shutdown

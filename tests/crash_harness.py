@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -57,10 +58,12 @@ def settings(data: Path, model: Path) -> Settings:
 async def world(bot):  # the same objects in the same order give the same ids
     env = simcord.Env(bot, settle_timeout=30.0)
     bot.dreams.idle_wait = env.external_wait
-    await env.start()
+    # The server exists before the bot starts, as it does on Discord: start-up posts what
+    # the previous life left unposted, into a channel that must already be there.
     guild = env.create_guild(id=GUILD)
     channel = guild.create_text_channel("art")
     members = [guild.add_member(env.create_user(name)) for name in MEMBERS]
+    await env.start()
     return env, channel, members
 
 
@@ -155,6 +158,42 @@ async def first(data: Path, model: Path) -> None:
         await asyncio.sleep(0.05)
 
 
+async def cancel_then_die(data: Path, model: Path) -> None:
+    """A member cancels the running job; the process dies the moment they have been told
+    it is stopping, before the engine's next step could end it."""
+    bot = build_bot(settings(data, model))
+    env, channel, members = await world(bot)
+    for member, steps in zip(members, (150, 2, 2), strict=True):
+        await member.slash(channel, "dream", prompt=f"for {member.name}", steps=steps, seed=1)
+    while not (running := await bot.dreams.jobs.with_status(JobStatus.RUNNING)):
+        await env.settle()
+        await asyncio.sleep(0.05)
+    job = running[0]
+    [member] = [m for m in members if m.id == job.user_id]
+    answer = await member.slash(channel, "cancel", job=job.id)
+    print(f"CANCELLED {job.id} {answer.response.content}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def store_then_die(data: Path, model: Path) -> None:
+    """The process dies right after a job's result is stored (succeeded, charged), before
+    anything is posted: the moment an outbox exists for."""
+    bot = build_bot(settings(data, model))
+    jobs = bot.dreams.jobs
+    complete = jobs.complete
+
+    async def complete_and_die(job_id: int, images: Any) -> bool:
+        stored = await complete(job_id, images)
+        print(f"STORED {job_id}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return stored
+
+    jobs.complete = complete_and_die
+    _, channel, members = await world(bot)
+    await members[0].slash(channel, "dream", prompt="for alice", steps=2, seed=1)
+    await asyncio.sleep(3600)  # until the kill above
+
+
 async def wait_until_idle(env: Any, bot: Any, limit: float) -> None:
     """Until no job is queued or running (or `limit` seconds, a safety net), settling."""
     loop = asyncio.get_running_loop()
@@ -222,6 +261,7 @@ async def second(data: Path, model: Path) -> None:
             for name, member in zip(MEMBERS, members, strict=True)
         },
         "members": {name: member.id for name, member in zip(MEMBERS, members, strict=True)},
+        "owners": {str(j.id): j.user_id for j in await jobs.with_status(*JobStatus)},
     }
     print(json.dumps(report), flush=True)
     await env.shutdown()
@@ -234,7 +274,13 @@ if __name__ == "__main__":
     if phase == "chaos":
         run = chaos(*paths, int(sys.argv[4]), int(sys.argv[5]))
     else:
-        run = first(*paths) if phase == "first" else second(*paths)
+        phases = {
+            "first": first,
+            "second": second,
+            "cancel": cancel_then_die,
+            "store": store_then_die,
+        }
+        run = phases[phase](*paths)
     # aiosqlite's thread is not a daemon: never let a failure leave the process hanging.
     try:
         asyncio.run(run)

@@ -83,6 +83,54 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, 
     assert any(f"job {killed_job} finished after a restart" in text for text in report["posted"])
 
 
+def killed_after(phase: str, data: Path, model: Path, said: str) -> str:
+    """Run a harness phase that kills itself at its moment; the line it said first."""
+    process = harness(phase, data, model)
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, err
+    [line] = [line for line in out.splitlines() if line.startswith(said)]
+    return line
+
+
+def test_sigkill_right_after_a_cancel_is_answered_refunds_the_job_and_never_reruns_it(
+    tmp_path, tiny_sd1
+):
+    data = tmp_path / "var"
+    line = killed_after("cancel", data, tiny_sd1, "CANCELLED ")
+    cancelled = int(line.split()[1])
+    assert "is stopping" in line, "the member was told before the kill"
+
+    report = final_report(data, tiny_sd1)
+    jobs = {job["id"]: job for job in report["jobs"]}
+    assert jobs[cancelled]["status"] == "cancelled"
+    assert jobs[cancelled]["attempts"] == 1, "not run again after the restart"
+    assert report["problems"] == []
+    owner = next(n for n, i in report["members"].items() if i == report["owners"][str(cancelled)])
+    assert report["balances"][owner] == 50, "charged, then refunded once"
+    assert not any(f"job {cancelled} " in text for text in report["posted"])
+
+
+def test_sigkill_between_storing_a_result_and_posting_it_posts_it_once_after_restart(
+    tmp_path, tiny_sd1
+):
+    data = tmp_path / "var"
+    stored = int(killed_after("store", data, tiny_sd1, "STORED ").split()[1])
+
+    report = final_report(data, tiny_sd1)
+    assert [job["status"] for job in report["jobs"]] == ["succeeded"]
+    assert [text for text in report["posted"] if f"job {stored} " in text] == [
+        f"<@{report['members']['alice']}> your job {stored} finished after a restart."
+    ]
+    assert report["balances"]["alice"] == 49, "charged once"
+    assert report["problems"] == []
+
+    again = final_report(data, tiny_sd1)  # one more restart: nothing is posted twice
+    assert again["posted"] == []
+
+
 def final_report(data: Path, model: Path) -> dict:
     """Start the bot once more, let it finish every job, and read its JSON report."""
     second = harness("second", data, model)

@@ -18,7 +18,7 @@ import pytest
 from bot.services import DELIVERY_RETRY_DELAYS
 from data import JobStatus
 from data.credits import LedgerKind
-from tests.conftest import wait_until
+from tests.conftest import EngineGate, wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
 from tests.test_faults import OtherConnection, shorten_busy_timeout
 
@@ -32,26 +32,6 @@ def settings(make_settings):
     # No progress edits: an injected fault then meets the result's delivery, never a
     # progress edit that happened to come first.
     return make_settings(progress_interval=1e9)
-
-
-class EngineGate:
-    """Holds the engine thread on a first piece of work, so that a job queued behind it is
-    mid-run (accepted, charged, claimed, waiting on the GPU) for as long as a test needs."""
-
-    def __init__(self, engine: Any) -> None:
-        self._opened = threading.Event()
-        self._held = asyncio.ensure_future(engine.call(self._opened.wait))
-
-    async def open(self) -> None:
-        self._opened.set()
-        await self._held
-
-
-@pytest.fixture
-async def gate(sim):
-    held = EngineGate(sim.bot.dreams.engine)
-    yield held
-    await held.open()  # never leave the engine thread blocked for the bot's shutdown
 
 
 async def dream_on_hold(sim: Any, member: Any, **options: Any) -> tuple[Any, Any]:

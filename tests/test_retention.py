@@ -93,6 +93,7 @@ class Owner:
             path.write_bytes(b"p" * image_bytes)
             image = JobImage(job.id, 0, 1, str(path), 64, 64, "a cat\nSteps: 3")
             assert await self.jobs.complete(job.id, [image])
+            await self.jobs.mark_delivered(job.id, None)  # posted, as results are
         else:
             await self.jobs.finish(job.id, status, error="it broke")
         async with self.store.transaction() as db:
@@ -560,3 +561,12 @@ async def test_the_bot_sweeps_old_results_when_it_starts(sim: Any) -> None:
     assert member.user.dm_channel.history()[-1].content.startswith(expired)
     reroll = await member.click(result.response, label="Reroll")
     assert reroll.response.content.startswith("Queued as job")
+
+
+async def test_a_result_not_yet_posted_keeps_its_files_whatever_its_age(owner: Owner) -> None:
+    job = await owner.finished(days_ago=30)
+    async with owner.store.transaction() as db:
+        await db.execute("UPDATE jobs SET delivered_at = NULL WHERE id = ?", (job.id,))
+    report = await owner.sweeper(retention_days=7).sweep()
+    assert report.jobs == 0
+    assert owner.folder(job).exists(), "start-up posts it from these files"
