@@ -518,13 +518,15 @@ def test_backup_of_no_database_is_refused_without_making_one(
     assert not settings.db_path.exists()
 
 
-async def test_backup_exits_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [("db", "backup", "b.sqlite3"), ("db", "check")])
+async def test_the_books_commands_exit_when_the_database_cannot_be_opened(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """They used to hang for ever: the database thread outlived the failed open."""
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     (data_dir / "bot.sqlite3").write_bytes(b"this is not a database" * 100)
-    code, out, err = await console(
-        "db", "backup", str(tmp_path / "b.sqlite3"), cwd=tmp_path, data_dir=data_dir
-    )
+    code, out, err = await console(*command, cwd=tmp_path, data_dir=data_dir)
     assert (code, out) == (1, "")
     assert err.startswith("error: cannot open the database"), err
     assert err.count("\n") == 1
