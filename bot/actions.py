@@ -98,9 +98,10 @@ class ResultActions:
         if job is None:
             raise JobRefused(f"There is no job {job_id} any more.")
         # Who may look comes first: a refusal must not tell a stranger anything of the job.
-        self.check_may_see(job, presser)
         if use:
             await self.check_may_press(job, presser)
+        else:
+            self.check_may_see(job, presser)
         if job.deleted_at is not None:
             raise JobRefused(f"Job {job_id}'s result was deleted.")
         if job.status is not JobStatus.SUCCEEDED:

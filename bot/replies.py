@@ -84,6 +84,13 @@ async def _retract_original(interaction: discord.Interaction) -> None:
         log.info("could not remove the response to %s (%s)", interaction.id, error)
 
 
+def first_delivery(interaction: discord.Interaction) -> bool:
+    """False for an interaction Discord delivers a second time: the command tree, buttons
+    and modals drop it unanswered (its first delivery answers it). See RecentInteractions."""
+    check = getattr(interaction.client, "first_delivery", None)
+    return check is None or bool(check(interaction))
+
+
 class RecentInteractions:
     """The ids of the last interactions handled, to drop one Discord delivers again.
 

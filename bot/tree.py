@@ -7,7 +7,7 @@ import logging
 import discord
 from discord import app_commands
 
-from bot.replies import is_already_acknowledged, reply_ephemeral
+from bot.replies import first_delivery, is_already_acknowledged, reply_ephemeral
 from engine.params import InvalidParams
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 class SDCommandTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """A command or autocomplete Discord delivers a second time is dropped unanswered."""
-        first_delivery = getattr(interaction.client, "first_delivery", None)
-        return first_delivery is None or bool(first_delivery(interaction))
+        return first_delivery(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

@@ -13,6 +13,7 @@ import discord
 from discord.ext import commands
 
 from bot.contracts import JobOutcome
+from bot.replies import first_delivery
 
 if TYPE_CHECKING:
     from bot.app import SDBot
@@ -88,13 +89,6 @@ def job_id_of(digits: str) -> int:
     """A job id from a custom id's ASCII digits; 0 (no job's) when past SQLite's range."""
     value = int(digits)
     return value if 0 < value <= MAX_JOB_ID else 0
-
-
-def first_delivery(interaction: discord.Interaction) -> bool:
-    """False for a click Discord delivers a second time: it is dropped unanswered (the first
-    delivery answers it)."""
-    check = getattr(interaction.client, "first_delivery", None)
-    return check is None or bool(check(interaction))
 
 
 def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) -> discord.ui.View:

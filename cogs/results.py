@@ -18,8 +18,8 @@ from discord.ext import commands
 
 from bot.actions import Action, Presser
 from bot.contracts import JobRefused, Ticket
-from bot.replies import mention_only
-from cogs.buttons import RESULTS_COG, ResultButton, first_delivery, view_factory
+from bot.replies import first_delivery, mention_only
+from cogs.buttons import RESULTS_COG, ResultButton, view_factory
 from cogs.context import requester_of
 from cogs.info import infotext_embed
 from cogs.presenter import (

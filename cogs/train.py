@@ -17,9 +17,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.contracts import JobRefused, Ticket
-from bot.replies import mention_only
+from bot.replies import first_delivery, mention_only
 from bot.training import TrainedOutcome
-from cogs.buttons import NO_SUCH_BUTTON, first_delivery, job_id_of
+from cogs.buttons import NO_SUCH_BUTTON, job_id_of
 from cogs.context import requester_of
 from cogs.dream import download, model_autocomplete
 from cogs.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
