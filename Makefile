@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint format bench selftest clean
+.PHONY: run test test-slow lint format bench selftest doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ run: $(STAMP)
 
 selftest: $(STAMP)
 	$(PY) -m bot selftest
+
+doctor: $(STAMP)
+	$(PY) -m bot doctor
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,14 +1,22 @@
-"""`python -m bot` starts the bot; `dream` and `selftest` use the engine without Discord."""
+"""`python -m bot` starts the bot; `dream` and `selftest` use the engine without Discord,
+`doctor` checks the set-up, `credits` and `db` work on the books.
+
+One rule for every set-up mistake: one line naming the setting (or file) and the fix, exit
+status 2, the traceback only at SDBOT_LOG_LEVEL=DEBUG. Arguments and settings are checked
+before torch and diffusers are imported, so a mistake is told in a blink.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from bot.settings import ENV_PREFIX, Settings
+from bot.settings import ENV_PREFIX, Settings, debugging, explain_settings_error
 
 EXIT_CONFIG = 2
 
@@ -18,10 +26,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="start the Discord bot (the default)")
     commands.add_parser("selftest", help="check the install with a tiny model, no download")
+    commands.add_parser("doctor", help="check the set-up, one line per check (no network)")
     dream = commands.add_parser("dream", help="generate images without Discord")
     dream.add_argument("prompt")
     dream.add_argument("--negative", default=None)
     dream.add_argument("--model", default=None, help="a configured name, a folder or a file")
+    dream.add_argument(
+        "--config",
+        default=None,
+        help="for a .safetensors/.ckpt file: a diffusers folder (or cached Hub id) of the same "
+        "family, whose configuration it loads with (needed offline)",
+    )
     dream.add_argument("--seed", type=int, default=None)
     dream.add_argument("--steps", type=int, default=None)
     dream.add_argument("--cfg", type=float, default=None)
@@ -40,9 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     grant.add_argument("user_id", type=int)
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason", default="granted from the console")
-    credits.add_parser("show", help="a member's balance and history").add_argument(
-        "user_id", type=int
-    )
+    adjust = credits.add_parser("set", help="set a member's balance (a ledger row says so)")
+    adjust.add_argument("user_id", type=int)
+    adjust.add_argument("amount", type=int)
+    adjust.add_argument("--reason", default="set from the console")
+    show = credits.add_parser("show", help="a member's balance and history (changes nothing)")
+    show.add_argument("user_id", type=int)
     db = commands.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
     db.add_parser("check", help="ledger equals balances, no job charged twice, ...")
     db.add_parser(
@@ -52,13 +70,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def load_settings() -> Settings | None:
+    """The settings, or None once each bad one is told on a line of its own."""
     try:
         return Settings()
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper()
-            print(f"Setting {where}: {problem['msg']} (see .env.example)", file=sys.stderr)
+    except (ValidationError, SettingsError) as error:
+        for line in explain_settings_error(error):
+            print(line, file=sys.stderr)
+        if debugging():
+            traceback.print_exception(error)
         return None
+
+
+def refuse_to_start(settings: Settings) -> bool:
+    """The start checks (bot/doctor.py), told one line each; True when any failed."""
+    from bot.doctor import startup_problems
+
+    problems = startup_problems(settings)
+    for problem in problems:
+        print(problem.problem(), file=sys.stderr)
+    return bool(problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings is None:
         return EXIT_CONFIG
     starts_bot = args.command in (None, "run")
-    # Checked before anything imports torch and diffusers: a mistake is told in a blink.
     if starts_bot and settings.discord_token is None:
         print(
             f"{ENV_PREFIX}DISCORD_TOKEN is not set: copy .env.example to .env and put the bot's "
@@ -75,9 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    from bot.logs import configure_logging
+    from bot.logs import configure_logging, quiet_ml_libraries
 
-    configure_logging(settings.log_level, quiet_ml=args.command not in ("credits", "db"))
+    # diffusers and transformers are muted by each command once its own checks have passed:
+    # importing them takes seconds.
+    configure_logging(settings.log_level, quiet_ml=False)
+    if args.command == "doctor":
+        from bot.doctor import doctor
+
+        quiet_ml_libraries()  # the doctor imports them anyway: a broken install shows there
+        return doctor(settings)
     if args.command == "selftest":
         from bot.cli import selftest
 
@@ -90,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.books import books
 
         return books(settings, args)
+    # Before logging in to Discord: a member should never be the first to meet these.
+    if refuse_to_start(settings):
+        return EXIT_CONFIG
+    quiet_ml_libraries()
     from bot.runner import run_bot
 
     return run_bot(settings)

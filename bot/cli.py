@@ -1,14 +1,22 @@
-"""Console commands that use the engine without Discord."""
+"""Console commands that use the engine without Discord.
+
+Everything the owner can get wrong (arguments, the output folder, the model's files, the
+device) is checked before the engine imports torch and diffusers, and told in one line
+with exit status 2; nothing is written until the images are made.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bot.logs import quiet_ml_libraries
 from bot.options import DreamOptions, resolve_options
 from bot.runner import build_engine
 from bot.settings import Settings
@@ -17,19 +25,66 @@ from engine.images import read_png_infotext
 from engine.infotext import params_from_infotext
 from engine.jobs import EngineJob
 from engine.params import GenerationParams, InvalidParams, ModelInfo, parse_size
-from engine.specs import ModelSpec
+from engine.specs import SINGLE_FILE_SUFFIXES, ModelSpec
 from engine.worker import EngineWorker
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+MODEL_KINDS = "a configured name, a diffusers folder or a .safetensors/.ckpt file"
 
 
-def model_specs_with_path(settings: Settings, model: str | None) -> dict[str, ModelSpec]:
-    """The configured models, plus `model` itself when it names a folder or a file on disk."""
+def model_specs_with_path(
+    settings: Settings, model: str | None, config: str | None = None
+) -> tuple[dict[str, ModelSpec], str | None]:
+    """The configured models, plus `model` itself when it names a folder or a file on disk;
+    and the name `model` goes by. A path goes by the checkpoint's name (the file's stem, the
+    folder's name), as A1111 writes `Model:`: the infotext never carries the owner's paths.
+    `config` (--config) is the configuration a single file loads with."""
     specs = settings.model_specs()
-    if model and model not in specs and Path(model).expanduser().exists():
-        specs[model] = ModelSpec(name=model, source=model)
-    return specs
+    name = model
+    if model is not None and model not in specs:
+        path = Path(model).expanduser()
+        if path.exists():
+            name = path.stem if path.is_file() else path.resolve().name
+            specs[name] = ModelSpec(name=name, source=str(path))
+        elif "/" in model or model.lower().endswith(SINGLE_FILE_SUFFIXES):
+            raise InvalidParams(
+                f"--model {model}: there is no file or folder {path.absolute()} "
+                f"(--model takes {MODEL_KINDS})"
+            )
+    if config is not None:
+        target = specs.get(name or settings.default_model)
+        if target is not None:
+            if not target.is_single_file:
+                raise InvalidParams(
+                    f"--config is for a .safetensors/.ckpt file, and model {target.name} is "
+                    f"{target.source}"
+                )
+            specs[target.name] = dataclasses.replace(target, config=config)
+    return specs, name
+
+
+class _SaidOnTheConsole(logging.Filter):
+    """The console prints a model's load failure itself; the engine's log line for the bot's
+    log would say it a second time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def set_up_problems(
+    settings: Settings, spec: ModelSpec, console_model: bool, out: Path, out_setting: str
+) -> list[str]:
+    """What would make a dream fail after its images are made, or half-way: the output folder,
+    the model's files, the device; one line each."""
+    from bot.doctor import device_finding, folder_finding, model_findings
+
+    findings = [
+        folder_finding(out_setting, out),
+        *model_findings(spec, console=console_model, derived=False),
+        device_finding(settings.device),
+    ]
+    return [finding.problem() for finding in findings if not finding.ok]
 
 
 async def _generate(engine: EngineWorker, params: GenerationParams) -> list[tuple[int, bytes]]:
@@ -51,8 +106,8 @@ def _seed_text(seed: int, params: GenerationParams, index: int) -> str:
 
 
 def dream(settings: Settings, args: argparse.Namespace) -> int:
-    specs = model_specs_with_path(settings, args.model)
     try:
+        specs, model = model_specs_with_path(settings, args.model, args.config)
         options = DreamOptions(
             prompt=args.prompt,
             negative=args.negative,
@@ -62,7 +117,7 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
             size=parse_size(args.size) if args.size else None,
             sampler=args.sampler,
             count=args.count,
-            model=args.model,
+            model=model,
             clip_skip=args.clip_skip,
             prompt_syntax=args.syntax,
             variation_seed=args.variation_seed,
@@ -78,27 +133,65 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidParams as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    out = Path(args.out) if args.out else settings.data_dir / "out"
+    # A model given on the command line (a path, or --config) is fixed there, not in .env.
+    console_model = specs[params.model] != settings.model_specs().get(params.model)
+    problems = set_up_problems(
+        settings,
+        specs[params.model],
+        console_model,
+        out,
+        "--out" if args.out else "SDBOT_DATA_DIR",
+    )
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    quiet_ml_libraries()
     engine = build_engine(settings, models=specs)
+    loading_log = logging.getLogger("engine.loading")
+    said = _SaidOnTheConsole()
+    loading_log.addFilter(said)
     try:
         images = asyncio.run(_generate(engine, params))
     except ModelLoadError as error:  # the console user is the owner: show the whole reason
         print(f"error: {error.detail}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT
     except EngineError as error:
         print(f"error: {error.user_message}", file=sys.stderr)
         return EXIT_FAILED
-    out = Path(args.out) if args.out else settings.data_dir / "out"
-    out.mkdir(parents=True, exist_ok=True)
+    finally:
+        loading_log.removeFilter(said)
+    return _write_images(out, images, params)
+
+
+def _write_images(out: Path, images: list[tuple[int, bytes]], params: GenerationParams) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for index, (seed, png) in enumerate(images):
-        path = out / f"{stamp}-{index}-{seed}.png"
-        path.write_bytes(png)
-        print(f"{path}\t{_seed_text(seed, params, index)}")
+    written: list[str] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for index, (seed, png) in enumerate(images):
+            path = out / f"{stamp}-{index}-{seed}.png"
+            path.write_bytes(png)
+            written.append(f"{path}\t{_seed_text(seed, params, index)}")
+    except OSError as error:  # checked before generating; a disk can still fill up
+        print(f"error: the images could not be written to {out}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for line in written:
+            print(line)
     return 0
 
 
 def selftest(settings: Settings) -> int:
     """Build a tiny random model, load it the normal way, generate one image, check it."""
+    from bot.doctor import device_finding
+
+    device = device_finding(settings.device)
+    if not device.ok:
+        print(f"error: {device.problem()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    quiet_ml_libraries()
     from engine.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="sdbot-selftest-") as workdir:
@@ -121,6 +214,9 @@ def selftest(settings: Settings) -> int:
         )
         try:
             info, images, generate_seconds = asyncio.run(_selftest_run(engine, params))
+        except ModelLoadError as error:
+            print(f"FAILED: {error.detail}")
+            return EXIT_FAILED
         except EngineError as error:
             print(f"FAILED: {error.user_message}")
             return EXIT_FAILED

@@ -15,8 +15,13 @@ def configure_logging(level: str = "INFO", *, quiet_ml: bool = True) -> None:
     )
     # Libraries that are chatty at INFO: progress bars and per-request lines.
     logging.getLogger("discord.http").setLevel(logging.WARNING)
-    if not quiet_ml:
-        return
+    if quiet_ml:
+        quiet_ml_libraries()
+
+
+def quiet_ml_libraries() -> None:
+    """Mute diffusers' and transformers' progress bars and warnings. Importing them takes
+    seconds, so the console calls this only once its arguments and set-up are checked."""
     try:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+
+import aiohttp
+import discord
 
 from bot.actions import ResultActions
 from bot.app import SDBot
@@ -82,8 +86,12 @@ def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
     )
 
 
+EXIT_CONFIG = 2
+
+
 def run_bot(settings: Settings) -> int:
-    """Run until stopped; the caller has checked that there is a token."""
+    """Run until stopped; the caller has checked that there is a token, and the set-up
+    (bot/doctor.py). What Discord refuses at login is the owner's to fix: one line, exit 2."""
     token = settings.discord_token
     assert token is not None
     bot = build_bot(settings)
@@ -96,4 +104,17 @@ def run_bot(settings: Settings) -> int:
         asyncio.run(runner())
     except KeyboardInterrupt:
         log.info("stopped")
+    except discord.LoginFailure:
+        print(
+            "SDBOT_DISCORD_TOKEN was refused by Discord: copy it again from the developer "
+            "portal (your application, Bot, Reset Token)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    except aiohttp.ClientConnectorError as error:
+        print(
+            f"Discord could not be reached ({error}): check this machine's network",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return 0

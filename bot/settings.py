@@ -1,12 +1,25 @@
-"""Typed settings, read from the environment and `.env` (see `.env.example`)."""
+"""Typed settings, read from the environment and `.env` (see `.env.example`).
+
+A mistake in them is an owner's first hour: `explain_settings_error` turns what pydantic
+raises into one line per setting, named as the owner typed it, with the fix.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from data.credits import CreditPolicy
 from engine.specs import ModelFamily, ModelSpec
@@ -16,6 +29,7 @@ ENV_PREFIX = "SDBOT_"
 # auto, cpu, mps, cuda or cuda:N (a card of several).
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 DType = Literal["auto", "float16", "bfloat16", "float32"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ModelSettings(BaseModel):
@@ -74,7 +88,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_path: Path | None = None
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
-    default_model: str = "sd15"
+    # Validated even when left out: an owner who names their only model anything but sd15
+    # must hear it at start, not at the first /dream.
+    default_model: str = Field(default="sd15", validate_default=True)
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: DType = "auto"
     noise: Literal["cpu", "gpu"] = "cpu"
@@ -121,6 +137,13 @@ class Settings(BaseSettings):
     retention_max_gb: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     log_level: str = "INFO"
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"{level!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
+
     @field_validator("models")
     @classmethod
     def _at_least_one_model(cls, models: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
@@ -128,12 +151,19 @@ class Settings(BaseSettings):
             raise ValueError("configure at least one model")
         return models
 
-    @model_validator(mode="after")
-    def _default_model_is_known(self) -> Settings:
-        if self.default_model not in self.models:
-            known = ", ".join(sorted(self.models))
-            raise ValueError(f"default_model {self.default_model!r} is not one of: {known}")
-        return self
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_is_known(cls, default_model: str, info: ValidationInfo) -> str:
+        # A field validator, not a model one: its error then names SDBOT_DEFAULT_MODEL.
+        # `models` is declared first, so it is in `info.data` unless it failed itself.
+        models = info.data.get("models")
+        if models is not None and default_model not in models:
+            known = ", ".join(sorted(models))
+            raise ValueError(
+                f"{default_model!r} is not a model in SDBOT_MODELS ({known}): set "
+                "SDBOT_DEFAULT_MODEL to one of them, or add it to SDBOT_MODELS"
+            )
+        return default_model
 
     @property
     def db_path(self) -> Path:
@@ -157,3 +187,75 @@ class Settings(BaseSettings):
 
     def model_specs(self) -> dict[str, ModelSpec]:
         return {name: model.to_spec(name) for name, model in self.models.items()}
+
+
+# What a JSON setting looks like, for the line that says one is malformed.
+_JSON_EXAMPLES = {
+    "owner_ids": "[123456789012345678, 234567890123456789]",
+    "admin_guild_ids": "[123456789012345678]",
+    "models": '{"sd15": {"source": "stable-diffusion-v1-5/stable-diffusion-v1-5"}}',
+}
+_SOURCE_FIELD = re.compile(r'field "(?P<field>\w+)" from source "(?P<source>\w+)"')
+
+
+class _LogLevelAlone(BaseSettings):
+    """SDBOT_LOG_LEVEL read on its own, for when the other settings are what failed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,
+    )
+
+    log_level: str = "INFO"
+
+
+def debugging() -> bool:
+    """Whether the owner asked for tracebacks (SDBOT_LOG_LEVEL=DEBUG), even when the other
+    settings cannot be read."""
+    try:
+        return _LogLevelAlone().log_level.upper() == "DEBUG"
+    except (ValidationError, SettingsError):
+        return False
+
+
+def setting_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def explain_settings_error(error: ValidationError | SettingsError) -> list[str]:
+    """One line per bad setting, naming it as the owner typed it and how to fix it."""
+    if isinstance(error, ValidationError):
+        return [_validation_line(problem["loc"], problem["msg"]) for problem in error.errors()]
+    # pydantic-settings parses JSON settings before validation and says only which field
+    # and source failed; the JSON error itself is the cause.
+    match = _SOURCE_FIELD.search(str(error))
+    if match is None:
+        return [f"Settings could not be read: {error} (see .env.example)"]
+    name = setting_name(match["field"])
+    where = " in .env" if match["source"].startswith("DotEnv") else ""
+    cause = error.__cause__
+    why = (
+        f"{cause.msg} at character {cause.pos + 1}"
+        if isinstance(cause, json.JSONDecodeError)
+        else str(cause or error)
+    )
+    example = _JSON_EXAMPLES.get(match["field"])
+    shape = f", e.g. {name}={example}" if example else ""
+    return [
+        f"Setting {name}{where} is not valid JSON ({why}): write it as JSON, with double "
+        f"quotes and no trailing comma{shape} (see .env.example)"
+    ]
+
+
+def _validation_line(loc: tuple[int | str, ...], message: str) -> str:
+    # pydantic prefixes the message of a ValueError raised by a validator.
+    message = message.removeprefix("Value error, ")
+    if not loc:
+        return f"Settings: {message} (see .env.example)"
+    name = setting_name(str(loc[0]))
+    inner = ".".join(str(part) for part in loc[1:])
+    where = f" ({inner})" if inner else ""
+    return f"Setting {name}{where}: {message} (see .env.example)"

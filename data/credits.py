@@ -165,6 +165,11 @@ class CreditRepository:
         async with self._store.transaction() as db:
             return await touch(db, user_id, policy or self.policy)
 
+    async def has_account(self, user_id: int) -> bool:
+        """Whether the member has an account yet (a read that opens none)."""
+        row = await _one(self._store.db, "SELECT 1 FROM accounts WHERE user_id = ?", (user_id,))
+        return row is not None
+
     async def balance(self, user_id: int) -> int:
         """The balance as it stands: no account is created and no top-up given, so reading
         it after a job never applies the bot's top-up over a server's."""

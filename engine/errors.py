@@ -13,17 +13,24 @@ class EngineError(Exception):
 
 class ModelLoadError(EngineError):
     """`reason` is shown to members only when it is ours (`public`): library errors can
-    carry the owner's file paths, so members read that the log has the details."""
+    carry the owner's file paths, so members read that the log has the details.
 
-    def __init__(self, model: str, reason: str, *, public: bool = True) -> None:
+    `owner_reason` is what the owner's console and log get instead of `reason` when the two
+    differ: the precise cause (no network, no such path, no CUDA) and the fix, paths and
+    setting names included, on one line."""
+
+    def __init__(
+        self, model: str, reason: str, *, public: bool = True, owner_reason: str | None = None
+    ) -> None:
         shown = reason if public else "the bot's log has the details"
         super().__init__(f"Model {model} could not be loaded: {shown}")
         self.model = model
         self.reason = reason
+        self.owner_reason = owner_reason or reason
 
     @property
     def detail(self) -> str:
-        return f"Model {self.model} could not be loaded: {self.reason}"
+        return f"Model {self.model} could not be loaded: {self.owner_reason}"
 
 
 class OutOfMemory(EngineError):

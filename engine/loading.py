@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,12 @@ def _load_single_file(
 ) -> tuple[DiffusionPipeline, str]:
     path = Path(spec.source).expanduser()
     if not path.is_file():
-        raise ModelLoadError(spec.name, f"file {path.name} was not found")
+        raise ModelLoadError(
+            spec.name,
+            f"file {path.name} was not found",
+            owner_reason=f'file {path} was not found: fix "source" of model {spec.name} '
+            "in SDBOT_MODELS",
+        )
     family = spec.family or detect_single_file_family(path)
     kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family)}
     if spec.config:
@@ -166,6 +172,15 @@ def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
         if _fp16_only(folder):
             kwargs["variant"] = "fp16"
         return DiffusionPipeline.from_pretrained(str(folder), **kwargs)
+    if not looks_like_hub_id(spec.source):
+        # Told here: diffusers would say "neither a valid local path nor a valid repo id".
+        raise ModelLoadError(
+            spec.name,
+            "no such folder",
+            public=False,
+            owner_reason=f'there is no file or folder {folder.absolute()}: fix "source" of '
+            f"model {spec.name} in SDBOT_MODELS",
+        )
     if dtype == torch.float16:
         # Hub repos often carry fp16 weights: half the download, where there are some.
         try:
@@ -194,11 +209,15 @@ def load_model(
                 spec.name, f"{type(pipe).__name__} is not a Stable Diffusion text-to-image model"
             )
         pipe.to(device)
-    except ModelLoadError:
+    except ModelLoadError as error:
+        log.error("%s", error.detail)
         raise
     except Exception as error:  # diffusers raises many types for a bad or missing model
-        log.exception("loading model %s from %s failed", spec.name, spec.source)
-        raise ModelLoadError(spec.name, _short_reason(error), public=False) from error
+        reason = explain_load_failure(spec.name, spec.source, error, device, spec=spec)
+        # One line for the owner; the library's traceback only when they ask for it.
+        log.error("Model %s could not be loaded: %s", spec.name, reason)
+        log.debug("loading model %s from %s failed", spec.name, spec.source, exc_info=error)
+        raise ModelLoadError(spec.name, reason, public=False) from error
     pipe.set_progress_bar_config(disable=True)
     seconds = time.perf_counter() - started
     log.info(
@@ -223,18 +242,116 @@ def load_unet(
         path = Path(source).expanduser()
         if source.lower().endswith(SINGLE_FILE_SUFFIXES):
             if not path.is_file():
-                raise ModelLoadError(name, f"file {path.name} was not found")
+                raise ModelLoadError(
+                    name,
+                    f"file {path.name} was not found",
+                    owner_reason=f'file {path} was not found: fix "inpaint_source" in SDBOT_MODELS',
+                )
             unet = UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
         else:
             location = str(path) if path.is_dir() else source
             unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", dtype=dtype)
         unet.to(device)
-    except ModelLoadError:
+    except ModelLoadError as error:
+        log.error("%s", error.detail)
         raise
     except Exception as error:  # diffusers raises many types for a bad or missing model
-        log.exception("loading the UNet of %s (%s) failed", source, family)
-        raise ModelLoadError(name, _short_reason(error), public=False) from error
+        reason = explain_load_failure(name, source, error, device, setting="inpaint_source")
+        log.error("Model %s could not be loaded: %s", name, reason)
+        log.debug("loading the UNet of %s (%s) failed", source, family, exc_info=error)
+        raise ModelLoadError(name, reason, public=False) from error
     return unet
+
+
+# A Hub repo id: `owner/name` (huggingface_hub's rule for the characters).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
+# Network failures by class name: huggingface_hub raises httpx's, older stacks requests'.
+_NETWORK_ERRORS = frozenset(
+    {"ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException"}
+)
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`owner/name` that is no path on this disk: what diffusers would look up on the Hub."""
+    return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and everything it was raised from or during (diffusers wraps hub errors)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _hub_unreachable(causes: list[BaseException]) -> str | None:
+    """How the Hub could not be asked, as words, or None when that is not what failed."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    for cause in causes:
+        if isinstance(cause, OfflineModeIsEnabled | LocalEntryNotFoundError):
+            if constants.HF_HUB_OFFLINE:
+                return "the Hub is switched off here (HF_HUB_OFFLINE is set)"
+            return "the Hugging Face Hub could not be reached"
+        names = {kind.__name__ for kind in type(cause).__mro__}
+        if names & _NETWORK_ERRORS:
+            return f"the Hugging Face Hub could not be reached ({type(cause).__name__})"
+    return None
+
+
+def explain_load_failure(
+    name: str,
+    source: str,
+    error: BaseException,
+    device: torch.device,
+    *,
+    spec: ModelSpec | None = None,
+    setting: str = "source",
+) -> str:
+    """Why a model did not load and what fixes it, on one line, for the owner's console and
+    log (members read only that the log has the details: this names paths and settings)."""
+    causes = _causes(error)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return (
+            f"SDBOT_DEVICE is {device} but torch {torch.__version__} sees no CUDA GPU: set "
+            "SDBOT_DEVICE=auto (or cpu), or install a CUDA build of torch"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "SDBOT_DEVICE is mps but this machine has no MPS: set SDBOT_DEVICE=auto (or cpu)"
+    for cause in causes:
+        if isinstance(cause, PermissionError):
+            where = cause.filename or source
+            return f"permission denied reading {where}: let the bot's user read it"
+    unreachable = _hub_unreachable(causes)
+    if unreachable is not None:
+        if spec is not None and spec.is_single_file:
+            if spec.config:
+                return (
+                    f'its "config" {spec.config} is not in the Hugging Face cache and '
+                    f'{unreachable}: set "config" of model {name} in SDBOT_MODELS to a local '
+                    "diffusers folder of the same family"
+                )
+            return (
+                "diffusers reads a single file's configuration from the Hub, and "
+                f'{unreachable}: set "config" of model {name} in SDBOT_MODELS (--config on '
+                "the console) to a local diffusers folder of the same family"
+            )
+        return (
+            f"{source} is not in the Hugging Face cache and {unreachable}: download it once "
+            f'with the network (hf download {source}), or set "{setting}" of model {name} in '
+            "SDBOT_MODELS to a local diffusers folder"
+        )
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
+        return (
+            f"there is no model {source} on the Hugging Face Hub (or it needs a login: "
+            f'hf auth login): fix "{setting}" of model {name} in SDBOT_MODELS'
+        )
+    return _short_reason(error)
 
 
 def _short_reason(error: BaseException) -> str:
