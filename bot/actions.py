@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import shutil
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -15,11 +16,12 @@ from pathlib import Path
 
 from bot.contracts import JobObserver, JobRefused, Requester, Ticket
 from bot.guilds import GuildSettingsService
+from bot.imaging import DEFAULT_OUTPAINT_DENOISE
 from bot.options import TRAIN, random_seed
 from bot.services import DreamService
 from data.jobs import Job, JobImage, JobStatus, Origin
 from engine import attachments
-from engine.params import GenerationParams
+from engine.params import GenerationParams, InvalidParams
 
 # The same answer whether the job is another server's, another channel's or someone's DM:
 # it says nothing of the job.
@@ -32,6 +34,15 @@ class Action(StrEnum):
     STRONG = "strong"
     UPSCALE = "upscale"
     EDIT = "edit"
+    # Midjourney's reframing under a single image: outpaints of the picture itself.
+    ZOOM_OUT_2 = "zoom2"
+    ZOOM_OUT_15 = "zoom15"
+    ZOOM_CUSTOM = "zoom"  # a modal asks the factor and the prompt
+    PAN_LEFT = "panleft"
+    PAN_RIGHT = "panright"
+    PAN_UP = "panup"
+    PAN_DOWN = "pandown"
+    SQUARE = "square"
 
     @property
     def label(self) -> str:
@@ -39,7 +50,11 @@ class Action(StrEnum):
 
     @property
     def needs_image(self) -> bool:
-        return self in (Action.VARY, Action.STRONG, Action.UPSCALE)
+        return self in (Action.VARY, Action.STRONG, Action.UPSCALE) or self.reframes
+
+    @property
+    def reframes(self) -> bool:
+        return self in _ZOOMS or self in _PANS or self in (Action.SQUARE, Action.ZOOM_CUSTOM)
 
 
 _LABELS = {
@@ -48,6 +63,21 @@ _LABELS = {
     Action.STRONG: "Strong variation",
     Action.UPSCALE: "Upscale",
     Action.EDIT: "Edit",
+    Action.ZOOM_OUT_2: "Zoom out 2x",
+    Action.ZOOM_OUT_15: "Zoom out 1.5x",
+    Action.ZOOM_CUSTOM: "Custom zoom",
+    Action.PAN_LEFT: "Pan left",
+    Action.PAN_RIGHT: "Pan right",
+    Action.PAN_UP: "Pan up",
+    Action.PAN_DOWN: "Pan down",
+    Action.SQUARE: "Make square",
+}
+_ZOOMS = {Action.ZOOM_OUT_2: 2.0, Action.ZOOM_OUT_15: 1.5}
+_PANS = {
+    Action.PAN_LEFT: "left",
+    Action.PAN_RIGHT: "right",
+    Action.PAN_UP: "up",
+    Action.PAN_DOWN: "down",
 }
 
 
@@ -158,6 +188,7 @@ class ResultActions:
         image: int | None = None,
         prompt: str | None = None,
         negative: str | None = None,
+        zoom: str | None = None,
         interaction_id: int | None = None,
     ) -> Ticket:
         """Check, build and submit the action's job; JobRefused or InvalidParams say why not.
@@ -166,10 +197,12 @@ class ResultActions:
         job (`Ticket.duplicate`) and charges nothing.
         """
         job = await self.result(job_id, presser, use=True)
-        params = await self.params_for(action, job, image, prompt=prompt, negative=negative)
+        params = await self.params_for(
+            action, job, image, prompt=prompt, negative=negative, zoom=zoom
+        )
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
-        if action is Action.EDIT:  # a stable digest: str hashes change with every process
-            digest = hashlib.sha256(f"{prompt}\0{negative}".encode()).hexdigest()[:12]
+        if action in (Action.EDIT, Action.ZOOM_CUSTOM):  # str hashes change per process
+            digest = hashlib.sha256(f"{prompt}\0{negative}\0{zoom}".encode()).hexdigest()[:12]
             key += f":{digest}"
         # A click in a DM on a server's result (results by DM) is still under that server's
         # rules: only its channel rules cannot apply there.
@@ -197,6 +230,7 @@ class ResultActions:
         *,
         prompt: str | None = None,
         negative: str | None = None,
+        zoom: str | None = None,
     ) -> GenerationParams:
         params = GenerationParams.from_dict(job.params)
         if action is Action.REROLL:
@@ -222,7 +256,47 @@ class ResultActions:
         png = await self._image_bytes(job, chosen)
         if action is Action.STRONG:
             return await self._strong(params, png)
+        if action.reframes:
+            factor = parse_zoom(zoom or "") if action is Action.ZOOM_CUSTOM else None
+            reframed = await self._reframe(action, params, chosen, png, factor)
+            if prompt is not None:  # Custom zoom's edited prompt
+                reframed = replace(reframed, prompt=prompt.strip())
+            return reframed
         return await self._upscale(params, chosen, png)
+
+    async def _reframe(
+        self,
+        action: Action,
+        params: GenerationParams,
+        chosen: JobImage,
+        png: bytes,
+        factor: float | None = None,
+    ) -> GenerationParams:
+        """Zoom out, pan or make square: the picture shrunk into a larger canvas whose new
+        border is outpainted, within the model's size (so a zoom keeps the resolution)."""
+        cap = self.dreams.models[params.model].pixel_cap()
+        width, height = chosen.width, chosen.height
+        if factor is not None or action in _ZOOMS:
+            frame = attachments.zoom_out(width, height, factor or _ZOOMS[action], cap)
+        elif action in _PANS:
+            frame = attachments.pan(width, height, _PANS[action], cap)
+        else:
+            frame = attachments.make_square(width, height, cap)
+        inner = await asyncio.to_thread(
+            attachments.shrunk_png, png, frame.inner, max_pixels=self.settings.max_attachment_pixels
+        )
+        key = await self.dreams.inputs.put_async(inner)
+        canvas_w, canvas_h = attachments.outpaint_size(*frame.inner, frame.pads)
+        return replace(
+            from_image(params, key),
+            mode="outpaint",
+            outpaint=attachments.outpaint_pads(*frame.inner, frame.pads),
+            seed=random_seed(),
+            count=1,
+            denoise=DEFAULT_OUTPAINT_DENOISE,
+            width=canvas_w,
+            height=canvas_h,
+        )
 
     async def _strong(self, params: GenerationParams, png: bytes) -> GenerationParams:
         """img2img from the image: composition loosely kept, details free to change."""
@@ -312,6 +386,25 @@ class ResultActions:
         folder = self.settings.images_dir / str(job.id)
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return job
+
+
+# Midjourney's Custom Zoom takes 1.0-2.0; 1 itself would change nothing.
+MIN_ZOOM, MAX_ZOOM = 1.0, 2.0
+
+
+def parse_zoom(text: str) -> float:
+    """A zoom factor as a member types it (`1.5`, `2x`); InvalidParams names the range."""
+    cleaned = text.strip().lower().removesuffix("x").strip()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise InvalidParams(
+            f"Zoom {text.strip()[:20]!r} is not a number: write one above {MIN_ZOOM:g} and at "
+            f"most {MAX_ZOOM:g}, like 1.5."
+        ) from None
+    if not (math.isfinite(value) and MIN_ZOOM < value <= MAX_ZOOM):
+        raise InvalidParams(f"Zoom must be above {MIN_ZOOM:g} and at most {MAX_ZOOM:g}, like 1.5.")
+    return value
 
 
 def check_not_expired(job: Job) -> None:

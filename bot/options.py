@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.jobs import EngineJob, TrainingJob
 from engine.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
-from engine.samplers import DEFAULT_SAMPLER
+from engine.samplers import AUTOMATIC, DEFAULT_SAMPLER
 from engine.specs import ModelSpec
 from engine.training_params import TrainingParams, training_price_units
 
@@ -37,6 +37,7 @@ class DreamOptions:
     prompt_syntax: str | None = None
     variation_seed: int | None = None
     variation_strength: float | None = None
+    schedule: str | None = None  # A1111's "Schedule type"; None: Automatic
 
 
 DEFAULT_STEPS = 20
@@ -154,6 +155,7 @@ def resolve_options(
         prompt_syntax=options.prompt_syntax or prompt_syntax,
         variation_seed=variation_seed,
         variation_strength=strength,
+        schedule=options.schedule or AUTOMATIC,
         **(mode_fields or {}),
     )
     check_params(params, models, max_prompt, max_upscale_pixels)

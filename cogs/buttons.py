@@ -25,7 +25,8 @@ MAX_JOB_ID = 2**63 - 1
 NO_SUCH_BUTTON = "That button refers to nothing I know; it may be from an old message."
 # Discord: a custom_id is 1-100 characters; ours are at most ~40.
 TEMPLATE = (
-    r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete):(?P<job>[0-9]{1,20})"
+    r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete"
+    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square):(?P<job>[0-9]{1,20})"
     r"(?::(?P<image>[0-9]{1,2}))?"
 )
 
@@ -129,7 +130,21 @@ def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) ->
             row=tools,
         )
     )
+    if single:  # Midjourney's reframing, under one picture as under its upscales
+        add_reframes(view, job_id, images[0].width != images[0].height, first_row=tools + 1)
     return view
+
+
+def add_reframes(view: discord.ui.View, job_id: int, square_too: bool, first_row: int) -> None:
+    """Zoom out 2x, 1.5x and by a factor the member types (and Make square for a picture
+    that is not), then the pans."""
+    zooms = [("zoom2", "Zoom out 2x"), ("zoom15", "Zoom out 1.5x"), ("zoom", "Custom zoom")]
+    if square_too:
+        zooms.append(("square", "Make square"))
+    for name, label in zooms:
+        view.add_item(ResultButton(name, job_id, 0, label=label, emoji="🔍", row=first_row))
+    for name, emoji in (("panleft", "⬅️"), ("panright", "➡️"), ("panup", "⬆️"), ("pandown", "⬇️")):
+        view.add_item(ResultButton(name, job_id, 0, emoji=emoji, row=first_row + 1))
 
 
 def view_factory(bot: SDBot) -> Callable[[JobOutcome], discord.ui.View]:

@@ -31,7 +31,7 @@ from engine.params import (
     check_size,
     parse_size,
 )
-from engine.samplers import SAMPLERS
+from engine.samplers import SAMPLERS, SCHEDULES
 from engine.specs import ModelSpec
 from engine.training_params import sanitize_name
 
@@ -119,6 +119,11 @@ async def preset_autocomplete(
 
 
 SAMPLER_CHOICES = [app_commands.Choice(name=name, value=name) for name in SAMPLERS]
+# A1111's "Schedule type" (issue 16); Automatic is each sampler's own, as in A1111.
+SCHEDULE_CHOICES = [app_commands.Choice(name=name, value=name) for name in SCHEDULES]
+SCHEDULER_DESCRIPTION = (
+    "A1111's schedule type; Automatic is the sampler's own (Karras for DPM++ 2M)"
+)
 
 
 class Dream(commands.Cog):
@@ -143,6 +148,7 @@ class Dream(commands.Cog):
         cfg="How closely to follow the prompt (CFG scale)",
         size="WIDTHxHEIGHT, multiples of 8, or a preset",
         sampler="Sampler, by its A1111 name",
+        scheduler=SCHEDULER_DESCRIPTION,
         count="How many images",
         model="Which model to use",
         clip_skip="Stop CLIP this many layers from the end (A1111 numbering; 2 for anime models)",
@@ -156,7 +162,7 @@ class Dream(commands.Cog):
         lora="A LoRA of yours or shared here (adds <lora:name:weight> to the prompt)",
         lora_weight="How strongly the LoRA applies (default 0.8)",
     )
-    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.autocomplete(
         model=model_autocomplete, preset=preset_autocomplete, lora=usable_lora_autocomplete
     )
@@ -182,6 +188,7 @@ class Dream(commands.Cog):
         preset: app_commands.Range[str, 1, 100] | None = None,
         lora: app_commands.Range[str, 1, 64] | None = None,
         lora_weight: app_commands.Range[float, -2.0, 2.0] | None = None,
+        scheduler: str | None = None,
     ) -> None:
         if lora is not None:
             prompt = with_lora_tag(
@@ -204,6 +211,7 @@ class Dream(commands.Cog):
             syntax,
             variation_seed,
             variation_strength,
+            schedule=scheduler,
         )
         # The member's preferences and the server's defaults fill what was not typed.
         filled = await self.bot.prefs.fill(

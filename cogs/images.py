@@ -14,6 +14,8 @@ from bot.options import DreamOptions
 from cogs.dream import (
     CONTROL_IMAGE,
     SAMPLER_CHOICES,
+    SCHEDULE_CHOICES,
+    SCHEDULER_DESCRIPTION,
     ControlType,
     Uploads,
     model_autocomplete,
@@ -45,6 +47,7 @@ COMMON_DESCRIPTIONS = {
     "steps": "Denoising steps (only `strength` of them run)",
     "cfg": "How closely to follow the prompt (CFG scale)",
     "sampler": "Sampler, by its A1111 name",
+    "scheduler": SCHEDULER_DESCRIPTION,
     "count": "How many images",
     "model": "Which model to use",
 }
@@ -74,7 +77,7 @@ class Images(commands.Cog):
         control_weight="How strongly the control image holds (0-2)",
         **COMMON_DESCRIPTIONS,
     )
-    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete)
     async def img2img(
         self,
@@ -87,13 +90,16 @@ class Images(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         sampler: str | None = None,
+        scheduler: str | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         model: str | None = None,
         control_image: discord.Attachment | None = None,
         control_type: ControlType | None = None,
         control_weight: app_commands.Range[float, 0.0, MAX_CONTROL_SCALE] | None = None,
     ) -> None:
-        options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = DreamOptions(
+            prompt, negative, seed, steps, cfg, None, sampler, count, model, schedule=scheduler
+        )
         options, dm = await self._defaults(interaction, options)
         _control_needs_image(control_image, control_type, control_weight)
 
@@ -120,7 +126,7 @@ class Images(commands.Cog):
         padding="With only_masked: pixels of context around the mask",
         **COMMON_DESCRIPTIONS,
     )
-    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete)
     async def inpaint(
         self,
@@ -137,10 +143,13 @@ class Images(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         sampler: str | None = None,
+        scheduler: str | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         model: str | None = None,
     ) -> None:
-        options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = DreamOptions(
+            prompt, negative, seed, steps, cfg, None, sampler, count, model, schedule=scheduler
+        )
         options, dm = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:
@@ -169,7 +178,7 @@ class Images(commands.Cog):
         strength="How freely the new area is painted (0-1; high fills it best)",
         **COMMON_DESCRIPTIONS,
     )
-    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete)
     async def outpaint(
         self,
@@ -186,6 +195,7 @@ class Images(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         sampler: str | None = None,
+        scheduler: str | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         model: str | None = None,
     ) -> None:
@@ -193,7 +203,9 @@ class Images(commands.Cog):
             raise InvalidParams(
                 "Say how far to grow the picture: left, right, up or down, in pixels."
             )
-        options = DreamOptions(prompt, negative, seed, steps, cfg, None, sampler, count, model)
+        options = DreamOptions(
+            prompt, negative, seed, steps, cfg, None, sampler, count, model, schedule=scheduler
+        )
         options, dm = await self._defaults(interaction, options)
 
         async def prepare(data: Uploads) -> Prepared:

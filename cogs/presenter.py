@@ -12,11 +12,13 @@ from typing import Any
 
 import discord
 
+from bot.actions import Action
 from bot.contracts import JobOutcome, StoredImage, Ticket
 from bot.replies import CHANNEL_FALLBACK, mention_only, reply_ephemeral
 from data.jobs import Job
 from engine.images import EncodedImage, fit_to_limit
 from engine.params import GenerationParams, Progress
+from engine.samplers import AUTOMATIC, resolved_schedule
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def result_embed(
     embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
     title = MODE_TITLES.get(params.mode, params.mode)
     if outcome.job.action:
-        title = f"{title} ({outcome.job.action} of job {outcome.job.parent_id})"
+        title = f"{title} ({action_name(outcome.job.action)} of job {outcome.job.parent_id})"
     if requester is not None:
         embed.set_author(name=f"{title} for {requester.display_name}")
     else:
@@ -73,7 +75,7 @@ def result_embed(
     if params.clip_skip != 1:
         embed.add_field(name="Clip skip", value=str(params.clip_skip))
     embed.add_field(name="Steps", value=str(params.steps))
-    embed.add_field(name="Sampler", value=params.sampler)
+    embed.add_field(name="Sampler", value=_sampler_text(params))
     embed.add_field(name="CFG", value=f"{params.cfg:g}")
     embed.add_field(name="Size", value=params.size)
     embed.add_field(name="Model", value=params.model)
@@ -91,6 +93,14 @@ def result_embed(
         footer += f" · balance {outcome.balance}"
     embed.set_footer(text=footer)
     return embed
+
+
+def action_name(value: str) -> str:
+    """ "Zoom out 2x" for a job's stored action "zoom2"; a name this version lacks as is."""
+    try:
+        return Action(value).label.lower()
+    except ValueError:
+        return value
 
 
 def encode_for_upload(images: list[StoredImage], file_limit: int) -> list[EncodedImage]:
@@ -515,6 +525,12 @@ def _png_file(data: bytes, filename: str) -> discord.File:
 
 def describe(params: GenerationParams) -> str:
     return (
-        f"{params.count}× {params.size}, {params.steps} steps, {params.sampler}, "
+        f"{params.count}× {params.size}, {params.steps} steps, {_sampler_text(params)}, "
         f"CFG {params.cfg:g}, seed {params.seed}, {params.model}"
     )
+
+
+def _sampler_text(params: GenerationParams) -> str:
+    """`DPM++ 2M Karras`: the sampler and the schedule that ran, as members say it."""
+    schedule = resolved_schedule(params.sampler, params.schedule)
+    return params.sampler if schedule == AUTOMATIC else f"{params.sampler} {schedule}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.actions import Action, Presser
+from bot.actions import MAX_ZOOM, MIN_ZOOM, Action, Presser
 from bot.contracts import JobRefused, Ticket
 from bot.replies import first_delivery, mention_only
 from cogs.buttons import RESULTS_COG, ResultButton, view_factory
@@ -32,6 +32,7 @@ from cogs.presenter import (
 )
 from engine.images import fit_to_limit
 from engine.params import GenerationParams, InvalidParams
+from engine.samplers import AUTOMATIC
 
 if TYPE_CHECKING:
     from bot.app import SDBot
@@ -54,6 +55,7 @@ def reproduce_command(params: GenerationParams) -> str:
         f"cfg:{params.cfg:g}",
         f"size:{params.size}",
         f"sampler:{params.sampler}",
+        f"scheduler:{params.schedule}" if params.schedule != AUTOMATIC else "",
         f"count:{params.count}",
         f"model:{params.model}",
         f"clip_skip:{params.clip_skip}" if params.clip_skip != 1 else "",
@@ -102,6 +104,43 @@ class EditModal(discord.ui.Modal, title="Edit and run again"):
         )
 
 
+class ZoomModal(discord.ui.Modal, title="Custom zoom"):
+    """Midjourney's Custom Zoom: how far out, and the prompt for what the border shows."""
+
+    def __init__(self, cog: Results, job_id: int, params: GenerationParams) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.job_id = job_id
+        self.factor: discord.ui.TextInput[ZoomModal] = discord.ui.TextInput(
+            label=f"Zoom out by ({MIN_ZOOM:g} to {MAX_ZOOM:g})",
+            custom_id="zoom",
+            default="2",
+            max_length=8,
+        )
+        self.prompt: discord.ui.TextInput[ZoomModal] = discord.ui.TextInput(
+            label="Prompt",
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=params.prompt[:MAX_MODAL_TEXT],
+            max_length=MAX_MODAL_TEXT,
+        )
+        self.add_item(self.factor)
+        self.add_item(self.prompt)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.cog.run_action(
+            interaction,
+            Action.ZOOM_CUSTOM,
+            self.job_id,
+            image=0,
+            prompt=self.prompt.value,
+            zoom=self.factor.value,
+        )
+
+
 class Results(commands.Cog, name=RESULTS_COG):
     def __init__(self, bot: SDBot) -> None:
         self.bot = bot
@@ -142,6 +181,8 @@ class Results(commands.Cog, name=RESULTS_COG):
             await self.delete_clicked(interaction, job_id)
         elif name == "edit":
             await self.edit_clicked(interaction, job_id)
+        elif name == Action.ZOOM_CUSTOM:
+            await self.edit_clicked(interaction, job_id, modal=ZoomModal)
         else:
             await self.run_action(interaction, Action(name), job_id, image=image)
 
@@ -154,6 +195,7 @@ class Results(commands.Cog, name=RESULTS_COG):
         image: int | None = None,
         prompt: str | None = None,
         negative: str | None = None,
+        zoom: str | None = None,
     ) -> None:
         # Deferred first, privately: the queue position is for the presser alone, and the
         # work below (reading images, the store) may outlast Discord's 3 seconds.
@@ -183,6 +225,7 @@ class Results(commands.Cog, name=RESULTS_COG):
                 image=image,
                 prompt=prompt,
                 negative=negative,
+                zoom=zoom,
                 interaction_id=interaction.id,
             )
         except (JobRefused, InvalidParams) as refused:
@@ -220,7 +263,12 @@ class Results(commands.Cog, name=RESULTS_COG):
             text = "Drop one of its images into /reproduce or A1111's PNG Info to read it back."
         await interaction.followup.send(text, embed=embed, ephemeral=True)
 
-    async def edit_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+    async def edit_clicked(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        modal: type[EditModal | ZoomModal] = EditModal,
+    ) -> None:
         # A modal must be the first response, so the checks come before any deferral.
         try:
             job = await self.bot.actions.result(job_id, self._presser(interaction), use=True)
@@ -228,7 +276,7 @@ class Results(commands.Cog, name=RESULTS_COG):
             await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
             return
         params = GenerationParams.from_dict(job.params)
-        await interaction.response.send_modal(EditModal(self, job_id, params))
+        await interaction.response.send_modal(modal(self, job_id, params))
 
     async def delete_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -359,7 +407,9 @@ class Results(commands.Cog, name=RESULTS_COG):
 
 def _action_label(action: Action, image: int | None) -> str:
     """ "Upscale of image 2", "Reroll": how the reply names what was asked."""
-    return action.label + (f" of image {image + 1}" if image is not None else "")
+    if action.reframes or image is None:  # reframes are offered under one picture only
+        return action.label
+    return f"{action.label} of image {image + 1}"
 
 
 async def setup(bot: SDBot) -> None:

@@ -275,6 +275,79 @@ def outpaint_size(width: int, height: int, pads: tuple[int, int, int, int]) -> t
     return width + left + right, height + up + down
 
 
+@dataclass(frozen=True, slots=True)
+class Reframe:
+    """Midjourney's zoom out, pan and make square as an outpaint: the picture shrunk to
+    `inner` and grown by `pads` (left, right, up, down) into a canvas within the model."""
+
+    inner: tuple[int, int]
+    pads: tuple[int, int, int, int]
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        left, right, up, down = self.pads
+        return self.inner[0] + left + right, self.inner[1] + up + down
+
+
+PAN_DIRECTIONS = ("left", "right", "up", "down")
+# A pan grows the canvas by half the picture's side, as Midjourney's pan buttons do.
+PAN_FRACTION = 0.5
+
+
+def zoom_out(width: int, height: int, factor: float, pixel_cap: int) -> Reframe:
+    """The picture `factor` times smaller in the middle of a canvas of its own size (or the
+    largest the model takes), so zooming can repeat without the picture growing."""
+    canvas_w, canvas_h = fit_size(width, height, pixel_cap)
+    inner = (_round8(canvas_w / factor), _round8(canvas_h / factor))
+    return Reframe(inner, _centred(canvas_w - inner[0], canvas_h - inner[1]))
+
+
+def pan(width: int, height: int, direction: str, pixel_cap: int) -> Reframe:
+    """The canvas grown by half a side towards `direction`, the whole within the model."""
+    if direction not in PAN_DIRECTIONS:
+        raise InvalidParams(f"Pan {direction!r}: choose one of {', '.join(PAN_DIRECTIONS)}.")
+    sideways = direction in ("left", "right")
+    grow_w = width * PAN_FRACTION if sideways else 0.0
+    grow_h = 0.0 if sideways else height * PAN_FRACTION
+    total_w, total_h = fit_size(round(width + grow_w), round(height + grow_h), pixel_cap)
+    scale = min(total_w / (width + grow_w), total_h / (height + grow_h))
+    inner = (_round8(width * scale), _round8(height * scale))
+    extra_w, extra_h = max(0, total_w - inner[0]), max(0, total_h - inner[1])
+    pads = {
+        "left": (extra_w, 0, 0, 0),
+        "right": (0, extra_w, 0, 0),
+        "up": (0, 0, extra_h, 0),
+        "down": (0, 0, 0, extra_h),
+    }[direction]
+    return Reframe(inner, pads)
+
+
+def make_square(width: int, height: int, pixel_cap: int) -> Reframe:
+    """The short side grown evenly on both ends until the canvas is square."""
+    if width == height:
+        raise InvalidParams("That picture is square already.")
+    side = max(width, height)
+    square, _ = fit_size(side, side, pixel_cap)
+    scale = square / side
+    inner = (_round8(width * scale), _round8(height * scale))
+    return Reframe(inner, _centred(square - inner[0], square - inner[1]))
+
+
+def shrunk_png(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:
+    """The picture resized to `size` (its alpha kept), as a PNG: the inner part of a
+    reframe."""
+    return _png(load_image(data, max_pixels=max_pixels).resize(size, Image.Resampling.LANCZOS))
+
+
+def _round8(value: float) -> int:
+    return max(_MIN_SIDE, round(value / _MULTIPLE) * _MULTIPLE)
+
+
+def _centred(extra_w: int, extra_h: int) -> tuple[int, int, int, int]:
+    extra_w, extra_h = max(0, extra_w), max(0, extra_h)
+    return extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2
+
+
 def upscale_size(width: int, height: int, factor: float) -> tuple[int, int]:
     """The target of an upscale by `factor`, rounded to multiples of 8."""
 

@@ -189,7 +189,7 @@ def call_pipeline(
     params = run.params
     # from_pipe shares the base's scheduler object at derivation time; a fresh one per call
     # on the pipe actually used (engine thread only: schedulers hold per-call state).
-    pipe.scheduler = make_scheduler(run.loaded, params.sampler)
+    pipe.scheduler = make_scheduler(run.loaded, params.sampler, params.schedule)
     device = _noise_device(run, pipe)
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in run.seeds]
     if pure_noise_size is not None:

@@ -4,7 +4,7 @@ Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
 
     <prompt>
     Negative prompt: <negative>          (only when there is one)
-    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: ..., Model: ...
+    Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, ...
 
 with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
 and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.params import GenerationParams, InvalidParams
+from engine.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
 
 NEGATIVE_PREFIX = "Negative prompt:"
 
@@ -71,6 +72,7 @@ def build_infotext(
     fields: dict[str, str | None] = {
         "Steps": str(params.steps),
         "Sampler": params.sampler,
+        "Schedule type": _schedule_type(params),
         "CFG scale": format_number(params.cfg),
         "Seed": str(seed),
         "Size": params.size,
@@ -89,6 +91,15 @@ def build_infotext(
     last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
     negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
     return f"{params.prompt}{negative}\n{last_line}".strip()
+
+
+def _schedule_type(params: GenerationParams) -> str | None:
+    """As A1111 1.9+ writes it: the schedule that ran, so `Automatic` is written only for
+    samplers without one of their own (Euler a: `Automatic`; DPM++ 2M: `Karras`). Our
+    training previews and queue rows have no real sampler and get none."""
+    if params.sampler not in SAMPLERS:
+        return None
+    return resolved_schedule(params.sampler, params.schedule)
 
 
 def _denoising_strength(params: GenerationParams) -> str | None:
@@ -136,15 +147,11 @@ def parse_infotext(text: str) -> Infotext:
     return Infotext(prompt="\n".join(prompt), negative="\n".join(negative), values=values)
 
 
-def sampler_name(sampler: str, schedule: str | None) -> str:
-    """A1111 1.9+ writes `Sampler: DPM++ 2M, Schedule type: Karras`; older ones one name."""
-    if (
-        schedule
-        and schedule.lower() not in ("automatic", "uniform")
-        and " " + schedule not in sampler
-    ):
-        return f"{sampler} {schedule}"
-    return sampler
+def sampler_name(sampler: str, schedule: str | None) -> tuple[str, str]:
+    """(sampler, schedule) from A1111 1.9+'s pair (`Sampler: DPM++ 2M, Schedule type:
+    Karras`) or an older combined name (`DPM++ 2M Karras`). Without a schedule type A1111
+    reads "Automatic" (modules/infotext_utils.py), the sampler's own schedule."""
+    return split_sampler(sampler, schedule or AUTOMATIC)
 
 
 def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
@@ -155,6 +162,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
         size = _SIZE_RE.match(values["Size"])
         if size is None:
             raise InvalidParams(f"Unreadable size {values['Size']!r} in the infotext.")
+        sampler, schedule = sampler_name(values["Sampler"], values.get("Schedule type"))
         return GenerationParams(
             prompt=info.prompt,
             negative=info.negative,
@@ -163,7 +171,8 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             cfg=float(values["CFG scale"]),
             width=int(size.group(1)),
             height=int(size.group(2)),
-            sampler=sampler_name(values["Sampler"], values.get("Schedule type")),
+            sampler=sampler,
+            schedule=schedule,
             count=count,
             model=values.get("Model", ""),
             clip_skip=int(values.get("Clip skip", "1")),

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
 from engine.prompt_syntax import PROMPT_SYNTAXES, weight_problem
-from engine.samplers import SAMPLERS
+from engine.samplers import AUTOMATIC, sampler_problem, split_sampler
 from engine.specs import ModelSpec
 
 MIN_STEPS, MAX_STEPS = 1, 150
@@ -76,6 +76,15 @@ class GenerationParams:
     # (token, file). The prompt keeps its tags, as A1111's infotext does.
     loras: tuple[tuple[str, str, float], ...] = ()
     embeddings: tuple[tuple[str, str], ...] = ()
+    # A1111 1.9+'s "Schedule type" (issue 16); "Automatic" is the sampler's own.
+    schedule: str = AUTOMATIC
+
+    def __post_init__(self) -> None:
+        # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
+        # preferences and server defaults) becomes the pair A1111 writes today.
+        sampler, schedule = split_sampler(self.sampler, self.schedule)
+        object.__setattr__(self, "sampler", sampler)
+        object.__setattr__(self, "schedule", schedule)
 
     @property
     def input_keys(self) -> list[str]:
@@ -114,6 +123,7 @@ class GenerationParams:
         Image-conditioned jobs share a batch only with jobs on the same inputs.
         """
         key: tuple[Any, ...] = (self.model, self.width, self.height, self.steps, self.sampler)
+        key += (self.schedule,)
         # One UNet batch carries one set of adapters.
         key += (self.cfg, self.loras, self.embeddings)
         if self.mode == "txt2img" and self.control_type is None:
@@ -234,8 +244,9 @@ def check_params(
     spec = models.get(params.model)
     if spec is None:
         raise InvalidParams(f"Unknown model {params.model!r}. Models: {', '.join(sorted(models))}.")
-    if params.sampler not in SAMPLERS:
-        raise InvalidParams(f"Unknown sampler {params.sampler!r}. Samplers: {', '.join(SAMPLERS)}.")
+    problem = sampler_problem(params.sampler, params.schedule)
+    if problem is not None:
+        raise InvalidParams(problem)
     if not MIN_STEPS <= params.steps <= MAX_STEPS:
         raise InvalidParams(f"Steps must be {MIN_STEPS}-{MAX_STEPS}, not {params.steps}.")
     if not MIN_CFG <= params.cfg <= MAX_CFG:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 
 from engine.errors import JobCancelled
@@ -18,23 +19,92 @@ from engine.lora import prompt_text
 from engine.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.preview import preview_png
 from engine.prompts import Conditioning, PromptEncoder, PromptPair
-from engine.samplers import SAMPLERS
+from engine.samplers import AUTOMATIC, SAMPLERS, split_sampler
+from engine.sigmas import a1111_sigmas, model_sigmas, sigma_to_t
 
 
-def set_sampler(loaded: LoadedModel, sampler: str) -> None:
+def set_sampler(loaded: LoadedModel, sampler: str, schedule: str = AUTOMATIC) -> None:
     """Swap the scheduler (engine thread only: schedulers are not thread-safe)."""
-    loaded.pipe.scheduler = make_scheduler(loaded, sampler)
+    loaded.pipe.scheduler = make_scheduler(loaded, sampler, schedule)
 
 
-def make_scheduler(loaded: LoadedModel, sampler: str) -> Any:
-    """A fresh scheduler for `sampler`.
+def make_scheduler(loaded: LoadedModel, sampler: str, schedule: str = AUTOMATIC) -> Any:
+    """A fresh scheduler for `sampler` under `schedule`, on A1111's sigmas.
 
     Built from the model's own scheduler config each time, so options of the last sampler
-    (Karras sigmas, SDE) never leak into the next.
+    (SDE, solver order) never leak into the next.
     """
+    return build_scheduler(loaded.base_scheduler_config, sampler, schedule)
+
+
+def build_scheduler(config: Any, sampler: str, schedule: str = AUTOMATIC) -> Any:
+    """The diffusers scheduler for an A1111 sampler and schedule type, from a model's config.
+
+    diffusers spaces timesteps its own way (`timestep_spacing`: SDXL's "leading" starts below
+    A1111's first sigma; DPM-Solver's default stops early). The k-diffusion samplers are
+    given A1111's sigmas instead (engine/sigmas.py) through the one hook they all share:
+    with `use_karras_sigmas` on, `set_timesteps` asks `_convert_to_karras` for the sigmas and
+    derives timesteps and interleaved sub-steps from them. Euler a has no such hook, so its
+    sigmas are set after diffusers' own. Timestep samplers (DDIM, PLMS, UniPC, LCM) keep
+    their spacing options.
+    """
+    sampler, schedule = split_sampler(sampler, schedule)
     spec = SAMPLERS[sampler]
-    scheduler_cls = getattr(diffusers, spec.scheduler)
-    return scheduler_cls.from_config(loaded.base_scheduler_config, **spec.options)
+    base_cls = getattr(diffusers, spec.scheduler)
+    if spec.schedules == (AUTOMATIC,):
+        return base_cls.from_config(config, **spec.options)
+    hooked = hasattr(base_cls, "_convert_to_karras")
+    mixin = _KarrasHook if hooked else _SigmasAfter
+    cls: Any = type(
+        f"A1111{base_cls.__name__}",
+        (mixin, base_cls),
+        {"a1111_sampler": sampler, "a1111_schedule": schedule},
+    )
+    options: dict[str, Any] = {"timestep_spacing": "linspace", **spec.options}
+    if hooked:
+        options.update(use_karras_sigmas=True, use_exponential_sigmas=False)
+    return cls.from_config(config, **options)
+
+
+class _A1111Sigmas:
+    """What the A1111 scheduler classes share: which sampler and schedule they reproduce."""
+
+    a1111_sampler: str
+    a1111_schedule: str
+    alphas_cumprod: torch.Tensor
+
+    def a1111_sigmas(self, steps: int) -> np.ndarray:
+        alphas = self.alphas_cumprod.numpy()
+        return a1111_sigmas(alphas, steps, self.a1111_sampler, self.a1111_schedule)
+
+
+class _KarrasHook(_A1111Sigmas):
+    """diffusers' Karras conversion replaced by A1111's sigmas, without the final 0 (which
+    every scheduler appends itself with `final_sigmas_type="zero"`)."""
+
+    _a1111_steps: int
+
+    def set_timesteps(self, num_inference_steps: int, *args: Any, **kwargs: Any) -> None:
+        self._a1111_steps = num_inference_steps
+        super().set_timesteps(num_inference_steps, *args, **kwargs)  # type: ignore[misc]
+
+    def _convert_to_karras(self, in_sigmas: Any, num_inference_steps: int | None = None) -> Any:
+        return self.a1111_sigmas(self._a1111_steps)[:-1]
+
+
+class _SigmasAfter(_A1111Sigmas):
+    """For Euler a: diffusers' set_timesteps, then A1111's sigmas and their timesteps."""
+
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+        super().set_timesteps(num_inference_steps, device)  # type: ignore[misc]
+        sigmas = self.a1111_sigmas(num_inference_steps)
+        log_sigmas = np.log(model_sigmas(self.alphas_cumprod.numpy()))
+        timesteps = [sigma_to_t(log_sigmas, float(sigma)) for sigma in sigmas[:-1]]
+        self.sigmas = torch.from_numpy(sigmas.astype(np.float32))
+        self.timesteps = torch.tensor(timesteps, dtype=torch.float32, device=device)
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -138,7 +208,7 @@ def generate_batch(
     if any(job.params.batch_key() != first.batch_key() for job in jobs):
         raise ValueError("generate_batch got jobs that cannot share a batch")
     started = time.perf_counter()
-    set_sampler(loaded, first.sampler)
+    set_sampler(loaded, first.sampler, first.schedule)
     for job in jobs:
         job.report(Progress(step=0, total=first.steps))
     pairs = encode_prompts(loaded, [job.params for job in jobs])

@@ -32,7 +32,8 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
         steps=3,
         cfg=6.5,
         count=2,
-        sampler="DPM++ 2M Karras",
+        sampler="DPM++ 2M",
+        scheduler="Karras",
     )
     callbacks = [r.json for r in sim.env.http_requests if r.path.endswith("/callback")]
     assert callbacks == [{"type": 5}], "the command defers first"
@@ -69,9 +70,10 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
         assert (params.width, params.height, params.sampler, params.model) == (
             64,
             64,
-            "DPM++ 2M Karras",
+            "DPM++ 2M",
             "tiny",
         )
+        assert params.schedule == "Karras"
 
 
 async def test_progress_edits_arrive_before_the_result(sim):

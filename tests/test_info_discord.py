@@ -46,7 +46,8 @@ async def test_reproduce_a_posted_image_gives_identical_pixels(sim):
         seed=42,
         steps=3,
         cfg=6.0,
-        sampler="DPM++ 2M Karras",
+        sampler="DPM++ 2M",
+        scheduler="Karras",
         variation_seed=7,
         variation_strength=0.3,
     )

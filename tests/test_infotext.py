@@ -22,8 +22,8 @@ def test_written_like_a1111():
     assert text == (
         "a (red:1.2) fox\n"
         "Negative prompt: blurry\n"
-        "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, "
-        "Model hash: 6ce0161689, Model: sd15"
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, "
+        "Size: 512x512, Model hash: 6ce0161689, Model: sd15"
     )
 
 
@@ -31,8 +31,8 @@ def test_variation_and_clip_skip_written_where_a1111_writes_them():
     p = params(variation_seed=99, variation_strength=0.3, clip_skip=2, count=2)
     assert build_infotext(p, seed=42, model_hash="6ce0161689", variation_seed=100) == (
         "a cat\n"
-        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, "
-        "Model hash: 6ce0161689, Model: sd15, Variation seed: 100, "
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 42, "
+        "Size: 512x512, Model hash: 6ce0161689, Model: sd15, Variation seed: 100, "
         "Variation seed strength: 0.3, Clip skip: 2"
     )
     # The job's own variation seed when the image's is not given.
@@ -52,7 +52,8 @@ def test_unused_options_are_not_written():
 
 def test_no_negative_line_and_no_hash_when_unknown():
     assert build_infotext(params(), seed=1, model_hash=None) == (
-        "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15"
+        "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1, "
+        "Size: 512x512, Model: sd15"
     )
 
 
@@ -113,14 +114,16 @@ def test_parses_infotext_written_by_a1111():
     old = params_from_infotext(A1111_OLD)
     assert old.prompt.startswith("masterpiece")
     assert old.negative.endswith("(worst quality:1.4)")
-    assert (old.steps, old.sampler, old.cfg, old.seed) == (28, "DPM++ 2M Karras", 7.0, 3938270617)
+    # A1111 before 1.9 wrote one combined name; it reads as today's sampler and schedule type.
+    assert (old.steps, old.sampler, old.cfg, old.seed) == (28, "DPM++ 2M", 7.0, 3938270617)
+    assert old.schedule == "Karras"
     assert (old.width, old.height, old.model) == (512, 768, "v1-5-pruned-emaonly")
     assert parse_infotext(A1111_OLD).values["Clip skip"] == "2"
     assert old.clip_skip == 2
     assert (old.variation_seed, old.variation_strength, old.prompt_syntax) == (None, 0.0, "a1111")
 
     new = params_from_infotext(A1111_NEW)
-    assert new.sampler == "DPM++ 2M Karras"
+    assert (new.sampler, new.schedule) == ("DPM++ 2M", "Karras")
     assert (new.cfg, new.width, new.negative) == (5.5, 1024, "")
     assert (
         parse_infotext(A1111_NEW).values["Lora hashes"]

@@ -119,7 +119,7 @@ async def test_reroll_runs_the_same_parameters_with_a_new_seed_as_a_reply(sim):
     assert (rerolled.prompt, rerolled.cfg, rerolled.steps) == ("a cat", 5.5, 2)
     assert await balance(sim, alice) == before - 1
     # The reply is a result of its own, with its own buttons.
-    assert buttons(reply)[-1][0] == ("Reroll", f"sd:reroll:{job_id_of(reply)}")
+    assert buttons(reply)[1][0] == ("Reroll", f"sd:reroll:{job_id_of(reply)}")
 
 
 async def test_variation_keeps_the_images_seed_and_blends_in_a_new_one(sim):
@@ -239,7 +239,12 @@ async def test_upscale_button_doubles_the_image(sim):
     assert "Upscale" in reply.embeds[0].author.name
     # An upscale is not text to image: no subtle variations (a variation seed means nothing).
     labels = [[label for label, _ in row] for row in buttons(reply)]
-    assert labels == [["Upscale", "Vary (strong)"], ["Reroll", "Info", "Edit", "Delete"]]
+    assert labels == [
+        ["Upscale", "Vary (strong)"],
+        ["Reroll", "Info", "Edit", "Delete"],
+        ["Zoom out 2x", "Zoom out 1.5x", "Custom zoom"],  # square: no Make square
+        [None, None, None, None],  # the pans, shown by their arrows alone
+    ]
     upscaled = await sim.bot.dreams.jobs.get(job_id_of(reply))
     with pytest.raises(JobRefused, match="Subtle variations are for text-to-image"):
         await sim.bot.actions.params_for(Action.VARY, upscaled, 0)
