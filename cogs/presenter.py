@@ -475,7 +475,14 @@ class ChannelPresenter:
             kwargs["files"] = await asyncio.to_thread(
                 result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
             )
-        sent = await channel.send(text, **kwargs)
+        try:
+            sent = await channel.send(text, **kwargs)
+        except discord.Forbidden as error:  # no right to post there any more: by DM then
+            log.info("job %s: cannot post in its channel (%s); sending by DM", self.job.id, error)
+            kwargs["files"] = await asyncio.to_thread(
+                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+            )
+            return await self._send_to_member(text, kwargs)
         return sent.id
 
     async def _send_to_member(self, text: str, kwargs: dict[str, Any]) -> int | None:

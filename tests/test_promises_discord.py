@@ -149,6 +149,26 @@ async def test_a_private_result_not_posted_goes_to_the_members_dms(sim, gate, ca
     assert not results_in(sim.channel, job.id), "a private result never lands in the channel"
 
 
+async def test_a_result_the_bot_may_no_longer_post_in_its_channel_goes_by_dm(sim, gate, caplog):
+    alice = sim.member("alice")
+    _, job = await dream_on_hold(sim, alice)
+    for method, path in DELIVERY_ROUTES:
+        sim.env.inject_error(method, path, status=502, times=None)
+    await gate.open()
+    await give_up_delivery(sim, caplog)
+    sim.env.backend.faults.clear()
+    # Meanwhile the bot lost the right to post in the channel (a 403, not worth retrying).
+    sim.env.inject_error(
+        "POST", f"/channels/{sim.channel.id}/messages", status=403, code=50013, times=None
+    )
+
+    await sim.restart()
+    dm = alice.user.dm_channel
+    await wait_until(sim.env, lambda: dm is not None and bool(results_in(dm, job.id)))
+    await sim.bot.dreams.drain()
+    assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is not None
+
+
 class TestAFlaggedResultPostedAfterARestart:
     @pytest.fixture
     def settings(self, make_settings, tmp_path_factory):
