@@ -21,7 +21,7 @@ CHANNEL_FALLBACK = "I could not reach you by DM about your request; open your DM
 def mention_only(user: discord.abc.Snowflake | int) -> discord.AllowedMentions:
     """Pings exactly this member: never @everyone, @here, a role or anyone else.
 
-    `AllowedMentions(users=True)` is not that: its other fields default to true, so a
+    Allowing `users=True` alone is not that: the other fields default to true, so a
     prompt quoting `@here` or a role would ping them.
     """
     target = discord.Object(id=user if isinstance(user, int) else user.id)
