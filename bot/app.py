@@ -97,12 +97,13 @@ class SDBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         # After the cogs: they tell the service how to reach members of restored jobs.
-        restored, ended = await self.dreams.recover()
+        # The outbox first: what recovery ends now is told as it ends.
         undelivered = await self.dreams.redeliver()
+        restored, ended = await self.dreams.recover()
         if restored or ended or undelivered:
             log.warning(
                 "restart: %d job(s) back in the queue, %d ended and refunded (failed, or "
-                "cancelled by their member), %d finished result(s) being posted",
+                "cancelled by their member), %d earlier outcome(s) being told",
                 len(restored),
                 len(ended),
                 len(undelivered),

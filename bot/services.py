@@ -374,11 +374,18 @@ class DreamService:
 
     async def redeliver(self) -> list[Job]:
         """Post the results a previous run stored but never posted (it died between the
-        two, or Discord failed every try): the outbox, emptied at start-up."""
+        two, or Discord failed every try), and tell the members whose jobs ended without
+        one and who never heard: the outbox, emptied at start-up, before recovery adds to it.
+        """
         pending = [job for job in await self.jobs.undelivered() if job.kind != TRAIN]
         for job in pending:
             observer = self.fallback_observer(job) if self.fallback_observer else None
             if observer is None:
+                continue
+            if job.status is not JobStatus.SUCCEEDED:
+                # Refunded in full when it ended (data/jobs.py `finish`), if it was charged.
+                reason = job.error or "The job could not be finished."
+                self.spawn(self._tell_failed(observer, job, reason, job.cost))
                 continue
             try:
                 outcome = await self._stored_outcome(job)
@@ -638,7 +645,18 @@ class DreamService:
         if observer is None and self.fallback_observer is not None:
             observer = self.fallback_observer(job)
         if observer is not None:
-            self.spawn(observer.failed(job, message, refunded))
+            self.spawn(self._tell_failed(observer, job, message, refunded))
+
+    async def _tell_failed(
+        self, observer: JobObserver, job: Job, message: str, refunded: int
+    ) -> None:
+        """Tell the member their job ended without a result, then mark it told: a crash
+        before that tells them at the next start (`redeliver`)."""
+        await observer.failed(job, message, refunded)
+        try:
+            await self.jobs.mark_delivered(job.id, None)
+        except StoreBusy as busy:
+            log.warning("job=%s told but not marked: %s", job.id, busy)
 
     def _learn_speed(self, units: float, seconds: float) -> None:
         """`seconds` for a batch worth `units` standard images."""

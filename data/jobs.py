@@ -290,7 +290,8 @@ class JobRepository:
             return cursor.rowcount == 1
 
     async def mark_delivered(self, job_id: int, message_id: int | None) -> None:
-        """The result is posted (in `message_id`, if it is anywhere the bot can find it)."""
+        """The member was told: the result posted (in `message_id`, if it is anywhere the
+        bot can find it), or the failure said."""
         async with (
             self._store.transaction() as db,
             db.execute(
@@ -302,12 +303,12 @@ class JobRepository:
             pass
 
     async def undelivered(self) -> list[Job]:
-        """Succeeded jobs whose result was never posted (a crash, or Discord down for good),
-        oldest first; not those deleted or expired meanwhile."""
+        """Ended jobs whose member was never told (a crash, or Discord down for good): a
+        result not posted, a failure not said; oldest first, not those deleted or expired."""
         async with self._store.db.execute(
-            "SELECT * FROM jobs WHERE status = ? AND delivered_at IS NULL"
+            "SELECT * FROM jobs WHERE status IN (?, ?, ?) AND delivered_at IS NULL"
             " AND deleted_at IS NULL AND expired_at IS NULL ORDER BY id",
-            (JobStatus.SUCCEEDED,),
+            (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED),
         ) as cursor:
             rows = await cursor.fetchall()
         return [Job.from_row(row) for row in rows]

@@ -81,6 +81,21 @@ async def test_a_cancelled_job_left_running_by_a_crash_is_refunded_not_run_again
     assert told.content == f"Job {job.id}: ❌ Cancelled. Your 1 credit was refunded."
 
 
+async def test_a_failure_refunded_but_not_yet_told_is_told_once_at_the_next_start(sim):
+    alice = sim.member("alice")
+    job = await leave_job(sim, alice, "running", 1)
+    # The bot died between the refund and the message that says so.
+    await sim.bot.dreams.jobs.finish(job.id, JobStatus.FAILED, error="The engine gave up.")
+    await sim.restart()
+    await sim.bot.dreams.drain()
+    [told] = alice.user.dm_channel.history()
+    assert told.content == f"Job {job.id}: ❌ The engine gave up. Your 1 credit was refunded."
+    await sim.restart()  # told once, not at every start
+    await sim.bot.dreams.drain()
+    assert len(alice.user.dm_channel.history()) == 1
+    assert await books(sim, alice) == (50, [LedgerKind.CHARGE, LedgerKind.REFUND])
+
+
 # -- 2 and 3. a result stored but not posted --------------------------------------------
 
 
