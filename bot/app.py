@@ -98,7 +98,7 @@ class SDBot(commands.Bot):
             await self.load_extension(extension)
         # After the cogs: they tell the service how to reach members of restored jobs.
         # The outbox first: what recovery ends now is told as it ends.
-        undelivered = await self.dreams.redeliver()
+        undelivered = await self.dreams.redeliver() + await self.training.redeliver()
         restored, ended = await self.dreams.recover()
         if restored or ended or undelivered:
             log.warning(

@@ -397,27 +397,28 @@ class DreamService:
             self.spawn(self.post_result(job.id, partial(observer.succeeded, outcome)))
         return pending
 
-    async def _stored_outcome(self, job: Job) -> JobOutcome:
-        """A succeeded job's outcome rebuilt from its row and files, with the safety review's
-        decisions applied again (a blurred image stays blurred)."""
-        params = GenerationParams.from_dict(job.params)
+    async def stored_images(self, job: Job) -> list[StoredImage]:
+        """A finished job's images from its rows and files, as the safety review decided
+        they may be shown (a blurred image stays blurred); OSError when the files went."""
         rows = await self.jobs.images(job.id)
         pngs = await asyncio.to_thread(lambda: [Path(row.path).read_bytes() for row in rows])
-        variations = params.variation_seeds
         stored = [
-            StoredImage(
-                row.seed,
-                Path(row.path),
-                row.width,
-                row.height,
-                row.infotext,
-                png,
-                variations[row.idx] if row.idx < len(variations) else None,
-            )
+            StoredImage(row.seed, Path(row.path), row.width, row.height, row.infotext, png)
             for row, png in zip(rows, pngs, strict=True)
         ]
         if self.reviewer is not None:
             stored = await self.reviewer.reapply(job.id, stored)
+        return stored
+
+    async def _stored_outcome(self, job: Job) -> JobOutcome:
+        """A succeeded job's outcome rebuilt from its row and files, with the safety review's
+        decisions applied again (a blurred image stays blurred)."""
+        params = GenerationParams.from_dict(job.params)
+        variations = params.variation_seeds
+        stored = [
+            replace(image, variation_seed=variations[idx] if idx < len(variations) else None)
+            for idx, image in enumerate(await self.stored_images(job))
+        ]
         parent = await self.jobs.get(job.parent_id) if job.parent_id is not None else None
         ran = (job.finished_at or job.created_at) - (job.started_at or job.created_at)
         queued = (job.started_at or job.created_at) - job.created_at

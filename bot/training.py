@@ -16,6 +16,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -401,6 +402,33 @@ class TrainingService:
         if observer is not None:
             # Posted as generation results are: retried while Discord fails, then remembered.
             self.dreams.spawn(self.dreams.post_result(job.id, lambda: observer.trained(trained)))
+
+    async def redeliver(self) -> list[Job]:
+        """Post the trainings a previous run finished but never announced (it died between
+        the two): their samples, with the safety review's decisions applied again."""
+        pending = [
+            job
+            for job in await self.dreams.jobs.undelivered()
+            if job.kind == TRAIN and job.status is JobStatus.SUCCEEDED
+        ]
+        for job in pending:
+            observer = self.fallback_observer(job) if self.fallback_observer else None
+            lora = await self.loras.by_job(job.id)
+            if observer is None or lora is None:
+                continue
+            try:
+                images = await self.dreams.stored_images(job)
+            except OSError as error:
+                log.warning("job=%s samples unreadable (%s); announced without", job.id, error)
+                images = []
+            samples = [Sample(image.png, image.infotext, image.spoiler) for image in images]
+            ran = (job.finished_at or job.created_at) - (job.started_at or job.created_at)
+            trained = TrainedOutcome(
+                job, TrainingParams.from_dict(job.params), lora, samples, ran, math.nan, 0
+            )
+            log.info("job=%s training announced after a restart", job.id)
+            self.dreams.spawn(self.dreams.post_result(job.id, partial(observer.trained, trained)))
+        return pending
 
     async def _reviewed_samples(
         self, job_id: int, samples: list[tuple[GeneratedImage, Path]]

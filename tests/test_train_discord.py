@@ -309,3 +309,22 @@ async def test_cancelling_a_queued_training_removes_its_checkpoints(sim):
     assert "was cancelled" in cancelled.response.content
     assert not workdir.exists()
     await alice.slash(sim.channel, "cancel")
+
+
+async def test_a_training_finished_but_not_announced_before_a_crash_is_announced_once(sim):
+    alice = sim.member("alice")
+    done = await trained(sim, alice)
+    job_id = (await sim.bot.training.loras.owned(alice.id, "rex")).job_id
+    # As if the bot had died between storing the LoRA and posting that it is ready.
+    async with sim.bot.store.transaction() as db:
+        await db.execute("UPDATE jobs SET delivered_at = NULL WHERE id = ?", (job_id,))
+    await sim.restart()
+    await wait_until(sim.env, lambda: len(bot_messages(sim, "**rex** is ready")) == 2)
+    await sim.bot.dreams.drain()
+    again = bot_messages(sim, "**rex** is ready")[-1]
+    assert again.id != done.id
+    assert [a.filename for a in again.attachments] == ["rex-sample-1.png", "rex-sample-2.png"]
+    await sim.restart()  # once, not at every start
+    await sim.bot.dreams.drain()
+    await sim.env.settle()
+    assert len(bot_messages(sim, "**rex** is ready")) == 2
