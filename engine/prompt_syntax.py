@@ -142,22 +142,34 @@ def split_subprompts(text: str) -> list[tuple[str, float]]:
     weight that is not a number counts as 1.0 (the fork warns and does the same), and so
     does one that is infinite or NaN, which would turn the image to noise.
     """
-    parts: list[tuple[str, float]] = []
-    rest = text
-    while ":" in rest:
-        prompt, rest = rest.split(":", 1)
-        weight_text, _, rest = rest.partition(" ")
-        parts.append((prompt, _weight(weight_text)))
+    weighted, rest = _weighted_parts(text)
+    parts = [(prompt, _weight(written)) for prompt, written in weighted]
     if rest:
         parts.append((rest, 1.0))
     return parts
 
 
-def _weight(text: str) -> float:
+def _weighted_parts(text: str) -> tuple[list[tuple[str, str]], str]:
+    """(sub-prompt, its weight as written) up to the last colon, and the text after it."""
+    parts: list[tuple[str, str]] = []
+    rest = text
+    while ":" in rest:
+        prompt, rest = rest.split(":", 1)
+        weight_text, _, rest = rest.partition(" ")
+        parts.append((prompt, weight_text))
+    return parts, rest
+
+
+def _number(text: str) -> float:
+    """A weight as written, infinite included; text that is not a number counts as 1.0."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         return 1.0
+
+
+def _weight(text: str) -> float:
+    value = _number(text)
     return value if math.isfinite(value) else 1.0
 
 
@@ -186,16 +198,20 @@ def resolve_syntax(text: str, syntax: str) -> str:
 def weight_problem(text: str, syntax: str, what: str = "prompt") -> str | None:
     """What is wrong with the first weight in `text` that is not a finite number within the
     bound, read as the engine will read it (`syntax` as the job has it); None if nothing.
+    A1111's weights are bounded as they reach the embeddings, nested brackets multiplied.
 
     A sentence, not an exception: engine/params.py raises it as InvalidParams, and imports
     this module (so this one cannot import that).
     """
     if resolve_syntax(text, syntax) == "subprompt":
-        weights = [
-            (weight, f"{part.strip()}:{raw}") for part, weight, raw in _subprompt_parts(text)
-        ]
+        weighted, _ = _weighted_parts(text)
+        weights = [(_number(written), f"{part.strip()}:{written}") for part, written in weighted]
     else:
-        weights = [(weight, f"(…:{raw})") for weight, raw in _attention_weights(text)]
+        weights = [
+            (fragment.weight, f"{fragment.text.strip()} at {fragment.weight:g}")
+            for fragment in parse_attention(text)
+            if not fragment.is_break
+        ]
     for weight, written in weights:
         if not math.isfinite(weight) or abs(weight) > MAX_PROMPT_WEIGHT:
             shown = written if len(written) <= 40 else written[:20] + "…" + written[-10:]
@@ -204,41 +220,3 @@ def weight_problem(text: str, syntax: str, what: str = "prompt") -> str | None:
                 f"-{MAX_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g}."
             )
     return None
-
-
-def _attention_weights(text: str) -> list[tuple[float, str]]:
-    """Each explicit `(text:weight)` weight A1111 would apply: one closing an open bracket."""
-    found: list[tuple[float, str]] = []
-    round_opened = 0
-    for match in _ATTENTION_RE.finditer(text):
-        token = match.group(0)
-        if match.group("escaped") is not None:
-            continue
-        if token == "(":
-            round_opened += 1
-        elif match.group("weight") is not None and round_opened:
-            round_opened -= 1
-            raw = match.group("weight")
-            found.append((float(raw), raw))
-        elif token == ")" and round_opened:
-            round_opened -= 1
-    return found
-
-
-def _subprompt_parts(text: str) -> list[tuple[str, float, str]]:
-    """(sub-prompt, weight as read, weight as written) for each weighted sub-prompt."""
-    parts: list[tuple[str, float, str]] = []
-    rest = text
-    while ":" in rest:
-        prompt, rest = rest.split(":", 1)
-        weight_text, _, rest = rest.partition(" ")
-        parts.append((prompt, _number(weight_text), weight_text))
-    return parts
-
-
-def _number(text: str) -> float:
-    """A weight as written, infinite included; text that is not a number counts as 1.0."""
-    try:
-        return float(text)
-    except ValueError:
-        return 1.0
