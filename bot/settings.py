@@ -69,17 +69,21 @@ def _default_models() -> dict[str, ModelSettings]:
     return {"sd15": ModelSettings(source="stable-diffusion-v1-5/stable-diffusion-v1-5")}
 
 
+# Where settings come from, for Settings and for the log level read on its own.
+SOURCES = SettingsConfigDict(
+    env_prefix=ENV_PREFIX,
+    env_file=".env",
+    env_file_encoding="utf-8",
+    extra="ignore",
+    # `KEY=` left empty in .env means "use the default", as .env.example is written.
+    env_ignore_empty=True,
+)
+
+
 class Settings(BaseSettings):
     """Every setting of the bot. `.env.example` documents each one; a test keeps them in step."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        # `KEY=` left empty in .env means "use the default", as .env.example is written.
-        env_ignore_empty=True,
-    )
+    model_config = SOURCES
 
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = None
@@ -201,13 +205,7 @@ _SOURCE_FIELD = re.compile(r'field "(?P<field>\w+)" from source "(?P<source>\w+)
 class _LogLevelAlone(BaseSettings):
     """SDBOT_LOG_LEVEL read on its own, for when the other settings are what failed."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        env_ignore_empty=True,
-    )
+    model_config = SOURCES
 
     log_level: str = "INFO"
 
