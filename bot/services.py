@@ -766,7 +766,7 @@ class DreamService:
                 break
             except Exception as error:
                 delay = next(delays, None)
-                if delay is None or self._stopping or not _worth_retrying(error):
+                if delay is None or self._stopping or not worth_retrying(error):
                     log.error(
                         "job=%s result not delivered after %d attempt(s) (%s: %s); it stays"
                         " stored with its images",
@@ -862,7 +862,7 @@ class DreamService:
             await self.drain()
 
 
-def _worth_retrying(error: Exception) -> bool:
+def worth_retrying(error: Exception) -> bool:
     """Whether posting a result again may go better. A 4xx other than 429 (a permission
     missing, the channel deleted, a payload refused) will be answered the same way; a 5xx,
     a 429, a dropped connection or a timeout may not."""

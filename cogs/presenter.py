@@ -15,6 +15,7 @@ import discord
 from bot.actions import Action
 from bot.contracts import JobOutcome, StoredImage, Ticket
 from bot.replies import CHANNEL_FALLBACK, mention_only, reply_ephemeral
+from bot.services import worth_retrying
 from data.jobs import Job
 from engine.images import EncodedImage, fit_to_limit
 from engine.params import GenerationParams, Progress
@@ -236,7 +237,7 @@ class DreamPresenter(LiveMessage):
                 )
                 return message.id
             except discord.HTTPException as error:
-                if is_transient(error):  # the service tries the same post again later
+                if worth_retrying(error):  # the service tries the same post again later
                     raise
                 # The interaction token lives 15 minutes; a long queue outlives it.
                 log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
@@ -333,7 +334,7 @@ class ReplyPresenter(LiveMessage):
                     )
                     return edited.id
                 except discord.HTTPException as error:
-                    if is_transient(error):  # the service tries the same post again later
+                    if worth_retrying(error):  # the service tries the same post again later
                         raise
                     log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
                     files = await asyncio.to_thread(
@@ -388,12 +389,6 @@ async def tell_privately(
     if channel is not None:
         with contextlib.suppress(discord.HTTPException):
             await channel.send(f"{user.mention} {public}", allowed_mentions=mention_only(user))
-
-
-def is_transient(error: discord.HTTPException) -> bool:
-    """Discord failing for a while (5xx, 429 after discord.py's own retries), not refusing:
-    the post is retried as it is (bot/services.py), not replaced by another kind of post."""
-    return error.status >= 500 or error.status == 429
 
 
 def previews_allowed(settings: Any, age_restricted: bool) -> bool:
