@@ -16,7 +16,13 @@ from pathlib import Path
 
 from engine.params import GenerationParams
 
-_KEY = re.compile(r"^[0-9a-f]{64}$")
+# What an input key looks like: the sha256 of the stored PNG, in hex.
+INPUT_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def input_path(folder: Path, key: str) -> Path:
+    """Where the input `key` (already matched against INPUT_KEY) lives under `folder`."""
+    return folder / key[:2] / f"{key}.png"
 
 
 class MissingInput(Exception):
@@ -28,9 +34,9 @@ class InputStore:
         self.folder = folder
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key):  # keys come from rows; never let one build a path
+        if not INPUT_KEY.match(key):  # keys come from rows; never let one build a path
             raise MissingInput(f"not an input key: {key!r}")
-        return self.folder / key[:2] / f"{key}.png"
+        return input_path(self.folder, key)
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.inputs import INPUT_KEY, input_path
 from bot.settings import Settings
 from data.jobs import Job, JobStatus
 from data.retention import RetentionRepository
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 3600.0  # seconds; files age in days, an hourly look is plenty
 DAY = 86400.0
 GB = 10**9  # as disk sizes are sold and file managers count
-# Copied from bot.inputs._KEY: what an input key looks like (a sha256 in hex).
-_KEY = re.compile(r"^[0-9a-f]{64}$")
 # An input being removed is renamed to this first and only deleted once the database says
 # no kept job names it (see Sweeper._remove_inputs).
 ASIDE_SUFFIX = ".expiring"
@@ -82,7 +80,7 @@ def input_keys(params: Any) -> set[str]:
     one only keeps a file longer.
     """
     if isinstance(params, str):
-        return {params} if _KEY.match(params) else set()
+        return {params} if INPUT_KEY.match(params) else set()
     if isinstance(params, dict):
         params = params.values()
     found: set[str] = set()
@@ -258,8 +256,7 @@ class Sweeper:
         return await asyncio.to_thread(self._settle_aside, aside, needed)
 
     def _input_path(self, key: str) -> Path:
-        # Copied from bot.inputs.InputStore._path; keys here matched _KEY in input_keys.
-        return self.inputs_dir / key[:2] / f"{key}.png"
+        return input_path(self.inputs_dir, key)  # keys here matched INPUT_KEY in input_keys
 
     def _set_aside(self, keys: list[str]) -> list[tuple[str, Path, int]]:
         aside = []
