@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bot.settings import Settings
-from engine.specs import SINGLE_FILE_SUFFIXES, ModelSpec
+from engine.specs import SINGLE_FILE_SUFFIXES, ModelSpec, family_from_keys, looks_like_hub_id
 
 GIB = 1024**3
 # Below this a day of images (a few hundred PNGs of ~0.5 MB) or a database that grows can
@@ -53,12 +53,6 @@ SINGLE_FILE_CONFIGS: dict[str, str] = {
     "sd2": "stabilityai/stable-diffusion-2-1",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
-# Copied from engine.loading (which imports torch): the keys only one family's original
-# checkpoints have.
-_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
-_SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
-# Copied from engine.loading.looks_like_hub_id: `owner/name`, huggingface_hub's characters.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
 # safetensors refuses headers over 100 MB; a larger length means the file is something else.
 MAX_HEADER = 100_000_000
 SOURCE_KINDS = "a Hub id, a diffusers folder or a .safetensors/.ckpt file"
@@ -299,10 +293,6 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
-
-
 def hub_cache_folder(repo: str, files: Sequence[str]) -> Path | None:
     """The snapshot folder of `repo` in the Hugging Face cache, when one of `files` is in it;
     no network."""
@@ -458,11 +448,7 @@ def _file_family(path: Path) -> str | None:
     if not isinstance(header, dict):
         return None
     keys = set(header)
-    if _SDXL_KEY in keys:
-        return "sdxl"
-    if _SD2_KEY in keys:
-        return "sd2"
-    return "sd1"
+    return family_from_keys(keys)
 
 
 def _folder_family(folder: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +23,17 @@ from diffusers import (
 
 from engine.errors import ModelLoadError
 from engine.params import ModelInfo
-from engine.specs import SINGLE_FILE_SUFFIXES, ModelFamily, ModelSpec
+from engine.specs import (
+    SINGLE_FILE_SUFFIXES,
+    ModelFamily,
+    ModelSpec,
+    family_from_keys,
+    looks_like_hub_id,
+)
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-# Keys that only one family's original (CompVis/SGM) checkpoints have.
-_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
-_SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -109,11 +110,7 @@ def detect_single_file_family(path: Path) -> ModelFamily:
 
     with safe_open(str(path), framework="pt") as handle:
         keys = set(handle.keys())
-    if _SDXL_KEY in keys:
-        return "sdxl"
-    if _SD2_KEY in keys:
-        return "sd2"
-    return "sd1"
+    return family_from_keys(keys)
 
 
 def family_of(pipe: DiffusionPipeline) -> ModelFamily:
@@ -264,16 +261,10 @@ def load_unet(
 
 
 # A Hub repo id: `owner/name` (huggingface_hub's rule for the characters).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
 # Network failures by class name: huggingface_hub raises httpx's, older stacks requests'.
 _NETWORK_ERRORS = frozenset(
     {"ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException"}
 )
-
-
-def looks_like_hub_id(source: str) -> bool:
-    """`owner/name` that is no path on this disk: what diffusers would look up on the Hub."""
-    return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
 
 
 def _causes(error: BaseException) -> list[BaseException]:

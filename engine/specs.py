@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 ModelFamily = Literal["sd1", "sd2", "sdxl"]
+
+# Keys that only an SDXL or an SD2 single-file checkpoint has (A1111's layout): the second
+# text encoder of SDXL, SD2's OpenCLIP in place of CLIP ViT-L.
+_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+_SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+
+
+# `owner/name` with huggingface_hub's characters.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`owner/name` that is no path on this disk: what diffusers would look up on the Hub."""
+    return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
+
+
+def family_from_keys(keys: set[str]) -> ModelFamily:
+    """A single-file checkpoint's family from its tensors' names (no tensor loaded)."""
+    if _SDXL_KEY in keys:
+        return "sdxl"
+    if _SD2_KEY in keys:
+        return "sd2"
+    return "sd1"
+
 
 # Native resolution of each family: the size a model was trained at, used when the
 # member asks for none, and the base of the default pixel cap.
