@@ -48,6 +48,16 @@ async def give_up_delivery(sim: Any, caplog: Any) -> None:
     await wait_until(sim.env, lambda: lines(caplog, "not delivered", logging.ERROR))
 
 
+async def left_unposted(sim: Any, gate: Any, caplog: Any) -> None:
+    """The held job runs while Discord fails every post of its result, until the service
+    gives the result up; then Discord is back."""
+    for method, path in DELIVERY_ROUTES:
+        sim.env.inject_error(method, path, status=502, times=None)
+    await gate.open()
+    await give_up_delivery(sim, caplog)
+    sim.env.backend.faults.clear()
+
+
 # -- 1. a cancel of a running job ------------------------------------------------------
 
 
@@ -102,12 +112,8 @@ async def test_a_failure_refunded_but_not_yet_told_is_told_once_at_the_next_star
 async def test_a_result_discord_refused_is_posted_once_at_the_next_start(sim, gate, caplog):
     alice = sim.member("alice")
     result, job = await dream_on_hold(sim, alice)
-    for method, path in DELIVERY_ROUTES:
-        sim.env.inject_error(method, path, status=502, times=None)
-    await gate.open()
-    await give_up_delivery(sim, caplog)
+    await left_unposted(sim, gate, caplog)
     assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is None
-    sim.env.backend.faults.clear()  # Discord is back
 
     await sim.restart()
     await wait_until(sim.env, lambda: bool(results_in(sim.channel, job.id)))
@@ -151,11 +157,7 @@ async def test_a_private_result_not_posted_goes_to_the_members_dms(sim, gate, ca
     alice = sim.member("alice")
     await alice.slash(sim.channel, "prefer set", option="dm", value="yes")
     _, job = await dream_on_hold(sim, alice)
-    sim.env.inject_error("POST", "/channels/*/messages", status=502, times=None)
-    sim.env.inject_error("PATCH", "/webhooks/*/messages/@original", status=502, times=None)
-    await gate.open()
-    await give_up_delivery(sim, caplog)
-    sim.env.backend.faults.clear()
+    await left_unposted(sim, gate, caplog)
 
     await sim.restart()
     dm = alice.user.dm_channel
@@ -167,11 +169,7 @@ async def test_a_private_result_not_posted_goes_to_the_members_dms(sim, gate, ca
 async def test_a_result_the_bot_may_no_longer_post_in_its_channel_goes_by_dm(sim, gate, caplog):
     alice = sim.member("alice")
     _, job = await dream_on_hold(sim, alice)
-    for method, path in DELIVERY_ROUTES:
-        sim.env.inject_error(method, path, status=502, times=None)
-    await gate.open()
-    await give_up_delivery(sim, caplog)
-    sim.env.backend.faults.clear()
+    await left_unposted(sim, gate, caplog)
     # Meanwhile the bot lost the right to post in the channel (a 403, not worth retrying).
     sim.env.inject_error(
         "POST", f"/channels/{sim.channel.id}/messages", status=403, code=50013, times=None
@@ -193,11 +191,7 @@ class TestAFlaggedResultPostedAfterARestart:
     async def test_stays_blurred(self, sim, gate, caplog):
         alice = sim.member("alice")
         _, job = await dream_on_hold(sim, alice)
-        for method, path in DELIVERY_ROUTES:
-            sim.env.inject_error(method, path, status=502, times=None)
-        await gate.open()
-        await give_up_delivery(sim, caplog)
-        sim.env.backend.faults.clear()
+        await left_unposted(sim, gate, caplog)
 
         await sim.restart()
         await wait_until(sim.env, lambda: bool(results_in(sim.channel, job.id)))
