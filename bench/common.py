@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator, Sequence
 
 from PIL import Image
 
-from bot.contracts import JobOutcome
-from bot.queue import JobQueue
-from bot.services import DreamService
+from bot.generation.service import DreamService
+from bot.jobs.contracts import JobOutcome
+from bot.jobs.queue import JobQueue
 from bot.settings import Settings
 from data.credits import CreditRepository
 from data.jobs import JobRepository
 from data.store import Store
-from engine.errors import JobCancelled
-from engine.images import encode_png
-from engine.infotext import build_infotext
-from engine.jobs import EngineJob
-from engine.params import GeneratedImage, GenerationResult, Progress
+from engine.api.errors import JobCancelled
+from engine.api.infotext import build_infotext
+from engine.api.jobs import EngineJob
+from engine.api.params import GeneratedImage, GenerationResult, Progress
+from engine.imaging.images import encode_png
 from engine.worker import EngineConfig, EngineWorker
 
 

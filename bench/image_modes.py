@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from bench.overhead import save_sd15_architecture
-from engine.jobs import EngineJob
-from engine.params import GenerationParams
-from engine.specs import ModelSpec
+from engine.api.jobs import EngineJob
+from engine.api.params import GenerationParams
+from engine.api.specs import ModelSpec
 from engine.worker import EngineConfig, EngineWorker
 
 INIT = "init"

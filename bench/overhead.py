@@ -38,11 +38,11 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.common import Waiter, running_service
+from bot.generation.service import DreamService
 from bot.logs import configure_logging
-from bot.services import DreamService
 from bot.settings import Settings
-from engine.params import GenerationParams
-from engine.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
+from engine.api.params import GenerationParams
+from engine.pipelines.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
 from engine.worker import EngineConfig, EngineWorker
 
 TICK = 0.010

@@ -30,11 +30,11 @@ import discord
 import simcord
 from discord.state import ConnectionState
 
+from bot.client.runner import build_bot
 from bot.logs import configure_logging
-from bot.runner import build_bot
 from bot.settings import Settings
 from data import JobRepository, Store
-from engine.tiny import save_tiny_model
+from engine.pipelines.tiny import save_tiny_model
 
 GUILD = 424242424242424242
 

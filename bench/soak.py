@@ -38,11 +38,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import InstantEngine, Waiter, running_service
+from bot.generation.service import DreamService
 from bot.logs import configure_logging
-from bot.services import DreamService
 from bot.settings import Settings
 from data.store import Store
-from engine.params import GenerationParams
+from engine.api.params import GenerationParams
 
 MODEL = "standin"
 TARGET_GROWTH = 0.05

@@ -1,4 +1,4 @@
-"""Training speed: LoRA steps per second through engine.training.train, on the CPU.
+"""Training speed: LoRA steps per second through engine.training.trainer.train, on the CPU.
 
 Runs `train` on a dedicated thread, as the engine thread runs it, for the tiny test model
 (64x64) and for SD 1.5's full-size architecture with random weights at 256x256 (speed does
@@ -31,11 +31,11 @@ import torch
 from PIL import Image
 
 from bench.overhead import sd15_architecture
-from engine.loading import LoadedModel, load_model
-from engine.specs import ModelSpec
-from engine.tiny import save_tiny_model
-from engine.training import train
-from engine.training_params import TrainingProgress, make_training_params
+from engine.api.specs import ModelSpec
+from engine.api.training_params import TrainingProgress, make_training_params
+from engine.pipelines.loading import LoadedModel, load_model
+from engine.pipelines.tiny import save_tiny_model
+from engine.training.trainer import train
 
 
 def photos(count: int, side: int) -> list[bytes]:

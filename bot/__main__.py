@@ -82,8 +82,8 @@ def load_settings() -> Settings | None:
 
 
 def refuse_to_start(settings: Settings) -> bool:
-    """The start checks (bot/doctor.py), told one line each; True when any failed."""
-    from bot.doctor import startup_problems
+    """The start checks (bot/cli/doctor.py), told one line each; True when any failed."""
+    from bot.cli.doctor import startup_problems
 
     problems = startup_problems(settings)
     for problem in problems:
@@ -110,27 +110,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # importing them takes seconds.
     configure_logging(settings.log_level, quiet_ml=False)
     if args.command == "doctor":
-        from bot.doctor import doctor
+        from bot.cli.doctor import doctor
 
         quiet_ml_libraries()  # the doctor imports them anyway: a broken install shows there
         return doctor(settings)
     if args.command == "selftest":
-        from bot.cli import selftest
+        from bot.cli.console import selftest
 
         return selftest(settings)
     if args.command == "dream":
-        from bot.cli import dream
+        from bot.cli.console import dream
 
         return dream(settings, args)
     if args.command in ("credits", "db"):
-        from bot.books import books
+        from bot.cli.books import books
 
         return books(settings, args)
     # Before logging in to Discord: a member should never be the first to meet these.
     if refuse_to_start(settings):
         return EXIT_CONFIG
     quiet_ml_libraries()
-    from bot.runner import run_bot
+    from bot.client.runner import run_bot
 
     return run_bot(settings)
 

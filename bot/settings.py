@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from data.credits import CreditPolicy
-from engine.specs import ModelFamily, ModelSpec
+from engine.api.specs import ModelFamily, ModelSpec
 
 ENV_PREFIX = "SDBOT_"
 

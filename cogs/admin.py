@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from discord.ext import commands
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 
 class Admin(commands.Cog):

@@ -8,15 +8,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
-from bot.options import DreamOptions
-from cogs.context import requester_of
+from bot.community.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
+from bot.generation.options import DreamOptions
 from cogs.dream import SizeTransformer, model_autocomplete
+from cogs.ui.context import requester_of
 from data.credits import CreditPolicy, LedgerEntry
-from engine.params import MAX_COUNT, MAX_STEPS
+from engine.api.params import MAX_COUNT, MAX_STEPS
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 DM_HELP = (
     "What works here:\n"

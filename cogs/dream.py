@@ -11,14 +11,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.contracts import JobRefused
-from bot.imaging import ControlRequest, Prepared
-from bot.options import DreamOptions
-from cogs.buttons import view_factory
-from cogs.context import DirectPresenter, requester_of
+from bot.generation.imaging import ControlRequest, Prepared
+from bot.generation.options import DreamOptions
+from bot.jobs.contracts import JobRefused
 from cogs.loras import usable_lora_autocomplete
-from cogs.presenter import ChannelPresenter, DreamPresenter, previews_allowed
-from engine.params import (
+from cogs.ui.buttons import view_factory
+from cogs.ui.context import DirectPresenter, requester_of
+from cogs.ui.presenter import ChannelPresenter, DreamPresenter, previews_allowed
+from engine.api.params import (
     MAX_CFG,
     MAX_CLIP_SKIP,
     MAX_CONTROL_SCALE,
@@ -31,12 +31,12 @@ from engine.params import (
     check_size,
     parse_size,
 )
-from engine.samplers import SAMPLERS, SCHEDULES
-from engine.specs import ModelSpec
-from engine.training_params import sanitize_name
+from engine.api.samplers import SAMPLERS, SCHEDULES
+from engine.api.specs import ModelSpec
+from engine.api.training_params import sanitize_name
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 log = logging.getLogger(__name__)
 

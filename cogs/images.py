@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.imaging import ControlRequest, Prepared
-from bot.options import DreamOptions
+from bot.generation.imaging import ControlRequest, Prepared
+from bot.generation.options import DreamOptions
 from cogs.dream import (
     CONTROL_IMAGE,
     SAMPLER_CHOICES,
@@ -21,7 +21,7 @@ from cogs.dream import (
     model_autocomplete,
     start_from_uploads,
 )
-from engine.params import (
+from engine.api.params import (
     MAX_CFG,
     MAX_CONTROL_SCALE,
     MAX_COUNT,
@@ -36,7 +36,7 @@ from engine.params import (
 )
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 log = logging.getLogger(__name__)
 

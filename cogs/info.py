@@ -10,13 +10,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.dream import download, start_job
-from cogs.presenter import DreamPresenter
-from engine.images import UnreadableImage, read_infotext
-from engine.infotext import parse_infotext
-from engine.params import InvalidParams
+from cogs.ui.presenter import DreamPresenter
+from engine.api.infotext import parse_infotext
+from engine.api.params import InvalidParams
+from engine.imaging.images import UnreadableImage, read_infotext
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 FIELD_LIMIT = 1024
 MAX_FIELDS = 24  # Discord allows 25 fields; one is the negative prompt

@@ -8,11 +8,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.contracts import JobRefused
-from engine.params import InvalidParams
+from bot.jobs.contracts import JobRefused
+from engine.api.params import InvalidParams
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 MAX_CHOICES = 25
 

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 MESSAGE_LIMIT = 2000
 

@@ -11,12 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.prefs import MAX_PRESETS, PreferenceName, Preferences
+from bot.community.prefs import MAX_PRESETS, PreferenceName, Preferences
 from cogs.dream import SAMPLER_CHOICES, model_autocomplete, preset_autocomplete
-from engine.params import MAX_STEPS
+from engine.api.params import MAX_STEPS
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 
 def preferences_text(preferences: Preferences) -> str:

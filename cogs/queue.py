@@ -8,12 +8,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.contracts import JobRefused, QueueEntry
-from cogs.presenter import describe
-from engine.params import GenerationParams
+from bot.jobs.contracts import JobRefused, QueueEntry
+from cogs.ui.presenter import describe
+from engine.api.params import GenerationParams
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 SHOWN_OTHERS = 5
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.actions import MAX_ZOOM, MIN_ZOOM, Action, Presser
-from bot.contracts import JobRefused, Ticket
-from bot.replies import first_delivery, mention_only
-from cogs.buttons import RESULTS_COG, ResultButton, view_factory
-from cogs.context import requester_of
+from bot.client.replies import first_delivery, mention_only
+from bot.generation.actions import MAX_ZOOM, MIN_ZOOM, Action, Presser
+from bot.jobs.contracts import JobRefused, Ticket
 from cogs.info import infotext_embed
-from cogs.presenter import (
+from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
+from cogs.ui.context import requester_of
+from cogs.ui.presenter import (
     DEFAULT_FILE_LIMIT,
     REQUEST_LIMIT,
     ReplyPresenter,
@@ -30,12 +30,12 @@ from cogs.presenter import (
     previews_allowed,
     tell_privately,
 )
-from engine.images import fit_to_limit
-from engine.params import GenerationParams, InvalidParams
-from engine.samplers import AUTOMATIC
+from engine.api.params import GenerationParams, InvalidParams
+from engine.api.samplers import AUTOMATIC
+from engine.imaging.images import fit_to_limit
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guilds import (
+from bot.community.guilds import (
     ALLOWED_MODELS,
     CHANNELS,
     COOLDOWNS,
@@ -35,10 +35,10 @@ from bot.guilds import (
 )
 from cogs.dream import SAMPLER_CHOICES, model_autocomplete
 from data.guilds import RoleLimits
-from engine.params import MAX_COUNT, MAX_STEPS, InvalidParams, parse_size
+from engine.api.params import MAX_COUNT, MAX_STEPS, InvalidParams, parse_size
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 ADMINS_ONLY = "Only admins (Manage Server) can change this server's settings."
 Family = Literal["dream", "img2img", "inpaint", "outpaint", "upscale"]

@@ -12,7 +12,7 @@ from cogs.settings import ADMINS_ONLY
 from data.stats import GuildStats
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 MESSAGE_LIMIT = 2000
 

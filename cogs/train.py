@@ -16,19 +16,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.contracts import JobRefused, Ticket
-from bot.replies import first_delivery, mention_only
-from bot.training import TrainedOutcome
-from cogs.buttons import NO_SUCH_BUTTON, job_id_of
-from cogs.context import requester_of
+from bot.client.replies import first_delivery, mention_only
+from bot.jobs.contracts import JobRefused, Ticket
+from bot.training.service import TrainedOutcome
 from cogs.dream import download, model_autocomplete
-from cogs.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
+from cogs.ui.buttons import NO_SUCH_BUTTON, job_id_of
+from cogs.ui.context import requester_of
+from cogs.ui.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
 from data.jobs import Job
-from engine.params import InvalidParams
-from engine.training_params import TrainingProgress
+from engine.api.params import InvalidParams
+from engine.api.training_params import TrainingProgress
 
 if TYPE_CHECKING:
-    from bot.app import SDBot
+    from bot.client.app import SDBot
 
 log = logging.getLogger(__name__)
 

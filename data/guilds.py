@@ -1,4 +1,4 @@
-"""Per-server settings: raw key/value rows (bot/guilds.py gives them types and defaults),
+"""Per-server settings: raw key/value rows (bot/community/guilds.py gives them types and defaults),
 the members a server has blocked, and its role limits."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class Job:
     deleted_at: float | None = None
     # The result went to the requester's DMs: nobody else may see it or press its buttons.
     private: bool = False
-    # Set when retention removed the job's files (bot/retention.py); the row stays.
+    # Set when retention removed the job's files (bot/jobs/retention.py); the row stays.
     expired_at: float | None = None
     # The member cancelled it while it ran; honoured at start-up if the bot died first.
     cancel_requested_at: float | None = None

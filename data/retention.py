@@ -1,6 +1,6 @@
 """What retention reads and writes: jobs whose files may go, and marking them expired.
 
-The policy (which jobs, which inputs) lives in bot/retention.py; this module only holds
+The policy (which jobs, which inputs) lives in bot/jobs/retention.py; this module only holds
 the SQL, so the rules can be read without it and the statements tested on their own.
 """
 

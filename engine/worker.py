@@ -22,10 +22,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.errors import EngineError, EngineStopped, OutOfMemory
-from engine.jobs import EngineJob, TrainingJob, TrainingOutcome
-from engine.params import GenerationResult, ModelInfo
-from engine.specs import ModelSpec
+from engine.api.errors import EngineError, EngineStopped, OutOfMemory
+from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.api.params import GenerationResult, ModelInfo
+from engine.api.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class EngineWorker:
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._cache: Any = None  # engine.loading.ModelCache, created on the thread
-        self._safety: Any = None  # engine.safety.SafetyCheckers, created on the thread
+        self._cache: Any = None  # engine.pipelines.loading.ModelCache, created on the thread
+        self._safety: Any = None  # engine.pipelines.safety.SafetyCheckers, created on the thread
         self.restarts = 0  # threads started after one died
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
 
@@ -165,7 +165,7 @@ class EngineWorker:
         the engine thread the first time and kept."""
 
         def work() -> list[bool]:
-            from engine.safety import SafetyCheckers
+            from engine.pipelines.safety import SafetyCheckers
 
             if self._safety is None:
                 self._safety = SafetyCheckers(self.config.device, self.config.dtype)
@@ -184,8 +184,8 @@ class EngineWorker:
     def _train(self, job: TrainingJob) -> TrainingOutcome:
         import torch
 
-        from engine.training import train
-        from engine.training_samples import make_samples
+        from engine.training.samples import make_samples
+        from engine.training.trainer import train
 
         loaded = self._models().get(job.params.model)
         images = [job.inputs[key] for key in job.params.image_keys]
@@ -211,7 +211,7 @@ class EngineWorker:
     def _models(self) -> Any:
         if self._cache is None:
             # Imported and probed here, on the engine thread: nothing else touches CUDA.
-            from engine.loading import ModelCache, pick_device, pick_dtype
+            from engine.pipelines.loading import ModelCache, pick_device, pick_dtype
 
             device = pick_device(self.config.device)
             self._cache = ModelCache(
@@ -222,10 +222,10 @@ class EngineWorker:
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
         import torch
 
-        from engine.conditioned import generate_conditioned
-        from engine.lora import adapters_for
-        from engine.txt2img import generate_batch
-        from engine.upscale import UpscaleConfig
+        from engine.pipelines.conditioned import generate_conditioned
+        from engine.pipelines.lora import adapters_for
+        from engine.pipelines.txt2img import generate_batch
+        from engine.pipelines.upscale import UpscaleConfig
 
         first = jobs[0].params
         loaded = self._models().get(first.model)

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from bot.settings import Settings
-from engine.tiny import save_tiny_model
+from engine.pipelines.tiny import save_tiny_model
 
 DEV_GUILD = 424242424242424242
 # How long a test waits for work it cannot see finish (the engine thread, a subprocess)
@@ -87,7 +87,7 @@ async def sim(settings: Settings) -> AsyncIterator[Any]:
     """A SimCord world with our bot logged in, a guild, a channel and two members."""
     import simcord
 
-    from bot.runner import build_bot
+    from bot.client.runner import build_bot
 
     bot = build_bot(settings)
     env = simcord.Env(bot, settle_timeout=DEADLINE)
@@ -123,7 +123,7 @@ class SimWorld:
 
     async def restart(self) -> None:
         """A new bot process on the same data folder, as after a crash or an update."""
-        from bot.runner import build_bot
+        from bot.client.runner import build_bot
 
         old = self.bot
         await old.close()  # stops the engine thread and closes the database

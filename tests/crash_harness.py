@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import simcord
 
 import data.credits
-from bot.runner import build_bot
+from bot.client.runner import build_bot
 from bot.settings import Settings
 from data import JobStatus
 

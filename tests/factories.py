@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.params import GenerationParams
+from engine.api.params import GenerationParams
 
 STANDARD: dict[str, Any] = {
     "prompt": "a cat",

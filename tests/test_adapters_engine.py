@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.images import read_png_infotext
-from engine.infotext import parse_infotext
-from engine.jobs import EngineJob
-from engine.loading import load_model
-from engine.specs import ModelSpec
+from engine.api.infotext import parse_infotext
+from engine.api.jobs import EngineJob
+from engine.api.specs import ModelSpec
+from engine.imaging.images import read_png_infotext
+from engine.pipelines.loading import load_model
 from engine.worker import EngineConfig, EngineWorker
 from tests.factories import tiny_params
 from tests.test_lora import make_lora

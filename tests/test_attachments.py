@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.attachments import (
+from engine.api.params import InvalidParams
+from engine.imaging.attachments import (
     PreparedImage,
     fit_size,
     load_image,
@@ -21,8 +22,7 @@ from engine.attachments import (
     prepare_mask,
     upscale_size,
 )
-from engine.images import UnreadableImage
-from engine.params import InvalidParams
+from engine.imaging.images import UnreadableImage
 
 LIMIT = 4096 * 4096
 CAP = 512 * 512
@@ -232,7 +232,7 @@ def test_mask_from_transparency_and_refusals():
 
 
 def test_a_long_thin_strip_is_refused_before_any_resize():
-    from engine.attachments import prepare_init
+    from engine.imaging.attachments import prepare_init
 
     strip = io.BytesIO()
     Image.new("RGB", (4000, 1)).save(strip, format="PNG")

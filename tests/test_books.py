@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.credits import CreditService
+from bot.community.credits import CreditService
 from data import CreditPolicy, CreditRepository, Job, JobRepository, JobStatus, Store
 
 POLICY = CreditPolicy(starting=50)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
+from engine.api.infotext import params_from_infotext
+from engine.imaging.images import read_png_infotext
 
 ROOT = Path(__file__).resolve().parent.parent
 

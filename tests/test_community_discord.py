@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from data import JobStatus
-from engine.params import InvalidParams
-from engine.safety import save_tiny_checker
+from engine.api.params import InvalidParams
+from engine.pipelines.safety import save_tiny_checker
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
 

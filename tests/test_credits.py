@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from bot.credits import CreditService, CreditsRefused
-from bot.options import STANDARD_JOB, price_units
+from bot.community.credits import CreditService, CreditsRefused
+from bot.generation.options import STANDARD_JOB, price_units
 from data import (
     CreditPolicy,
     CreditRepository,
@@ -21,7 +21,7 @@ from data import (
     QueueFull,
     Store,
 )
-from engine.params import GenerationParams
+from engine.api.params import GenerationParams
 
 POLICY = CreditPolicy(starting=10, topup_amount=5, topup_ceiling=12, topup_interval=3600)
 

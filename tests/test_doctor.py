@@ -20,8 +20,8 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from bot.__main__ import parse_args
-from bot.books import books
-from bot.doctor import (
+from bot.cli.books import books
+from bot.cli.doctor import (
     SINGLE_FILE_CONFIGS,
     device_finding,
     doctor,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
+from engine.api.infotext import params_from_infotext
+from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import (
     ephemeral_followups,
@@ -197,16 +197,16 @@ async def test_model_that_fails_to_load_tells_the_member_and_the_bot_goes_on(sim
 async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
     import torch
 
-    import engine.txt2img
+    import engine.pipelines.txt2img
 
-    real = engine.txt2img.generate_batch
+    real = engine.pipelines.txt2img.generate_batch
 
     def out_of_memory(loaded, jobs, *args):
         if jobs[0].params.prompt == "too big":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(loaded, jobs, *args)
 
-    monkeypatch.setattr(engine.txt2img, "generate_batch", out_of_memory)
+    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", out_of_memory)
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "dream", prompt="too big", steps=1)
     await wait_until(sim.env, lambda: ephemeral_followups(result))
@@ -242,9 +242,9 @@ async def test_model_and_size_autocomplete(sim):
 
 
 async def test_results_over_the_upload_limit_are_reencoded_not_dropped(sim, monkeypatch):
-    import cogs.presenter
+    import cogs.ui.presenter
 
-    monkeypatch.setattr(cogs.presenter, "REQUEST_LIMIT", 2 * 4000)  # two files of <= 4 kB
+    monkeypatch.setattr(cogs.ui.presenter, "REQUEST_LIMIT", 2 * 4000)  # two files of <= 4 kB
     alice = sim.member("alice")
     result = await alice.slash(
         sim.channel, "dream", prompt="a cat", steps=2, count=2, seed=3, size="128x128"

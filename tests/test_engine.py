@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from engine.errors import EngineError, JobCancelled, ModelLoadError
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
-from engine.jobs import EngineJob
-from engine.loading import detect_single_file_family, load_model, pick_device, pick_dtype
-from engine.params import GenerationParams, Progress
-from engine.samplers import SAMPLERS
-from engine.specs import ModelSpec
-from engine.tiny import build_tiny_sd1, build_tiny_sdxl
-from engine.txt2img import generate_batch, set_sampler
+from engine.api.errors import EngineError, JobCancelled, ModelLoadError
+from engine.api.infotext import params_from_infotext
+from engine.api.jobs import EngineJob
+from engine.api.params import GenerationParams, Progress
+from engine.api.samplers import SAMPLERS
+from engine.api.specs import ModelSpec
+from engine.imaging.images import read_png_infotext
+from engine.pipelines.loading import detect_single_file_family, load_model, pick_device, pick_dtype
+from engine.pipelines.tiny import build_tiny_sd1, build_tiny_sdxl
+from engine.pipelines.txt2img import generate_batch, set_sampler
 from engine.worker import EngineConfig, EngineWorker
 from tests.factories import tiny_params
 from tests.ldm_layout import pipeline_to_ldm
@@ -204,7 +204,7 @@ async def test_unknown_model_and_stopped_engine(engine):
     with pytest.raises(ModelLoadError, match="no model of that name"):
         await engine.generate([EngineJob(1, params(model="nope"))])
     await engine.stop()
-    from engine.errors import EngineStopped
+    from engine.api.errors import EngineStopped
 
     with pytest.raises(EngineStopped):
         await engine.generate([EngineJob(1, params())])

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bot.contracts import JobOutcome
+from bot.jobs.contracts import JobOutcome
 from bot.settings import Settings
 from data import JobRepository, JobStatus, Store
 from data.store import StoreBusy
@@ -224,7 +224,7 @@ class Recorder:
 @pytest.fixture
 async def bot(settings: Settings) -> AsyncIterator[Any]:
     """The bot's objects as `python -m bot` builds them, used without Discord."""
-    from bot.runner import build_bot
+    from bot.client.runner import build_bot
 
     bot = build_bot(settings)
     await bot.store.open()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bot.services import DELIVERY_RETRY_DELAYS
+from bot.generation.service import DELIVERY_RETRY_DELAYS
 from data import JobStatus
 from data.credits import LedgerKind
 from tests.conftest import EngineGate, wait_until
@@ -85,7 +85,7 @@ def other(sim):
 async def test_a_result_discord_refuses_is_posted_on_a_later_try_and_charged_once(
     sim, gate, caplog, status
 ):
-    caplog.set_level(logging.INFO, logger="bot.services")
+    caplog.set_level(logging.INFO, logger="bot.generation.service")
     alice = sim.member("alice")
     result, job = await dream_on_hold(sim, alice)
     # discord.py has already tried these again itself (SimCord answers after that): both
@@ -280,12 +280,12 @@ async def test_a_lock_held_past_the_timeout_fails_the_job_and_refunds_it(sim, ga
     other.hold()
     # The lock outlasts every try to store the result, then goes: the failure is written.
     release = ReleaseOn(other, "result not stored")
-    logging.getLogger("bot.services").addHandler(release)
+    logging.getLogger("bot.generation.service").addHandler(release)
     try:
         await gate.open()
         await wait_until(sim.env, lambda: ephemeral_followups(result))
     finally:
-        logging.getLogger("bot.services").removeHandler(release)
+        logging.getLogger("bot.generation.service").removeHandler(release)
     assert ephemeral_followups(result) == [
         "❌ The bot's database was busy for too long, so the result could not be saved."
         " Your 1 credit was refunded."
@@ -304,12 +304,12 @@ async def test_a_lock_that_outlasts_even_the_failure_leaves_the_job_for_the_next
     await shorten_busy_timeout(sim.bot.store)
     other.hold()
     release = ReleaseOn(other, "end not recorded")
-    logging.getLogger("bot.services").addHandler(release)
+    logging.getLogger("bot.generation.service").addHandler(release)
     try:
         await gate.open()
         await wait_until(sim.env, lambda: ephemeral_followups(result))
     finally:
-        logging.getLogger("bot.services").removeHandler(release)
+        logging.getLogger("bot.generation.service").removeHandler(release)
     assert ephemeral_followups(result) == [
         "❌ The bot could not write to its database, so this job could not be finished now; it"
         " will be run again (or refunded) when the bot next starts."
@@ -334,9 +334,9 @@ async def test_a_lock_that_outlasts_even_the_failure_leaves_the_job_for_the_next
 async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_serves(
     sim, monkeypatch, caplog
 ):
-    import engine.txt2img
+    import engine.pipelines.txt2img
 
-    real = engine.txt2img.generate_batch
+    real = engine.pipelines.txt2img.generate_batch
 
     def dies(loaded: Any, jobs: Any, *args: Any) -> Any:
         if jobs[0].params.prompt == "the last straw":
@@ -344,7 +344,7 @@ async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_ser
             raise SystemExit("a library gave up the thread")
         return real(loaded, jobs, *args)
 
-    monkeypatch.setattr(engine.txt2img, "generate_batch", dies)
+    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", dies)
     engine_worker = sim.bot.dreams.engine
     first_thread = engine_worker._thread
     sim.bot.dreams.queue.max_batch = 2

@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import save_file
 
 from bot.__main__ import main
-from engine.errors import ModelLoadError
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
-from engine.loading import load_model
-from engine.specs import ModelSpec
+from engine.api.errors import ModelLoadError
+from engine.api.infotext import params_from_infotext
+from engine.api.specs import ModelSpec
+from engine.imaging.images import read_png_infotext
+from engine.pipelines.loading import load_model
 from tests.conftest import DEADLINE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def no_discord(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         logins.append("login")
         return 0
 
-    monkeypatch.setattr("bot.runner.run_bot", run_bot)
+    monkeypatch.setattr("bot.client.runner.run_bot", run_bot)
     return logins
 
 
@@ -182,7 +182,7 @@ def test_every_start_problem_is_a_line_of_its_own(owner, console, no_discord, ti
 
 
 def test_a_token_discord_refuses_is_one_line_and_exit_2(owner, make_settings, monkeypatch, capsys):
-    from bot.runner import run_bot
+    from bot.client.runner import run_bot
 
     async def refuse(self: object, token: str) -> None:
         raise discord.LoginFailure("Improper token has been passed.")

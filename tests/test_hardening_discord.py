@@ -10,12 +10,12 @@ from typing import Any
 import discord
 import pytest
 
-from bot.actions import NOT_YOURS
-from bot.app import UNKNOWN_BUTTON
-from bot.replies import CHANNEL_FALLBACK, RecentInteractions, mention_only
-from cogs.buttons import NO_SUCH_BUTTON
+from bot.client.app import UNKNOWN_BUTTON
+from bot.client.replies import CHANNEL_FALLBACK, RecentInteractions, mention_only
+from bot.generation.actions import NOT_YOURS
+from cogs.ui.buttons import NO_SUCH_BUTTON
 from data.jobs import JobStatus
-from engine.prompt_syntax import MAX_PROMPT_WEIGHT
+from engine.api.prompt_syntax import MAX_PROMPT_WEIGHT
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
 

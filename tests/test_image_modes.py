@@ -11,17 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.conditioned import generate_conditioned
-from engine.control import ControlNetUnavailable, canny_map, control_map
-from engine.errors import JobCancelled
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext, parse_infotext
-from engine.jobs import EngineJob
-from engine.loading import LoadedModel, load_model
-from engine.params import GenerationParams, Progress
-from engine.specs import ModelSpec
-from engine.tiny import save_tiny_controlnet, save_tiny_inpainting, save_tiny_upscaler
-from engine.upscale import UpscaleConfig, tile_boxes
+from engine.api.errors import JobCancelled
+from engine.api.infotext import params_from_infotext, parse_infotext
+from engine.api.jobs import EngineJob
+from engine.api.params import GenerationParams, Progress
+from engine.api.specs import ModelSpec
+from engine.imaging.images import read_png_infotext
+from engine.pipelines.conditioned import generate_conditioned
+from engine.pipelines.control import ControlNetUnavailable, canny_map, control_map
+from engine.pipelines.loading import LoadedModel, load_model
+from engine.pipelines.tiny import save_tiny_controlnet, save_tiny_inpainting, save_tiny_upscaler
+from engine.pipelines.upscale import UpscaleConfig, tile_boxes
 from tests.factories import tiny_params
 
 CPU = torch.device("cpu")
@@ -245,7 +245,7 @@ def test_upscale_with_an_upscaler_model(sd1, tiny_upscaler):
 
 
 def test_tiles_cover_the_image_and_blend_without_seams():
-    from engine.upscale import process_tiles
+    from engine.pipelines.upscale import process_tiles
 
     image = picture(200, 120)
     boxes = tile_boxes(200, 120, 64, 64, 16)
@@ -318,7 +318,7 @@ async def test_the_worker_sends_image_jobs_here(tiny_sd1):
 
 
 def test_infotext_writes_a1111_keys_in_its_order_and_reads_them_back():
-    from engine.infotext import build_infotext
+    from engine.api.infotext import build_infotext
 
     p = inpaint_params(mask_blur=4, inpaint_full_res=True, inpaint_padding=48, denoise=0.45)
     text = build_infotext(p, seed=1, model_hash=None, rng="CPU", extra={"ControlNet 0": "x"})

@@ -7,9 +7,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from bot.contracts import StoredImage
-from cogs.presenter import encode_for_upload
-from engine.images import EXIF_IFD, EXIF_USER_COMMENT, encode_png, fit_to_limit, read_png_infotext
+from bot.jobs.contracts import StoredImage
+from cogs.ui.presenter import encode_for_upload
+from engine.imaging.images import (
+    EXIF_IFD,
+    EXIF_USER_COMMENT,
+    encode_png,
+    fit_to_limit,
+    read_png_infotext,
+)
 
 INFOTEXT = (
     "a cat, (fluffy:1.2)\nNegative prompt: dog\n"
@@ -57,10 +63,10 @@ def test_a_tiny_limit_shrinks_the_image_rather_than_dropping_it():
 
 
 def test_four_images_share_the_request_limit(tmp_path, monkeypatch):
-    import cogs.presenter
+    import cogs.ui.presenter
 
     png = encode_png(noisy_image(512), INFOTEXT)
-    monkeypatch.setattr(cogs.presenter, "REQUEST_LIMIT", 2 * len(png))
+    monkeypatch.setattr(cogs.ui.presenter, "REQUEST_LIMIT", 2 * len(png))
     images = [StoredImage(i, tmp_path / f"{i}.png", 512, 512, INFOTEXT, png) for i in range(4)]
     encoded = encode_for_upload(images, file_limit=10 * 1024 * 1024)  # each would fit alone
     assert len(encoded) == 4
@@ -69,7 +75,7 @@ def test_four_images_share_the_request_limit(tmp_path, monkeypatch):
 
 
 def test_infotext_is_read_back_from_png_and_from_reencoded_webp():
-    from engine.images import read_infotext
+    from engine.imaging.images import read_infotext
 
     png = encode_png(noisy_image(256), INFOTEXT)
     assert read_infotext(png) == INFOTEXT

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.options import DreamOptions
+from bot.generation.options import DreamOptions
 from data.jobs import JobStatus
-from engine.images import encode_png, read_png_infotext
-from engine.infotext import parse_infotext
-from engine.tiny import save_tiny_controlnet
+from engine.api.infotext import parse_infotext
+from engine.imaging.images import encode_png, read_png_infotext
+from engine.pipelines.tiny import save_tiny_controlnet
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
 

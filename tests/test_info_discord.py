@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from engine.images import encode_png
+from engine.imaging.images import encode_png
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result, original_edits
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.infotext import build_infotext, params_from_infotext, parse_infotext, quote
-from engine.params import GenerationParams, InvalidParams
+from engine.api.infotext import build_infotext, params_from_infotext, parse_infotext, quote
+from engine.api.params import GenerationParams, InvalidParams
 from tests.factories import standard_params
 
 

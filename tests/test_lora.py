@@ -12,21 +12,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.errors import EngineError
-from engine.infotext import unquote
-from engine.loading import LoadedModel, load_model
-from engine.lora import (
+from engine.api.errors import EngineError
+from engine.api.infotext import unquote
+from engine.api.lora_tags import merged_weights, parse_lora_tags
+from engine.api.params import InvalidParams
+from engine.api.specs import ModelSpec
+from engine.pipelines.loading import LoadedModel, load_model
+from engine.pipelines.lora import (
     AdapterCache,
     embedding_infotext,
     lora_hashes,
     lora_infotext,
     lora_short_hash,
 )
-from engine.lora_tags import merged_weights, parse_lora_tags
-from engine.params import InvalidParams
-from engine.prompts import PromptEncoder
-from engine.specs import ModelSpec
-from engine.training_methods import LORA_TARGETS, write_safetensors
+from engine.pipelines.prompts import PromptEncoder
+from engine.training.methods import LORA_TARGETS, write_safetensors
 
 CPU = torch.device("cpu")
 

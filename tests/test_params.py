@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.options import DreamOptions, resolve_options
-from engine.params import GenerationParams, InvalidParams, check_params, parse_size
-from engine.specs import ModelSpec
+from bot.generation.options import DreamOptions, resolve_options
+from engine.api.params import GenerationParams, InvalidParams, check_params, parse_size
+from engine.api.specs import ModelSpec
 from tests.factories import standard_params
 
 MODELS = {

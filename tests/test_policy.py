@@ -1,4 +1,4 @@
-"""A server's rules as plain functions: word lists, role limits, prices (bot/policy.py)."""
+"""A server's rules as plain functions: word lists, role limits, prices (bot/community/policy)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from bot.contracts import JobRefused
-from bot.guilds import (
+from bot.community.guilds import (
     GuildPolicy,
     GuildSettingsService,
     SettingRefused,
@@ -16,7 +15,15 @@ from bot.guilds import (
     WordsAction,
     check_word,
 )
-from bot.policy import Limits, apply_words, check_limits, job_price, limits_for, tidy_prompt
+from bot.community.policy import (
+    Limits,
+    apply_words,
+    check_limits,
+    job_price,
+    limits_for,
+    tidy_prompt,
+)
+from bot.jobs.contracts import JobRefused
 from data.guilds import GuildSettingsRepository, RoleLimits
 from data.store import Store
 from tests.factories import tiny_params

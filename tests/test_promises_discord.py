@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import cogs.presenter
-from bot.services import DELIVERY_RETRY_DELAYS
+import cogs.ui.presenter
+from bot.generation.service import DELIVERY_RETRY_DELAYS
 from data import JobStatus
 from data.credits import LedgerKind
-from engine.safety import save_tiny_checker
+from engine.pipelines.safety import save_tiny_checker
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result, leave_job
 from tests.test_community_discord import pixels, stored_pixels
@@ -140,7 +140,7 @@ async def test_an_unexpected_error_while_posting_leaves_the_result_to_the_next_s
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in rendering the embed")
 
-    monkeypatch.setattr(cogs.presenter, "result_embed", broken)
+    monkeypatch.setattr(cogs.ui.presenter, "result_embed", broken)
     await gate.open()
     await give_up_delivery(sim, caplog)
     assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is None

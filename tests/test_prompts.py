@@ -8,17 +8,17 @@ import random
 import pytest
 import torch
 
-from engine.params import GenerationParams, InvalidParams, check_params
-from engine.prompt_syntax import (
+from engine.api.params import GenerationParams, InvalidParams, check_params
+from engine.api.prompt_syntax import (
     BREAK,
     parse_attention,
     resolve_syntax,
     split_subprompts,
     uses_subprompt_syntax,
 )
-from engine.prompts import CHUNK_LENGTH, PromptEncoder, apply_emphasis, text_encoders
-from engine.specs import ModelSpec
-from engine.tiny import build_tiny_sd1, build_tiny_sdxl
+from engine.api.specs import ModelSpec
+from engine.pipelines.prompts import CHUNK_LENGTH, PromptEncoder, apply_emphasis, text_encoders
+from engine.pipelines.tiny import build_tiny_sd1, build_tiny_sdxl
 from tests.factories import standard_params
 
 # In the tiny vocabulary every letter is one token and "cat", "dog", "the" are one each.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.queue import JobQueue, QueuedJob
-from engine.jobs import EngineJob
-from engine.params import GenerationParams
+from bot.jobs.queue import JobQueue, QueuedJob
+from engine.api.jobs import EngineJob
+from engine.api.params import GenerationParams
 
 
 def job(job_id: int, user: int, steps: int = 20) -> QueuedJob:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from engine import attachments
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
+from engine.api.infotext import params_from_infotext
+from engine.imaging import attachments
+from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result
 

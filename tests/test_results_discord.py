@@ -12,13 +12,13 @@ import discord
 import pytest
 from PIL import Image
 
-import engine.txt2img
-from bot.actions import Action
-from bot.contracts import JobRefused
+import engine.pipelines.txt2img
+from bot.generation.actions import Action
+from bot.jobs.contracts import JobRefused
 from data.jobs import JobStatus
-from engine.images import read_png_infotext
-from engine.infotext import params_from_infotext
-from engine.jobs import EngineJob
+from engine.api.infotext import params_from_infotext
+from engine.api.jobs import EngineJob
+from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result
 
@@ -177,13 +177,13 @@ async def test_a_double_click_starts_one_job(sim, monkeypatch):
     before = await balance(sim, alice)
     # The engine is held, so the first click's job is still pending at the second.
     gate = threading.Event()
-    real = engine.txt2img.generate_batch
+    real = engine.pipelines.txt2img.generate_batch
 
     def held(*args: Any, **kwargs: Any) -> Any:
         gate.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.txt2img, "generate_batch", held)
+    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", held)
     try:
         first = await alice.click(message, label="Reroll")
         second = await alice.click(message, label="Reroll")

@@ -20,8 +20,8 @@ import pytest
 from pydantic import ValidationError
 
 from bot.__main__ import parse_args
-from bot.books import books
-from bot.retention import ASIDE_SUFFIX, DAY, RetentionPolicy, Sweeper, input_keys
+from bot.cli.books import books
+from bot.jobs.retention import ASIDE_SUFFIX, DAY, RetentionPolicy, Sweeper, input_keys
 from bot.settings import Settings
 from data.credits import CreditPolicy, CreditRepository
 from data.jobs import Job, JobImage, JobRepository, JobStatus
@@ -49,7 +49,7 @@ class Owner:
         self._interaction = 0
 
     def input(self, name: str, size: int = 500) -> str:
-        """Store an input picture as bot/inputs.py does; returns its key."""
+        """Store an input picture as bot/jobs/inputs.py does; returns its key."""
         data = name.encode().ljust(size, b".")
         key = hashlib.sha256(data).hexdigest()
         path = self.input_path(key)
@@ -316,11 +316,11 @@ async def test_one_log_line_per_sweep_that_removed_something(
     owner: Owner, caplog: pytest.LogCaptureFixture
 ) -> None:
     await owner.finished(days_ago=10)
-    caplog.set_level(logging.INFO, logger="bot.retention")
+    caplog.set_level(logging.INFO, logger="bot.jobs.retention")
     sweeper = owner.sweeper(retention_days=7)
     await sweeper.sweep()
     await sweeper.sweep()
-    lines = [r.getMessage() for r in caplog.records if r.name == "bot.retention"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.jobs.retention"]
     assert lines == [f"retention: 1 job(s) expired, {IMAGE_BYTES} bytes removed (0.0 MB)"]
 
 

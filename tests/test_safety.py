@@ -1,5 +1,5 @@
 """The safety checker on the engine thread, with tiny random checkers whose thresholds
-flag every image or none (engine/safety.py, EngineWorker.check_safety)."""
+flag every image or none (engine/pipelines/safety.py, EngineWorker.check_safety)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.safety import blur_png
-from engine.errors import EngineError
-from engine.images import encode_png, read_png_infotext
-from engine.safety import save_tiny_checker
+from bot.community.safety import blur_png
+from engine.api.errors import EngineError
+from engine.imaging.images import encode_png, read_png_infotext
+from engine.pipelines.safety import save_tiny_checker
 from engine.worker import EngineConfig, EngineWorker
 
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.params import GenerationParams, InvalidParams, check_params
-from engine.samplers import (
+from engine.api.params import GenerationParams, InvalidParams, check_params
+from engine.api.samplers import (
     SAMPLERS,
     SCHEDULES,
     UNAVAILABLE_SAMPLERS,
     resolved_schedule,
     split_sampler,
 )
-from engine.specs import ModelSpec
-from engine.txt2img import build_scheduler
+from engine.api.specs import ModelSpec
+from engine.pipelines.txt2img import build_scheduler
 
 SD1 = {
     "_class_name": "PNDMScheduler",
@@ -230,7 +230,7 @@ def test_schedule_splits_batches():
 
 
 def test_schedule_type_written_and_read_as_a1111_does():
-    from engine.infotext import build_infotext, params_from_infotext
+    from engine.api.infotext import build_infotext, params_from_infotext
 
     karras = build_infotext(_params(sampler="DPM++ 2M"), seed=1, model_hash=None)
     assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7," in karras

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from data.jobs import JobStatus
-from engine.images import read_png_infotext
-from engine.infotext import parse_infotext
+from engine.api.infotext import parse_infotext
+from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
 
@@ -257,7 +257,7 @@ async def test_a_reroll_reaction_on_a_training_result_is_answered(sim):
 class TestSafetyReviewOfSamples:
     @pytest.fixture
     def settings(self, make_settings, tmp_path):
-        from engine.safety import save_tiny_checker
+        from engine.pipelines.safety import save_tiny_checker
 
         checker = save_tiny_checker(tmp_path / "flag-all", flag_everything=True)
         return make_settings(safety_checker=str(checker))

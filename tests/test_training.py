@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from engine.errors import EngineError, JobCancelled
-from engine.loading import LoadedModel, load_model
-from engine.lora import AdapterCache, read_metadata
-from engine.specs import ModelSpec
-from engine.training import CHECKPOINT_FILE, train
-from engine.training_methods import LORA_TARGETS
-from engine.training_params import TrainingParams, TrainingProgress, make_training_params
+from engine.api.errors import EngineError, JobCancelled
+from engine.api.specs import ModelSpec
+from engine.api.training_params import TrainingParams, TrainingProgress, make_training_params
+from engine.pipelines.loading import LoadedModel, load_model
+from engine.pipelines.lora import AdapterCache, read_metadata
+from engine.training.methods import LORA_TARGETS
+from engine.training.trainer import CHECKPOINT_FILE, train
 from tests.test_lora import render
 
 CPU = torch.device("cpu")

@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.params import InvalidParams
-from engine.training_images import (
-    collect_training_images,
-    is_safe_member_name,
-)
-from engine.training_params import (
+from engine.api.params import InvalidParams
+from engine.api.training_params import (
     METHOD_DEFAULTS,
     TrainingLimits,
     TrainingParams,
@@ -28,6 +24,10 @@ from engine.training_params import (
     sample_prompts,
     sanitize_name,
     training_price_units,
+)
+from engine.imaging.training_images import (
+    collect_training_images,
+    is_safe_member_name,
 )
 
 LIMITS = dict(resolution=64, max_images=5, min_images=3, max_pixels=4096 * 4096)

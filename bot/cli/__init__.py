@@ -1,0 +1,1 @@
+"""The console: `python -m bot <command>`, `doctor`, and the books of the ledger."""

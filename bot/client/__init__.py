@@ -1,0 +1,1 @@
+"""The discord.py side: the only modules under bot/ that import discord."""

@@ -1,0 +1,1 @@
+"""A server's rules, credits, members' defaults and the safety review."""

@@ -1,0 +1,1 @@
+"""Image jobs: members' options into parameters and prices, attachments, result buttons."""

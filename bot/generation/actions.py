@@ -1,0 +1,432 @@
+"""What the buttons and reactions under a result do: each action is a new job.
+
+Everything an action needs is read from the store by job id, so a button works after any
+restart; who may press is checked on every click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import shutil
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from bot.community.guilds import GuildSettingsService
+from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE
+from bot.generation.options import TRAIN, random_seed
+from bot.generation.service import DreamService
+from bot.jobs.contracts import JobObserver, JobRefused, Requester, Ticket
+from data.jobs import Job, JobImage, JobStatus, Origin
+from engine.api.params import GenerationParams, InvalidParams
+from engine.imaging import attachments
+
+# The same answer whether the job is another server's, another channel's or someone's DM:
+# it says nothing of the job.
+NOT_YOURS = "That result is not one you can see here."
+
+
+class Action(StrEnum):
+    REROLL = "reroll"
+    VARY = "vary"
+    STRONG = "strong"
+    UPSCALE = "upscale"
+    EDIT = "edit"
+    # Midjourney's reframing under a single image: outpaints of the picture itself.
+    ZOOM_OUT_2 = "zoom2"
+    ZOOM_OUT_15 = "zoom15"
+    ZOOM_CUSTOM = "zoom"  # a modal asks the factor and the prompt
+    PAN_LEFT = "panleft"
+    PAN_RIGHT = "panright"
+    PAN_UP = "panup"
+    PAN_DOWN = "pandown"
+    SQUARE = "square"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def needs_image(self) -> bool:
+        return self in (Action.VARY, Action.STRONG, Action.UPSCALE) or self.reframes
+
+    @property
+    def reframes(self) -> bool:
+        return self in _ZOOMS or self in _PANS or self in (Action.SQUARE, Action.ZOOM_CUSTOM)
+
+
+_LABELS = {
+    Action.REROLL: "Reroll",
+    Action.VARY: "Variation",
+    Action.STRONG: "Strong variation",
+    Action.UPSCALE: "Upscale",
+    Action.EDIT: "Edit",
+    Action.ZOOM_OUT_2: "Zoom out 2x",
+    Action.ZOOM_OUT_15: "Zoom out 1.5x",
+    Action.ZOOM_CUSTOM: "Custom zoom",
+    Action.PAN_LEFT: "Pan left",
+    Action.PAN_RIGHT: "Pan right",
+    Action.PAN_UP: "Pan up",
+    Action.PAN_DOWN: "Pan down",
+    Action.SQUARE: "Make square",
+}
+_ZOOMS = {Action.ZOOM_OUT_2: 2.0, Action.ZOOM_OUT_15: 1.5}
+_PANS = {
+    Action.PAN_LEFT: "left",
+    Action.PAN_RIGHT: "right",
+    Action.PAN_UP: "up",
+    Action.PAN_DOWN: "down",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Presser:
+    """Who pressed, and with what standing where the result was posted."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    is_admin: bool = False  # an admin of the server the click came from
+    is_owner: bool = False
+    requester: Requester = field(default_factory=Requester)  # roles and channel, for the rules
+
+    def admin_of(self, job: Job) -> bool:
+        return self.is_owner or (
+            self.is_admin and job.guild_id is not None and job.guild_id == self.guild_id
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultImage:
+    idx: int
+    seed: int
+    png: bytes
+    infotext: str
+    filename: str
+
+
+class ResultActions:
+    def __init__(self, dreams: DreamService, guilds: GuildSettingsService) -> None:
+        self.dreams = dreams
+        self.guilds = guilds
+        self.settings = dreams.settings
+
+    # -- what a click refers to ---------------------------------------------------------
+
+    async def result(
+        self, job_id: int, presser: Presser, *, use: bool = False, training: bool = False
+    ) -> Job:
+        """The finished job a button or reaction refers to, if `presser` may see it (and,
+        with `use`, act on it); JobRefused when there is none or they may not.
+
+        A training result has nothing to reroll or vary; only `training=True` (deleting it)
+        accepts one.
+        """
+        job = await self.dreams.jobs.get(job_id)
+        if job is None:
+            raise JobRefused(f"There is no job {job_id} any more.")
+        # Who may look comes first: a refusal must not tell a stranger anything of the job.
+        if use:
+            await self.check_may_press(job, presser)
+        else:
+            self.check_may_see(job, presser)
+        if job.deleted_at is not None:
+            raise JobRefused(f"Job {job_id}'s result was deleted.")
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobRefused(f"Job {job_id} has no result to work from ({job.status.value}).")
+        if job.kind == TRAIN and not training:
+            raise JobRefused("That is a training result: use what it learned in /dream.")
+        return job
+
+    async def result_for_message(self, message_id: int) -> Job | None:
+        return await self.dreams.jobs.by_message(message_id)
+
+    @staticmethod
+    def check_may_see(job: Job, presser: Presser) -> None:
+        """The requester and owners anywhere; nobody else a result delivered by DM; an admin
+        of the job's server from that server; anyone else only in the channel the result was
+        posted in.
+
+        Custom ids and message ids arrive from anyone who can craft an interaction, so this
+        is decided from the stored job alone, never from where the button seems to be.
+        """
+        if job.user_id == presser.user_id or presser.is_owner:
+            return
+        if job.private:  # the server never saw it, so its admins have nothing to moderate
+            raise JobRefused(NOT_YOURS)
+        if presser.admin_of(job):
+            return
+        posted_here = (
+            job.guild_id is not None
+            and job.guild_id == presser.guild_id
+            and job.channel_id == presser.channel_id
+        )
+        if not posted_here:
+            raise JobRefused(NOT_YOURS)
+
+    async def check_may_press(self, job: Job, presser: Presser) -> None:
+        """Seeing, and then: the requester, an admin of the job's server, an owner; anyone if
+        the server lets them (each pays for their own clicks)."""
+        self.check_may_see(job, presser)
+        if job.user_id == presser.user_id or presser.admin_of(job):
+            return
+        if (await self.guilds.policy(job.guild_id)).buttons_for_anyone:
+            return
+        raise JobRefused(f"Only <@{job.user_id}> can use the buttons of this result.")
+
+    # -- actions that start a job -------------------------------------------------------
+
+    async def start(
+        self,
+        action: Action,
+        job_id: int,
+        presser: Presser,
+        observer: JobObserver,
+        *,
+        image: int | None = None,
+        prompt: str | None = None,
+        negative: str | None = None,
+        zoom: str | None = None,
+        interaction_id: int | None = None,
+    ) -> Ticket:
+        """Check, build and submit the action's job; JobRefused or InvalidParams say why not.
+
+        A second press of the same action while the first one's job is pending returns that
+        job (`Ticket.duplicate`) and charges nothing.
+        """
+        job = await self.result(job_id, presser, use=True)
+        params = await self.params_for(
+            action, job, image, prompt=prompt, negative=negative, zoom=zoom
+        )
+        key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
+        if action in (Action.EDIT, Action.ZOOM_CUSTOM):  # str hashes change per process
+            digest = hashlib.sha256(f"{prompt}\0{negative}\0{zoom}".encode()).hexdigest()[:12]
+            key += f":{digest}"
+        # A click in a DM on a server's result (results by DM) is still under that server's
+        # rules: only its channel rules cannot apply there.
+        guild_id, requester = presser.guild_id, presser.requester
+        if guild_id is None and job.guild_id is not None:
+            guild_id, requester = job.guild_id, replace(requester, in_dm=True)
+        return await self.dreams.submit(
+            params,
+            user_id=presser.user_id,
+            guild_id=guild_id,
+            channel_id=presser.channel_id,
+            interaction_id=interaction_id,
+            observer=observer,
+            origin=Origin(job.id, action.value, key),
+            requester=requester,
+            # Pressed in a DM: the new result lands there, as private as the DM itself.
+            private=job.private or presser.guild_id is None,
+        )
+
+    async def params_for(
+        self,
+        action: Action,
+        job: Job,
+        image: int | None,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+        zoom: str | None = None,
+    ) -> GenerationParams:
+        params = GenerationParams.from_dict(job.params)
+        if action is Action.REROLL:
+            variation = random_seed() if params.has_variation else params.variation_seed
+            return replace(params, seed=random_seed(), variation_seed=variation)
+        if action is Action.EDIT:
+            return replace(
+                params,
+                prompt=(prompt if prompt is not None else params.prompt).strip(),
+                negative=(negative if negative is not None else params.negative).strip(),
+            )
+        chosen = await self._image(job, image)
+        if action is Action.VARY and params.mode != "txt2img":
+            raise JobRefused("Subtle variations are for text-to-image results; try a strong one.")
+        if action is Action.VARY:
+            # A1111's variation seed: the image's own noise with a new seed's blended in.
+            return replace(
+                params,
+                seed=chosen.seed,
+                variation_seed=random_seed(),
+                variation_strength=self.settings.variation_strength,
+            )
+        png = await self._image_bytes(job, chosen)
+        if action is Action.STRONG:
+            return await self._strong(params, png)
+        if action.reframes:
+            factor = parse_zoom(zoom or "") if action is Action.ZOOM_CUSTOM else None
+            reframed = await self._reframe(action, params, chosen, png, factor)
+            if prompt is not None:  # Custom zoom's edited prompt
+                reframed = replace(reframed, prompt=prompt.strip())
+            return reframed
+        return await self._upscale(params, chosen, png)
+
+    async def _reframe(
+        self,
+        action: Action,
+        params: GenerationParams,
+        chosen: JobImage,
+        png: bytes,
+        factor: float | None = None,
+    ) -> GenerationParams:
+        """Zoom out, pan or make square: the picture shrunk into a larger canvas whose new
+        border is outpainted, within the model's size (so a zoom keeps the resolution)."""
+        cap = self.dreams.models[params.model].pixel_cap()
+        width, height = chosen.width, chosen.height
+        if factor is not None or action in _ZOOMS:
+            frame = attachments.zoom_out(width, height, factor or _ZOOMS[action], cap)
+        elif action in _PANS:
+            frame = attachments.pan(width, height, _PANS[action], cap)
+        else:
+            frame = attachments.make_square(width, height, cap)
+        inner = await asyncio.to_thread(
+            attachments.shrunk_png, png, frame.inner, max_pixels=self.settings.max_attachment_pixels
+        )
+        key = await self.dreams.inputs.put_async(inner)
+        canvas_w, canvas_h = attachments.outpaint_size(*frame.inner, frame.pads)
+        return replace(
+            from_image(params, key),
+            mode="outpaint",
+            outpaint=attachments.outpaint_pads(*frame.inner, frame.pads),
+            seed=random_seed(),
+            count=1,
+            denoise=DEFAULT_OUTPAINT_DENOISE,
+            width=canvas_w,
+            height=canvas_h,
+        )
+
+    async def _strong(self, params: GenerationParams, png: bytes) -> GenerationParams:
+        """img2img from the image: composition loosely kept, details free to change."""
+        spec = self.dreams.models[params.model]
+        prepared = await asyncio.to_thread(
+            attachments.prepare_init,
+            png,
+            max_pixels=self.settings.max_attachment_pixels,
+            pixel_cap=spec.pixel_cap(),
+        )
+        key = await self.dreams.inputs.put_async(prepared.png)
+        return replace(
+            from_image(params, key),
+            mode="img2img",
+            seed=random_seed(),
+            denoise=self.settings.strong_variation_denoise,
+            width=prepared.width,
+            height=prepared.height,
+        )
+
+    async def _upscale(
+        self, params: GenerationParams, chosen: JobImage, png: bytes
+    ) -> GenerationParams:
+        width, height = attachments.upscale_size(
+            chosen.width, chosen.height, self.settings.upscale_factor
+        )
+        key = await self.dreams.inputs.put_async(png)
+        return replace(
+            from_image(params, key),
+            mode="upscale",
+            seed=chosen.seed,
+            count=1,
+            denoise=self.settings.upscale_denoise,
+            upscale=self.settings.upscale_factor,
+            width=width,
+            height=height,
+        )
+
+    def can_upscale(self, width: int, height: int) -> bool:
+        """Whether a U button would make an image within the upscale limit."""
+        target_w, target_h = attachments.upscale_size(width, height, self.settings.upscale_factor)
+        return target_w * target_h <= self.settings.max_upscale_pixels
+
+    async def _image(self, job: Job, image: int | None) -> JobImage:
+        check_not_expired(job)
+        images = await self.dreams.jobs.images(job.id)
+        for stored in images:
+            if stored.idx == image:
+                return stored
+        raise JobRefused(f"Job {job.id} has no image {(image or 0) + 1}.")
+
+    async def _image_bytes(self, job: Job, image: JobImage) -> bytes:
+        try:
+            return await asyncio.to_thread(Path(image.path).read_bytes)
+        except FileNotFoundError:
+            raise JobRefused(
+                f"The images of job {job.id} are no longer on the bot's disk."
+            ) from None
+
+    # -- actions that do not start a job ------------------------------------------------
+
+    async def infotexts(self, job: Job) -> list[str]:
+        """A result's parameters, from the store (the files are not needed for them); `job`
+        comes from `result`, which checked who asks."""
+        return [stored.infotext for stored in await self.dreams.jobs.images(job.id)]
+
+    async def images(self, job_id: int, presser: Presser) -> list[ResultImage]:
+        """A result's images with their parameters (for the ✉️ reaction)."""
+        job = await self.result(job_id, presser)
+        check_not_expired(job)
+        found = []
+        for stored in await self.dreams.jobs.images(job.id):
+            png = await self._image_bytes(job, stored)
+            name = f"{job.id}-{stored.idx}-{stored.seed}.png"
+            found.append(ResultImage(stored.idx, stored.seed, png, stored.infotext, name))
+        return found
+
+    async def delete(self, job_id: int, presser: Presser) -> Job:
+        """Mark the result deleted and remove its files; the caller removes the message."""
+        job = await self.result(job_id, presser, training=True)
+        if job.user_id != presser.user_id and not presser.admin_of(job):
+            raise JobRefused(
+                "Only the member who asked for this result, or an admin, can delete it."
+            )
+        if not await self.dreams.jobs.mark_deleted(job.id):
+            raise JobRefused(f"Job {job_id}'s result was already deleted.")
+        folder = self.settings.images_dir / str(job.id)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return job
+
+
+# Midjourney's Custom Zoom takes 1.0-2.0; 1 itself would change nothing.
+MIN_ZOOM, MAX_ZOOM = 1.0, 2.0
+
+
+def parse_zoom(text: str) -> float:
+    """A zoom factor as a member types it (`1.5`, `2x`); InvalidParams names the range."""
+    cleaned = text.strip().lower().removesuffix("x").strip()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise InvalidParams(
+            f"Zoom {text.strip()[:20]!r} is not a number: write one above {MIN_ZOOM:g} and at "
+            f"most {MAX_ZOOM:g}, like 1.5."
+        ) from None
+    if not (math.isfinite(value) and MIN_ZOOM < value <= MAX_ZOOM):
+        raise InvalidParams(f"Zoom must be above {MIN_ZOOM:g} and at most {MAX_ZOOM:g}, like 1.5.")
+    return value
+
+
+def check_not_expired(job: Job) -> None:
+    """The retention sweep (bot/jobs/retention.py) removed this result's images: what needs them
+    says so; rerolls and edits, which need only the parameters, still work."""
+    if job.expired_at is not None:
+        raise JobRefused(
+            f"The images of job {job.id} expired: this server's bot keeps results for a "
+            "limited time."
+        )
+
+
+def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
+    """A job that starts from one image: what masked, grew or controlled the source is gone."""
+    return replace(
+        params,
+        init_image=init_key,
+        mask_image=None,
+        outpaint=(0, 0, 0, 0),
+        upscale=1.0,
+        control_type=None,
+        control_image=None,
+        variation_seed=None,
+        variation_strength=0.0,
+    )

@@ -1,0 +1,270 @@
+"""Turning a member's attachments and options into image-conditioned jobs (issue 5).
+
+Attachments are untrusted: they are decoded by engine/imaging/attachments.py (type from the bytes,
+a pixel limit before decoding) in a worker thread, resized to what the model works with,
+and stored by content; a job names its inputs by key, never by URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+
+from bot.generation.options import DreamOptions
+from bot.generation.service import DreamService
+from engine.api.infotext import parse_infotext
+from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams, check_upscale_size
+from engine.api.specs import ModelSpec
+from engine.imaging import attachments
+from engine.imaging.attachments import PreparedImage
+from engine.imaging.images import UnreadableImage, read_infotext
+
+DEFAULT_CONTROL = "canny"
+DEFAULT_IMG2IMG_DENOISE = 0.75
+DEFAULT_INPAINT_DENOISE = 0.75
+# New canvas is painted from edge colours and noise: it needs most of the steps.
+DEFAULT_OUTPAINT_DENOISE = 0.9
+# Below this the outpainted picture would be too small to be worth making.
+MIN_OUTPAINT_SCALE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Checked parameters and what was done to the attachments, for the member."""
+
+    params: GenerationParams
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    image: bytes
+    control_type: str | None = None
+    weight: float | None = None
+
+
+def _notes(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+class ImageRequests:
+    def __init__(self, dreams: DreamService) -> None:
+        self.dreams = dreams
+        self.settings = dreams.settings
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        return self.settings.max_attachment_bytes
+
+    def check_size(self, size: int, what: str = "image") -> None:
+        """Refuse a file by the size Discord reports, before a byte is downloaded."""
+        limit = self.settings.max_attachment_bytes
+        if size > limit:
+            raise UnreadableImage(
+                f"That {what} is {size_text(size)}; the limit is {size_text(limit)}."
+            )
+        if size == 0:
+            raise UnreadableImage(f"That {what} is an empty file.")
+
+    def _spec(self, options: DreamOptions) -> ModelSpec:
+        name = options.model or self.settings.default_model
+        spec = self.dreams.models.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.dreams.models))
+            raise InvalidParams(f"Unknown model {name!r}. Models: {known}.")
+        return spec
+
+    async def _init(self, data: bytes, pixel_cap: int) -> PreparedImage:
+        return await asyncio.to_thread(
+            attachments.prepare_init,
+            data,
+            max_pixels=self.settings.max_attachment_pixels,
+            pixel_cap=pixel_cap,
+        )
+
+    async def _store(self, prepared: PreparedImage) -> str:
+        return await self.dreams.inputs.put_async(prepared.png)
+
+    def _params(self, options: DreamOptions, **fields: object) -> GenerationParams:
+        """The member's options with defaults, plus the mode's fields, checked together."""
+        return self.dreams.build_params(options, **fields)
+
+    # -- the modes ----------------------------------------------------------------------
+
+    async def img2img(
+        self,
+        options: DreamOptions,
+        image: bytes,
+        denoise: float | None = None,
+        control: ControlRequest | None = None,
+    ) -> Prepared:
+        spec = self._spec(options)
+        init = await self._init(image, spec.pixel_cap())
+        key = await self._store(init)
+        fields: dict[str, object] = {
+            "mode": "img2img",
+            "init_image": key,
+            "denoise": DEFAULT_IMG2IMG_DENOISE if denoise is None else denoise,
+        }
+        control_note = ""
+        if control is not None:
+            control_fields, control_note = await self._control(
+                spec, control, (init.width, init.height)
+            )
+            fields.update(control_fields)
+        params = self._params(replace(options, size=(init.width, init.height)), **fields)
+        return Prepared(params, _notes(init.note, control_note))
+
+    async def inpaint(
+        self,
+        options: DreamOptions,
+        image: bytes,
+        mask: bytes | None,
+        *,
+        denoise: float | None = None,
+        mask_blur: int | None = None,
+        only_masked: bool = False,
+        padding: int | None = None,
+    ) -> Prepared:
+        spec = self._spec(options)
+        init = await self._init(image, spec.pixel_cap())
+        prepared_mask = await asyncio.to_thread(
+            attachments.prepare_mask,
+            mask,
+            init,
+            max_pixels=self.settings.max_attachment_pixels,
+        )
+        fields: dict[str, object] = {
+            "mode": "inpaint",
+            "init_image": await self._store(init),
+            "mask_image": await self._store(prepared_mask),
+            "denoise": DEFAULT_INPAINT_DENOISE if denoise is None else denoise,
+            "inpaint_full_res": only_masked,
+        }
+        if mask_blur is not None:
+            fields["mask_blur"] = mask_blur
+        if padding is not None:
+            fields["inpaint_padding"] = padding
+        params = self._params(replace(options, size=(init.width, init.height)), **fields)
+        return Prepared(params, _notes(init.note, prepared_mask.note))
+
+    async def outpaint(
+        self,
+        options: DreamOptions,
+        image: bytes,
+        pads: tuple[int, int, int, int],
+        denoise: float | None = None,
+    ) -> Prepared:
+        if not any(pads):
+            raise InvalidParams(
+                "Say how far to grow the picture: left, right, up or down, in pixels."
+            )
+        spec = self._spec(options)
+        cap = spec.pixel_cap()
+        init = await self._init(image, cap)
+        # The grown canvas must fit the model too: shrink the picture until it does.
+        scale = 1.0
+        width, height = attachments.outpaint_size(init.width, init.height, pads)
+        while width * height > cap:
+            scale *= 0.9
+            if scale < MIN_OUTPAINT_SCALE:
+                raise InvalidParams(
+                    f"Growing the picture by {sum(pads)} pixels leaves too little room for it "
+                    f"within the model's {cap:,} pixels; grow it less."
+                )
+            init = await self._init(image, int(cap * scale * scale))
+            width, height = attachments.outpaint_size(init.width, init.height, pads)
+        fields: dict[str, object] = {
+            "mode": "outpaint",
+            "init_image": await self._store(init),
+            "outpaint": attachments.outpaint_pads(init.width, init.height, pads),
+            "denoise": DEFAULT_OUTPAINT_DENOISE if denoise is None else denoise,
+        }
+        params = self._params(replace(options, size=(width, height)), **fields)
+        return Prepared(params, init.note)
+
+    async def upscale(
+        self,
+        options: DreamOptions,
+        image: bytes,
+        factor: float | None = None,
+        denoise: float | None = None,
+    ) -> Prepared:
+        """Resize, then a low-denoise detail pass. Without a prompt, the one the image
+        carries (ours and A1111's PNGs do) is used."""
+        factor = self.settings.upscale_factor if factor is None else factor
+        init = await asyncio.to_thread(
+            attachments.prepare_init,
+            image,
+            max_pixels=self.settings.max_attachment_pixels,
+            # As sent, only snapped to multiples of 8: the upscale limit is checked below.
+            pixel_cap=self.settings.max_attachment_pixels,
+        )
+        carried = await asyncio.to_thread(_carried_prompt, image)
+        if not options.prompt and carried is not None:
+            options = replace(
+                options, prompt=carried[0], negative=options.negative or carried[1] or None
+            )
+        width, height = attachments.upscale_size(init.width, init.height, factor)
+        # Refused before anything is stored: a refused request leaves nothing on disk.
+        check_upscale_size(width, height, self.settings.max_upscale_pixels)
+        fields: dict[str, object] = {
+            "mode": "upscale",
+            "init_image": await self._store(init),
+            "upscale": factor,
+            "denoise": self.settings.upscale_denoise if denoise is None else denoise,
+        }
+        params = self._params(replace(options, size=(width, height), count=1), **fields)
+        return Prepared(params, init.note)
+
+    async def control_for_dream(self, options: DreamOptions, control: ControlRequest) -> Prepared:
+        """/dream with a control image: the composition follows the map."""
+        spec = self._spec(options)
+        size = options.size or spec.size_default()
+        fields, note = await self._control(spec, control, size)
+        return Prepared(self._params(options, **fields), note)
+
+    async def _control(
+        self, spec: ModelSpec, control: ControlRequest, size: tuple[int, int]
+    ) -> tuple[dict[str, object], str]:
+        control_type = control.control_type or DEFAULT_CONTROL
+        if control_type not in CONTROL_TYPES:
+            raise InvalidParams(f"Unknown control type {control_type!r}.")
+        if control_type not in spec.controlnets:
+            have = ", ".join(sorted(spec.controlnets)) or "none"
+            raise InvalidParams(
+                f"Model {spec.name} has no ControlNet for {control_type} (it has: {have})."
+            )
+        prepared = await asyncio.to_thread(
+            attachments.prepare_control,
+            control.image,
+            max_pixels=self.settings.max_attachment_pixels,
+            size=size,
+        )
+        fields: dict[str, object] = {
+            "control_type": control_type,
+            "control_image": await self._store(prepared),
+        }
+        if control.weight is not None:
+            fields["control_scale"] = control.weight
+        return fields, prepared.note
+
+
+def size_text(size: int) -> str:
+    """1536 -> '1.5 KB', 20971520 -> '20 MB'."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def _carried_prompt(data: bytes) -> tuple[str, str] | None:
+    """The prompt and negative prompt inside an image's parameters, if it has any."""
+    try:
+        text = read_infotext(data)
+    except UnreadableImage:
+        return None
+    if not text:
+        return None
+    info = parse_infotext(text)
+    return (info.prompt, info.negative) if info.prompt else None

@@ -1,0 +1,166 @@
+"""A member's options into checked parameters, and what a job is worth.
+
+Defaults fill what the member left out; the price of a job is counted in standard images
+(512x512, 20 steps).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from engine.api.jobs import EngineJob, TrainingJob
+from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
+from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER
+from engine.api.specs import ModelSpec
+from engine.api.training_params import TrainingParams, training_price_units
+
+DREAM = "dream"
+TRAIN = "train"
+
+
+@dataclass(frozen=True, slots=True)
+class DreamOptions:
+    """What a member typed; None means "use the default"."""
+
+    prompt: str
+    negative: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    size: tuple[int, int] | None = None
+    sampler: str | None = None
+    count: int | None = None
+    model: str | None = None
+    clip_skip: int | None = None
+    prompt_syntax: str | None = None
+    variation_seed: int | None = None
+    variation_strength: float | None = None
+    schedule: str | None = None  # A1111's "Schedule type"; None: Automatic
+
+
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 7.0
+
+
+# Infotext keys whose meaning this bot reproduces; Version and hashes change nothing.
+HONOURED_KEYS = frozenset(
+    {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size",
+        "Model",
+        "Model hash",
+        "Variation seed",
+        "Variation seed strength",
+        "Clip skip",
+        "Prompt syntax",
+        "Version",
+        "RNG",
+        "Lora hashes",
+        "TI hashes",
+    }
+)
+
+STANDARD_PIXELS = 512 * 512
+STANDARD_STEPS = 20
+
+
+# What "the price of a standard image" means when members ask.
+STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512, "Euler a", 1, "")
+
+
+def price_units(params: GenerationParams) -> float:
+    """How many standard images (512x512, 20 steps) a job is worth.
+
+    Image-conditioned modes run only `denoise` of their steps (diffusers and A1111 skip the
+    rest), so they cost that fraction.
+    """
+    pixels = params.width * params.height / STANDARD_PIXELS
+    steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
+    return pixels * steps / STANDARD_STEPS * params.count
+
+
+def work_units(work: EngineJob | TrainingJob) -> float:
+    """Standard images' worth of a queued job, for wait estimates."""
+    if isinstance(work, TrainingJob):
+        return training_price_units(work.params)
+    return price_units(work.params)
+
+
+def shown_params(work: EngineJob | TrainingJob) -> GenerationParams:
+    """How a queued job reads in /queue: a training job as its name, method and steps."""
+    return work.params if isinstance(work, EngineJob) else training_as_shown(work.params)
+
+
+def training_as_shown(training: TrainingParams) -> GenerationParams:
+    side = training.resolution
+    return GenerationParams(
+        prompt=f"training {training.name} ({training.method}, {training.steps} steps)",
+        negative="",
+        seed=training.seed,
+        steps=training.steps,
+        cfg=0.0,
+        width=side,
+        height=side,
+        sampler="-",
+        count=1,
+        model=training.model,
+    )
+
+
+def job_kind(params: GenerationParams) -> str:
+    """The job's kind as stored and logged: `dream` for text to image, else the mode."""
+    return DREAM if params.mode == "txt2img" else params.mode
+
+
+def resolve_options(
+    options: DreamOptions,
+    models: dict[str, ModelSpec],
+    default_model: str,
+    max_prompt: int,
+    prompt_syntax: str = "a1111",
+    mode_fields: dict[str, Any] | None = None,
+    max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
+) -> GenerationParams:
+    """A member's options plus defaults, checked; InvalidParams names what is wrong."""
+    model = options.model or default_model
+    spec = models.get(model)
+    if spec is None:
+        raise InvalidParams(f"Unknown model {model!r}. Models: {', '.join(sorted(models))}.")
+    width, height = options.size or spec.size_default()
+    seed = options.seed if options.seed is not None and options.seed >= 0 else random_seed()
+    strength = options.variation_strength or 0.0
+    variation_seed = options.variation_seed
+    if variation_seed is not None and variation_seed < 0:
+        variation_seed = None
+    if strength > 0 and variation_seed is None:  # a strength alone asks for a random variation
+        variation_seed = random_seed()
+    params = GenerationParams(
+        prompt=options.prompt.strip(),
+        negative=(options.negative or "").strip(),
+        seed=seed,
+        steps=options.steps if options.steps is not None else DEFAULT_STEPS,
+        cfg=options.cfg if options.cfg is not None else DEFAULT_CFG,
+        width=width,
+        height=height,
+        sampler=options.sampler or DEFAULT_SAMPLER,
+        count=options.count if options.count is not None else 1,
+        model=model,
+        clip_skip=options.clip_skip or 1,
+        prompt_syntax=options.prompt_syntax or prompt_syntax,
+        variation_seed=variation_seed,
+        variation_strength=strength,
+        schedule=options.schedule or AUTOMATIC,
+        **(mode_fields or {}),
+    )
+    check_params(params, models, max_prompt, max_upscale_pixels)
+    return params
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**32)

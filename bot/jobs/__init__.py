@@ -1,0 +1,1 @@
+"""Jobs whatever their kind: accepted, queued fairly, dispatched, recovered, ended once."""

@@ -1,0 +1,1 @@
+"""/train as a job kind, and the LoRAs and embeddings members own."""

@@ -1,0 +1,1 @@
+"""What the cogs share: presenters, result buttons, options and autocompletes, replies."""

@@ -1,0 +1,1 @@
+"""The torch-free vocabulary the bot and the engine share; imported on the event loop."""

@@ -1,0 +1,208 @@
+"""A1111's infotext: the PNG `parameters` chunk that its PNG Info tab reads.
+
+Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
+
+    <prompt>
+    Negative prompt: <negative>          (only when there is one)
+    Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, ...
+
+with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
+and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
+it. `Prompt syntax` (ours, written only for the optimized fork's sub-prompts) comes last;
+A1111 shows a key it does not know and otherwise ignores it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api.params import GenerationParams, InvalidParams
+from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
+
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# A1111's own pattern for `key: value` pairs on the last line, quoted values included.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def quote(value: object) -> str:
+    """A1111 JSON-quotes a value that holds a comma, colon or newline."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return str(json.loads(text))
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def format_number(value: float) -> str:
+    """7.0 -> 7, 7.5 -> 7.5: the shortest form that reads back to the same float."""
+    return f"{value:g}" if float(value) == float(f"{value:g}") else repr(float(value))
+
+
+def build_infotext(
+    params: GenerationParams,
+    *,
+    seed: int,
+    model_hash: str | None,
+    variation_seed: int | None = None,
+    rng: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> str:
+    """The infotext of one image of a job (each image carries its own seed and variation
+    seed; `variation_seed` defaults to the job's).
+
+    `extra` holds what only the engine knows, in A1111's place for scripts and extensions
+    (after the inpainting keys): `SD upscale overlap`/`SD upscale upscaler`, `ControlNet 0`.
+    """
+    variation = params.has_variation
+    if variation and variation_seed is None:
+        variation_seed = params.variation_seed
+    fields: dict[str, str | None] = {
+        "Steps": str(params.steps),
+        "Sampler": params.sampler,
+        "Schedule type": _schedule_type(params),
+        "CFG scale": format_number(params.cfg),
+        "Seed": str(seed),
+        "Size": params.size,
+        "Model hash": model_hash,
+        "Model": params.model,
+        # A1111 writes these only at a strength above 0, and clip skip only past 1.
+        "Variation seed": str(variation_seed) if variation else None,
+        "Variation seed strength": format_number(params.variation_strength) if variation else None,
+        "Denoising strength": _denoising_strength(params),
+        "Clip skip": str(params.clip_skip) if params.clip_skip != 1 else None,
+        "RNG": rng,
+        **_inpaint_fields(params),
+        **(extra or {}),
+        "Prompt syntax": params.prompt_syntax if params.prompt_syntax != "a1111" else None,
+    }
+    last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
+    negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
+    return f"{params.prompt}{negative}\n{last_line}".strip()
+
+
+def _schedule_type(params: GenerationParams) -> str | None:
+    """As A1111 1.9+ writes it: the schedule that ran, so `Automatic` is written only for
+    samplers without one of their own (Euler a: `Automatic`; DPM++ 2M: `Karras`). Our
+    training previews and queue rows have no real sampler and get none."""
+    if params.sampler not in SAMPLERS:
+        return None
+    return resolved_schedule(params.sampler, params.schedule)
+
+
+def _denoising_strength(params: GenerationParams) -> str | None:
+    # A1111 writes it for every image-to-image job (0 included), never for txt2img.
+    return None if params.mode == "txt2img" else format_number(params.denoise)
+
+
+def _inpaint_fields(params: GenerationParams) -> dict[str, str | None]:
+    """A1111's img2img keys: `Mask blur` when the mask was blurred, the area and its padding
+    when only the masked area was inpainted."""
+    if params.mode not in ("inpaint", "outpaint"):
+        return {}
+    only_masked = params.mode == "inpaint" and params.inpaint_full_res
+    return {
+        "Mask blur": str(params.mask_blur) if params.mask_blur > 0 else None,
+        "Inpaint area": "Only masked" if only_masked else None,
+        "Masked area padding": str(params.inpaint_padding) if only_masked else None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Infotext:
+    prompt: str
+    negative: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def parse_infotext(text: str) -> Infotext:
+    """Split infotext into prompt, negative prompt and the `key: value` pairs."""
+    *lines, last_line = text.strip().split("\n")
+    # A prompt's own last line could hold a colon; A1111 needs 3 pairs to call it parameters.
+    if len(_PARAM_RE.findall(last_line)) < 3:
+        lines.append(last_line)
+        last_line = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        (negative if in_negative else prompt).append(line)
+    values = {key.strip(): unquote(value.strip()) for key, value in _PARAM_RE.findall(last_line)}
+    return Infotext(prompt="\n".join(prompt), negative="\n".join(negative), values=values)
+
+
+def sampler_name(sampler: str, schedule: str | None) -> tuple[str, str]:
+    """(sampler, schedule) from A1111 1.9+'s pair (`Sampler: DPM++ 2M, Schedule type:
+    Karras`) or an older combined name (`DPM++ 2M Karras`). Without a schedule type A1111
+    reads "Automatic" (modules/infotext_utils.py), the sampler's own schedule."""
+    return split_sampler(sampler, schedule or AUTOMATIC)
+
+
+def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
+    """Our parameters from infotext; InvalidParams names a missing or unreadable value."""
+    info = parse_infotext(text)
+    values = info.values
+    try:
+        size = _SIZE_RE.match(values["Size"])
+        if size is None:
+            raise InvalidParams(f"Unreadable size {values['Size']!r} in the infotext.")
+        sampler, schedule = sampler_name(values["Sampler"], values.get("Schedule type"))
+        return GenerationParams(
+            prompt=info.prompt,
+            negative=info.negative,
+            seed=int(values["Seed"]),
+            steps=int(values["Steps"]),
+            cfg=float(values["CFG scale"]),
+            width=int(size.group(1)),
+            height=int(size.group(2)),
+            sampler=sampler,
+            schedule=schedule,
+            count=count,
+            model=values.get("Model", ""),
+            clip_skip=int(values.get("Clip skip", "1")),
+            prompt_syntax=values.get("Prompt syntax", "a1111"),
+            variation_seed=_optional_int(values.get("Variation seed")),
+            variation_strength=float(values.get("Variation seed strength", "0")),
+            **_image_options(values),
+        )
+    except KeyError as missing:
+        raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
+    except ValueError as bad:
+        if isinstance(bad, InvalidParams):
+            raise
+        raise InvalidParams(f"The infotext has an unreadable value: {bad}.") from None
+
+
+def _image_options(values: dict[str, str]) -> dict[str, Any]:
+    """The image-to-image options infotext carries. The mode stays txt2img: the input
+    image is never in infotext, so a paste can only start from the prompt."""
+    options: dict[str, Any] = {}
+    if "Denoising strength" in values:
+        options["denoise"] = float(values["Denoising strength"])
+    if "Mask blur" in values:
+        options["mask_blur"] = int(values["Mask blur"])
+    if values.get("Inpaint area") == "Only masked":
+        options["inpaint_full_res"] = True
+    if "Masked area padding" in values:
+        options["inpaint_padding"] = int(values["Masked area padding"])
+    return options
+
+
+def _optional_int(text: str | None) -> int | None:
+    return None if text is None else int(text)

@@ -1,0 +1,1 @@
+"""torch and diffusers: run only on the engine thread (engine.worker)."""

@@ -1,0 +1,57 @@
+"""The few images posted when training ends: the new token at work, on the engine thread."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from engine.api.jobs import EngineJob
+from engine.api.params import GeneratedImage, GenerationParams
+from engine.api.training_params import TrainingParams, sample_prompts
+from engine.pipelines.loading import LoadedModel
+from engine.pipelines.lora import adapters_for
+from engine.pipelines.txt2img import generate_batch
+
+SAMPLE_COUNT = 2
+SAMPLE_STEPS = 20
+SAMPLE_SAMPLER = "DPM++ 2M Karras"  # converges in 20 steps, as most A1111 users run it
+
+
+def sample_params(
+    training: TrainingParams, path: Path, width: int, height: int
+) -> list[GenerationParams]:
+    """One job per sample prompt, with the LoRA's tag (or the embedding's token) in it, so
+    the posted PNGs carry exactly what a member would type."""
+    jobs = []
+    for prompt in sample_prompts(training)[:SAMPLE_COUNT]:
+        if training.method == "lora":
+            prompt = f"{prompt} <lora:{training.name}:1>"
+            adapters: dict[str, object] = {"loras": ((training.name, str(path), 1.0),)}
+        else:
+            adapters = {"embeddings": ((training.token, str(path)),)}
+        jobs.append(
+            GenerationParams(
+                prompt=prompt,
+                negative="",
+                seed=training.seed,
+                steps=SAMPLE_STEPS,
+                cfg=7.0,
+                width=width,
+                height=height,
+                sampler=SAMPLE_SAMPLER,
+                count=1,
+                model=training.model,
+                **adapters,  # type: ignore[arg-type]
+            )
+        )
+    return jobs
+
+
+def make_samples(
+    loaded: LoadedModel, training: TrainingParams, path: Path, noise: str
+) -> list[GeneratedImage]:
+    width, height = loaded.spec.size_default()
+    jobs = [EngineJob(0, params) for params in sample_params(training, path, width, height)]
+    with adapters_for(loaded, jobs[0].params):
+        results = generate_batch(loaded, jobs, preview_interval=math.inf, noise=noise)
+    return [image for result in results for image in result.images]
