@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from PIL import Image
 
+from bot.generation.handler import GenerationHandler
 from bot.generation.service import DreamService
-from bot.jobs.contracts import JobOutcome
+from bot.jobs.contracts import JobOutcome, PostAsIs
+from bot.jobs.inputs import InputStore
+from bot.jobs.kinds import JobKind
 from bot.jobs.queue import JobQueue
+from bot.jobs.scheduler import Scheduler
 from bot.settings import Settings
 from data.credits import CreditRepository
 from data.jobs import JobRepository
@@ -83,19 +87,19 @@ async def running_service(
 ) -> AsyncIterator[DreamService]:
     """A DreamService over the store in `settings.data_dir` (or `store`, for a caller that
     reads it too), its engine started and its dispatcher running, as the bot's runner builds
-    it minus Discord and servers' rules. All three are stopped and closed on the way out."""
+    it minus Discord, servers' rules and the safety review. All three are stopped and closed
+    on the way out; the service's `scheduler` is the one running."""
     store = store or Store(settings.db_path)
-    await store.open()
-    engine.start()
     policy = settings.credit_policy()
-    service = DreamService(
-        settings, JobRepository(store, policy), CreditRepository(store, policy), engine, JobQueue()
-    )
-    dispatcher = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        await service.stop(dispatcher)
-        await service.close()
-        await engine.stop()
-        await store.close()
+    jobs, credits = JobRepository(store, policy), CreditRepository(store, policy)
+    inputs = InputStore(settings.inputs_dir)
+    handler = GenerationHandler(settings.images_dir, jobs, credits, inputs, engine, PostAsIs())
+    scheduler = Scheduler(jobs, JobQueue(), {JobKind.GENERATE: handler})
+    service = DreamService(settings, jobs, credits, scheduler, handler, gate=None, adapters=None)
+    async with store, engine:
+        dispatcher = asyncio.create_task(scheduler.run())
+        try:
+            yield service
+        finally:
+            await scheduler.stop(dispatcher)
+            await scheduler.close()

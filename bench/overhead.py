@@ -159,7 +159,12 @@ async def job_call(service: DreamService, params: GenerationParams, lags: list[f
     tick = asyncio.create_task(ticker(lags, stop))
     started = time.perf_counter()
     await service.submit(
-        params, user_id=1, guild_id=None, channel_id=None, interaction_id=None, observer=waiter
+        service.check(params),
+        user_id=1,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=waiter,
     )
     await waiter.done.wait()
     elapsed = time.perf_counter() - started

@@ -82,14 +82,14 @@ async def measure(jobs: int, workdir: Path) -> None:
 
     discord.InteractionResponse.defer = timed_defer  # type: ignore[method-assign]
     env = simcord.Env(bot, settle_timeout=60.0)
-    bot.dreams.idle_wait = env.external_wait
+    bot.scheduler.idle_wait = env.external_wait
     await env.start()
     guild = env.create_guild(id=GUILD)
     channel = guild.create_text_channel("art")
     members = [guild.add_member(env.create_user(f"m{i}")) for i in range(jobs)]
 
     release = threading.Event()
-    hold = asyncio.create_task(bot.dreams.engine.call(release.wait))  # the GPU is busy
+    hold = asyncio.create_task(bot.engine.call(release.wait))  # the GPU is busy
     accepted: list[float] = []
     for member in members:
         started = time.perf_counter()
@@ -98,7 +98,7 @@ async def measure(jobs: int, workdir: Path) -> None:
         assert result.response is not None
         assert result.response.content.startswith("Queued")
     to_defer = [deferred[i] - received[i] for i in deferred]
-    queued = len(bot.dreams.queue)
+    queued = len(bot.scheduler.queue)
 
     store = Store(workdir / "store-only.sqlite3")
     await store.open()

@@ -158,7 +158,7 @@ async def member(
         number = next(numbers)
         waiter = Waiter()
         ticket = await service.submit(
-            job_params(number),
+            service.check(job_params(number)),
             user_id=user_id,
             guild_id=1,
             channel_id=2,

@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    from bot.logs import configure_logging, quiet_ml_libraries
+    from bot.logs import configure_logging
+    from engine.worker import quiet_libraries
 
     # diffusers and transformers are muted by each command once its own checks have passed:
     # importing them takes seconds.
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from bot.cli.doctor import doctor
 
-        quiet_ml_libraries()  # the doctor imports them anyway: a broken install shows there
+        quiet_libraries()  # the doctor imports them anyway: a broken install shows there
         return doctor(settings)
     if args.command == "selftest":
         from bot.cli.console import selftest
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before logging in to Discord: a member should never be the first to meet these.
     if refuse_to_start(settings):
         return EXIT_CONFIG
-    quiet_ml_libraries()
+    quiet_libraries()
     from bot.client.runner import run_bot
 
     return run_bot(settings)

@@ -10,8 +10,8 @@ from discord.ext import commands
 
 from bot.community.credits import MAX_AMOUNT, BalanceReport, CreditsRefused
 from bot.generation.options import DreamOptions
-from cogs.dream import SizeTransformer, model_autocomplete
 from cogs.ui.context import requester_of
+from cogs.ui.options import SizeTransformer, model_autocomplete
 from data.credits import CreditPolicy, LedgerEntry
 from engine.api.params import MAX_COUNT, MAX_STEPS
 

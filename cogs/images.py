@@ -11,16 +11,14 @@ from discord.ext import commands
 
 from bot.generation.imaging import ControlRequest, Prepared
 from bot.generation.options import DreamOptions
-from cogs.dream import (
-    CONTROL_IMAGE,
+from cogs.ui.options import (
     SAMPLER_CHOICES,
     SCHEDULE_CHOICES,
     SCHEDULER_DESCRIPTION,
     ControlType,
-    Uploads,
     model_autocomplete,
-    start_from_uploads,
 )
+from cogs.ui.starting import CONTROL_IMAGE, Uploads, start_from_uploads
 from engine.api.params import (
     MAX_CFG,
     MAX_CONTROL_SCALE,

@@ -9,12 +9,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.contracts import JobRefused
+from cogs.ui.options import MAX_CHOICES
 from engine.api.params import InvalidParams
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
-
-MAX_CHOICES = 25
 
 
 async def own_lora_autocomplete(
@@ -28,23 +27,6 @@ async def own_lora_autocomplete(
         for lora in usable
         if lora.owner_id == interaction.user.id and typed in lora.name
     ][:MAX_CHOICES]
-
-
-async def usable_lora_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    """The member's own LoRAs, then those shared in this server (for /dream)."""
-    bot: SDBot = interaction.client  # type: ignore[assignment]
-    usable = await bot.training.library.usable(interaction.user.id, interaction.guild_id)
-    typed = current.strip().lower()
-    choices = []
-    for lora in usable:
-        if lora.method != "lora" or typed not in lora.name:
-            continue
-        whose = "yours" if lora.owner_id == interaction.user.id else "shared"
-        label = f"{lora.name} ({whose}, {lora.class_word or 'no class'}, {lora.base_model})"
-        choices.append(app_commands.Choice(name=label[:100], value=lora.name))
-    return choices[:MAX_CHOICES]
 
 
 class Loras(commands.Cog):

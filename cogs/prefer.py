@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.community.prefs import MAX_PRESETS, PreferenceName, Preferences
-from cogs.dream import SAMPLER_CHOICES, model_autocomplete, preset_autocomplete
+from cogs.ui.options import SAMPLER_CHOICES, model_autocomplete, preset_autocomplete
 from engine.api.params import MAX_STEPS
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.contracts import JobRefused, QueueEntry
-from cogs.ui.presenter import describe
+from cogs.ui.rendering import describe
 from engine.api.params import GenerationParams
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Queue(commands.Cog):
         name="queue", description="Your jobs, their places in line, and what is running"
     )
     async def queue(self, interaction: discord.Interaction) -> None:
-        entries = self.bot.dreams.queue_entries()
+        entries = self.bot.scheduler.queue_entries()
         mine = [e for e in entries if e.user_id == interaction.user.id]
         running = [e for e in entries if e.position == 0 and e.user_id != interaction.user.id]
         lines = [entry_line(e, mine=True) for e in mine] or ["You have no jobs waiting."]
@@ -69,9 +69,9 @@ class Queue(commands.Cog):
     async def cancel(
         self, interaction: discord.Interaction, job: app_commands.Range[int, 1] | None = None
     ) -> None:
-        dreams = self.bot.dreams
+        scheduler = self.bot.scheduler
         if job is None:
-            mine = [e for e in dreams.queue_entries() if e.user_id == interaction.user.id]
+            mine = [e for e in scheduler.queue_entries() if e.user_id == interaction.user.id]
             if not mine:
                 await interaction.response.send_message(
                     "You have no job to cancel.", ephemeral=True
@@ -79,7 +79,7 @@ class Queue(commands.Cog):
                 return
             job = max(e.job_id for e in mine)
         try:
-            result = await dreams.cancel(
+            result = await scheduler.cancel(
                 job,
                 by_user=interaction.user.id,
                 is_admin=self.bot.is_admin(interaction.user),

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.settings import ADMINS_ONLY
+from cogs.ui.context import ADMINS_ONLY
 from data.stats import GuildStats
 
 if TYPE_CHECKING:

@@ -18,11 +18,15 @@ from discord.ext import commands
 
 from bot.client.replies import first_delivery, mention_only
 from bot.jobs.contracts import JobRefused, Ticket
-from bot.training.service import TrainedOutcome
-from cogs.dream import download, model_autocomplete
+from bot.jobs.kinds import JobKind
+from bot.training.outcomes import TrainedOutcome
 from cogs.ui.buttons import NO_SUCH_BUTTON, job_id_of
 from cogs.ui.context import requester_of
-from cogs.ui.presenter import DreamPresenter, LiveMessage, credits_text, failure_text
+from cogs.ui.live import LiveMessage
+from cogs.ui.options import model_autocomplete
+from cogs.ui.presenter import DreamPresenter
+from cogs.ui.rendering import credits_text, failure_text
+from cogs.ui.starting import download
 from data.jobs import Job
 from engine.api.params import InvalidParams
 from engine.api.training_params import TrainingProgress
@@ -83,7 +87,7 @@ class CancelTraining(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CA
             await interaction.response.send_message(f"❌ {NO_SUCH_BUTTON}", ephemeral=True)
             return
         try:
-            result = await bot.dreams.cancel(
+            result = await bot.scheduler.cancel(
                 self.job_id,
                 by_user=interaction.user.id,
                 is_admin=bot.is_admin(interaction.user),
@@ -231,11 +235,13 @@ class Train(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(CancelTraining)
-        self.bot.training.fallback_observer = lambda job: TrainingPresenter.for_job(self.bot, job)
+        self.bot.scheduler.hear_restored(
+            JobKind.TRAIN, lambda job: TrainingPresenter.for_job(self.bot, job)
+        )
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(CancelTraining)
-        self.bot.training.fallback_observer = None
+        self.bot.scheduler.hear_restored(JobKind.TRAIN, None)
 
     @app_commands.command(name="train", description="Teach the model a face, a pet or a style")
     @app_commands.describe(
@@ -332,7 +338,7 @@ class Train(commands.Cog):
             return
         message_id = await presenter.queued(ticket)
         if message_id is not None:
-            await self.bot.dreams.set_message(ticket.job.id, message_id)
+            await self.bot.scheduler.set_message(ticket.job.id, message_id)
         skipped = f"\nSkipped: {note}" if note else ""
         count = len(params.image_keys)
         await interaction.edit_original_response(

@@ -9,17 +9,9 @@ from data.credits import (
     LedgerKind,
 )
 from data.guilds import GuildSettingsRepository
-from data.jobs import (
-    DuplicateAction,
-    DuplicateInteraction,
-    Job,
-    JobImage,
-    JobRepository,
-    JobStatus,
-    Origin,
-    QueueCaps,
-    QueueFull,
-)
+from data.job_admission import DuplicateAction, DuplicateInteraction, QueueCaps, QueueFull
+from data.job_records import Job, JobImage, JobStatus, Origin
+from data.jobs import JobRepository
 from data.store import Store
 
 __all__ = [

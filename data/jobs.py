@@ -1,143 +1,39 @@
-"""Jobs and their output images."""
+"""Jobs and their output images: the repository that writes and reads them.
+
+The records it returns are in data/job_records.py, and what refuses a job (duplicates, the
+queue's caps) in data/job_admission.py; both are importable from here, as before.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
-
-import aiosqlite
 
 import data.credits as credits
 from data.credits import CreditPolicy
+from data.job_admission import (
+    DuplicateAction,
+    DuplicateInteraction,
+    QueueCaps,
+    QueueFull,
+    admit,
+)
+from data.job_records import PENDING, Job, JobImage, JobStatus, Origin
 from data.store import Store
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: int
-    kind: str
-    status: JobStatus
-    user_id: int
-    guild_id: int | None
-    channel_id: int | None
-    interaction_id: int | None
-    params: dict[str, Any]
-    error: str | None
-    message_id: int | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    cost: int = 0
-    attempts: int = 0
-    parent_id: int | None = None
-    action: str | None = None
-    deleted_at: float | None = None
-    # The result went to the requester's DMs: nobody else may see it or press its buttons.
-    private: bool = False
-    # Set when retention removed the job's files (bot/jobs/retention.py); the row stays.
-    expired_at: float | None = None
-    # The member cancelled it while it ran; honoured at start-up if the bot died first.
-    cancel_requested_at: float | None = None
-    # Its result was posted; a succeeded job without it is posted at start-up.
-    delivered_at: float | None = None
-
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> Job:
-        return cls(
-            id=row["id"],
-            kind=row["kind"],
-            status=JobStatus(row["status"]),
-            user_id=row["user_id"],
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            interaction_id=row["interaction_id"],
-            params=json.loads(row["params"]),
-            error=row["error"],
-            message_id=row["message_id"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            cost=row["cost"],
-            attempts=row["attempts"],
-            parent_id=row["parent_id"],
-            action=row["action"],
-            deleted_at=row["deleted_at"],
-            private=bool(row["private"]),
-            expired_at=row["expired_at"],
-            cancel_requested_at=row["cancel_requested_at"],
-            delivered_at=row["delivered_at"],
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class JobImage:
-    job_id: int
-    idx: int
-    seed: int
-    path: str
-    width: int
-    height: int
-    infotext: str
-
-
-class DuplicateInteraction(Exception):
-    """The interaction already has a job: a retried or doubled interaction."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"interaction {job.interaction_id} already has job {job.id}")
-        self.job = job
-
-
-class DuplicateAction(Exception):
-    """The member already has this action pending (a double click): nothing changes."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.id} already does this")
-        self.job = job
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where an action job comes from: the job whose result was clicked, and what was asked
-    (`key` identifies the click, e.g. 'upscale:12:0', for double-click protection)."""
-
-    parent_id: int | None  # None for a job made from nothing posted (a /train request)
-    action: str
-    key: str
-
-
-class QueueFull(Exception):
-    """A cap on queued jobs was reached; the message says which, for the member."""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueCaps:
-    per_member: int = 3  # queued or running, per member
-    total: int = 100  # queued, everyone together
-
-
-PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-async def _count(db: aiosqlite.Connection, sql: str, args: tuple[object, ...]) -> int:
-    async with db.execute(sql, args) as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+__all__ = [
+    "PENDING",
+    "DuplicateAction",
+    "DuplicateInteraction",
+    "Job",
+    "JobImage",
+    "JobRepository",
+    "JobStatus",
+    "Origin",
+    "QueueCaps",
+    "QueueFull",
+]
 
 
 class JobRepository:
@@ -166,16 +62,9 @@ class JobRepository:
         InsufficientCredits.
         """
         async with self._store.transaction() as db:
-            if interaction_id is not None:
-                existing = await self._by_interaction(db, interaction_id)
-                if existing is not None:
-                    raise DuplicateInteraction(existing)
-            if origin is not None:
-                pending = await self._pending_action(db, user_id, origin.key)
-                if pending is not None:
-                    raise DuplicateAction(pending)
-            if caps is not None:
-                await self._check_caps(db, user_id, caps)
+            await admit(
+                db, user_id=user_id, interaction_id=interaction_id, origin=origin, caps=caps
+            )
             if cost > 0:
                 await credits.touch(db, user_id, credit_policy or self.policy)
             async with db.execute(
@@ -204,39 +93,6 @@ class JobRepository:
             if cost > 0:
                 await credits.charge(db, user_id, cost, job.id)
         return job
-
-    @staticmethod
-    async def _by_interaction(db: aiosqlite.Connection, interaction_id: int) -> Job | None:
-        async with db.execute(
-            "SELECT * FROM jobs WHERE interaction_id = ?", (interaction_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return Job.from_row(row) if row else None
-
-    @staticmethod
-    async def _pending_action(db: aiosqlite.Connection, user_id: int, key: str) -> Job | None:
-        async with db.execute(
-            "SELECT * FROM jobs WHERE user_id = ? AND action_key = ? AND status IN (?, ?)",
-            (user_id, key, *PENDING),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return Job.from_row(row) if row else None
-
-    @staticmethod
-    async def _check_caps(db: aiosqlite.Connection, user_id: int, caps: QueueCaps) -> None:
-        mine = await _count(
-            db,
-            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN (?, ?)",
-            (user_id, *PENDING),
-        )
-        if mine >= caps.per_member:
-            raise QueueFull(
-                f"You already have {mine} job(s) waiting or running (the limit is "
-                f"{caps.per_member}). Try again when one finishes."
-            )
-        queued = await _count(db, "SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED,))
-        if queued >= caps.total:
-            raise QueueFull(f"The queue is full ({queued} jobs). Try again in a few minutes.")
 
     async def get(self, job_id: int) -> Job | None:
         async with self._store.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
+from typing import Self
 
 import aiosqlite
 
@@ -27,6 +28,10 @@ class StoreBusy(sqlite3.OperationalError):
     written, so the caller may try again later."""
 
 
+class StoreClosed(RuntimeError):
+    """The store was used after `close()` (or after its `async with` block ended)."""
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) for every `NNNN_name.sql` shipped in data/migrations, in order."""
     found = []
@@ -43,6 +48,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._closed = False
         # One connection serves every coroutine, so two transactions would interleave their
         # statements. Every write runs inside `transaction()`, one at a time.
         self._write_lock = asyncio.Lock()
@@ -86,13 +92,23 @@ class Store:
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
+            if self._closed:
+                raise StoreClosed(f"the store at {self.path.name} was closed; open it again")
             raise RuntimeError("Store.open() has not been awaited")
         return self._db
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def open(self) -> None:
         if self.path != Path(":memory:"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._closed = False
         self._db.row_factory = aiosqlite.Row
         # A cursor left open keeps its statement in progress and blocks COMMIT: close each.
         for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 5000"):
@@ -104,6 +120,7 @@ class Store:
         if self._db is not None:
             await self._db.close()
             self._db = None
+            self._closed = True
 
     async def schema_version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from engine.api.errors import EngineError, EngineStopped, OutOfMemory
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
@@ -44,6 +44,9 @@ class EngineConfig:
     upscaler: str | None = None
     upscale_tile: int = 0
     upscale_tile_overlap: int = 64
+    # A safety checker (Hub id or folder) run on every batch's images before they leave the
+    # engine thread, so they cross to the event loop once with their verdicts.
+    safety_checker: str | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +120,16 @@ class EngineWorker:
         log.warning("starting a new engine thread (restart %d)", self.restarts)
         self._start_thread()
 
+    async def __aenter__(self) -> Self:
+        """Started on entry (unless it already runs), stopped on exit; work submitted after
+        that is refused with EngineStopped."""
+        if self._thread is None:
+            self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         """Finish the batch in progress, refuse what is still queued, and join the thread."""
         if self._thread is None or self._stopping:
@@ -164,14 +177,32 @@ class EngineWorker:
         """Whether each PNG is flagged by the safety checker at `source`, which is loaded on
         the engine thread the first time and kept."""
 
-        def work() -> list[bool]:
-            from engine.pipelines.safety import SafetyCheckers
+        return await self.call(partial(self._check_safety, source, list(images)))
 
-            if self._safety is None:
-                self._safety = SafetyCheckers(self.config.device, self.config.dtype)
-            return self._safety.check(source, list(images))
+    def _check_safety(self, source: str, images: list[bytes]) -> list[bool]:
+        from engine.pipelines.safety import SafetyCheckers
 
-        return await self.call(work)
+        if self._safety is None:
+            self._safety = SafetyCheckers(self.config.device, self.config.dtype)
+        return self._safety.check(source, images)
+
+    def _with_verdicts(self, results: list[GenerationResult]) -> list[GenerationResult]:
+        """The batch's images with the configured safety checker's verdicts. A checker that
+        fails here leaves them unmarked: the bot then asks on its own (check_safety), and
+        tells the member the check could not run if it fails again."""
+        source = self.config.safety_checker
+        pngs = [image.png for result in results for image in result.images]
+        if not source or not pngs:
+            return results
+        try:
+            flags = iter(self._check_safety(source, pngs))
+        except Exception:
+            log.exception("the safety checker failed with the batch; the bot asks again")
+            return results
+        return [
+            replace(result, images=[replace(image, nsfw=next(flags)) for image in result.images])
+            for result in results
+        ]
 
     async def train(self, job: TrainingJob) -> TrainingOutcome:
         """Train on the engine thread (generation waits), then make a few sample images
@@ -236,10 +267,12 @@ class EngineWorker:
                     upscale = UpscaleConfig(
                         config.upscaler, config.upscale_tile, config.upscale_tile_overlap
                     )
-                    return generate_conditioned(
+                    results = generate_conditioned(
                         loaded, jobs, config.preview_interval, config.noise, upscale
                     )
-                return generate_batch(loaded, jobs, config.preview_interval, config.noise)
+                else:
+                    results = generate_batch(loaded, jobs, config.preview_interval, config.noise)
+            return self._with_verdicts(results)
         except torch.OutOfMemoryError:
             log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
             if torch.cuda.is_available():
@@ -309,3 +342,17 @@ def _post(
     # RuntimeError: the loop closed, so nobody is listening any more.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(report, progress, context=context)
+
+
+def quiet_libraries() -> None:
+    """Mute diffusers' and transformers' progress bars and warnings. Importing them takes
+    seconds, so the console calls this only once its arguments and set-up are checked."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

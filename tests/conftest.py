@@ -91,7 +91,7 @@ async def sim(settings: Settings) -> AsyncIterator[Any]:
 
     bot = build_bot(settings)
     env = simcord.Env(bot, settle_timeout=DEADLINE)
-    bot.dreams.idle_wait = env.external_wait
+    bot.scheduler.idle_wait = env.external_wait
     await env.start()
     guild = env.create_guild(id=DEV_GUILD)
     world = SimWorld(env, bot, guild, guild.create_text_channel("art"), settings)
@@ -128,7 +128,7 @@ class SimWorld:
         old = self.bot
         await old.close()  # stops the engine thread and closes the database
         self.bot = build_bot(self.settings)
-        self.bot.dreams.idle_wait = self.env.external_wait
+        self.bot.scheduler.idle_wait = self.env.external_wait
         await self.env.restart_bot(self.bot)
 
     def member(self, name: str) -> Any:
@@ -153,6 +153,6 @@ class EngineGate:
 @pytest_asyncio.fixture
 async def gate(sim: Any) -> AsyncIterator[EngineGate]:
     """The engine thread held on a first piece of work until the test opens it."""
-    held = EngineGate(sim.bot.dreams.engine)
+    held = EngineGate(sim.bot.engine)
     yield held
     await held.open()  # never leave the engine thread blocked for the bot's shutdown

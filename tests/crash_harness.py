@@ -33,6 +33,7 @@ import simcord
 
 import data.credits
 from bot.client.runner import build_bot
+from bot.jobs import recovery as bot_recovery
 from bot.settings import Settings
 from data import JobStatus
 
@@ -57,7 +58,7 @@ def settings(data: Path, model: Path) -> Settings:
 
 async def world(bot):  # the same objects in the same order give the same ids
     env = simcord.Env(bot, settle_timeout=30.0)
-    bot.dreams.idle_wait = env.external_wait
+    bot.scheduler.idle_wait = env.external_wait
     # The server exists before the bot starts, as it does on Discord: start-up posts what
     # the previous life left unposted, into a channel that must already be there.
     guild = env.create_guild(id=GUILD)
@@ -122,8 +123,8 @@ def instrument(bot: Any) -> None:
     """Markers at the points of a job's life where a crash could hurt the books: start-up
     recovery, the charge's transaction, the claim, the denoising steps, the image files and
     the transaction that records them. The names are those test_crash.py aims at."""
-    dreams, jobs = bot.dreams, bot.dreams.jobs
-    announce(dreams, "recover", "recover", "recovered", key=lambda: "")
+    scheduler, jobs = bot.scheduler, bot.scheduler.jobs
+    announce(bot_recovery, "recover", "recover", "recovered", key=lambda scheduler: "")
     announce(jobs, "requeue", "requeue", "requeued")
     announce(jobs, "finish", "finish", "finished")
     announce(jobs, "create", "submit", key=lambda **kw: kw["user_id"])
@@ -133,15 +134,15 @@ def instrument(bot: Any) -> None:
     announce(jobs, "mark_running", "claim", "claimed")
     announce(jobs, "complete", "complete", "completed")
     # Runs on a worker thread (asyncio.to_thread): the hold keeps a file half written.
-    announce(dreams, "_write_images", "write", "written")
+    announce(bot.dreams.handler, "_write_images", "write", "written")
 
-    report = dreams.report_progress
+    report = scheduler.report_progress
 
     def report_progress(job_id: int, progress: Any) -> None:
         mark("step", job_id, progress.step)
         report(job_id, progress)
 
-    dreams.report_progress = report_progress
+    scheduler.report_progress = report_progress
 
 
 async def first(data: Path, model: Path) -> None:
@@ -151,7 +152,7 @@ async def first(data: Path, model: Path) -> None:
         await member.slash(channel, "dream", prompt=f"for {member.name}", steps=steps, seed=1)
     while True:
         await env.settle()
-        running = await bot.dreams.jobs.with_status(JobStatus.RUNNING)
+        running = await bot.scheduler.jobs.with_status(JobStatus.RUNNING)
         if running:
             print(f"RUNNING {running[0].id}", flush=True)
             await asyncio.sleep(3600)  # until SIGKILL
@@ -165,7 +166,7 @@ async def cancel_then_die(data: Path, model: Path) -> None:
     env, channel, members = await world(bot)
     for member, steps in zip(members, (150, 2, 2), strict=True):
         await member.slash(channel, "dream", prompt=f"for {member.name}", steps=steps, seed=1)
-    while not (running := await bot.dreams.jobs.with_status(JobStatus.RUNNING)):
+    while not (running := await bot.scheduler.jobs.with_status(JobStatus.RUNNING)):
         await env.settle()
         await asyncio.sleep(0.05)
     job = running[0]
@@ -179,7 +180,7 @@ async def store_then_die(data: Path, model: Path) -> None:
     """The process dies right after a job's result is stored (succeeded, charged), before
     anything is posted: the moment an outbox exists for."""
     bot = build_bot(settings(data, model))
-    jobs = bot.dreams.jobs
+    jobs = bot.scheduler.jobs
     complete = jobs.complete
 
     async def complete_and_die(job_id: int, images: Any) -> bool:
@@ -200,7 +201,7 @@ async def wait_until_idle(env: Any, bot: Any, limit: float) -> None:
     deadline = loop.time() + limit
     while loop.time() < deadline:
         await env.settle()
-        if not await bot.dreams.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
+        if not await bot.scheduler.jobs.with_status(JobStatus.QUEUED, JobStatus.RUNNING):
             return
         await asyncio.sleep(0.05)
 
@@ -238,10 +239,10 @@ async def chaos(data: Path, model: Path, round_number: int, seed: int) -> None:
 async def second(data: Path, model: Path) -> None:
     bot = build_bot(settings(data, model))
     env, channel, members = await world(bot)
-    jobs = bot.dreams.jobs
+    jobs = bot.scheduler.jobs
     # A 150-step job on a shared 2-core machine can take minutes: wait up to the test's limit.
     await wait_until_idle(env, bot, 240)
-    await bot.dreams.drain()
+    await bot.scheduler.drain()
     await env.settle()
     report = {
         "jobs": [

@@ -50,7 +50,7 @@ async def dream(sim: Any, member: Any, channel: Any = None, **options: Any) -> A
         **{key: value for key, value in chosen.items() if value is not None},
     )
     await wait_until(sim.env, lambda: has_result(result) or bool(ephemeral_followups(result)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return result
 
 
@@ -74,7 +74,9 @@ async def balance(sim: Any, member: Any) -> int:
 
 
 async def jobs_of(sim: Any, member: Any) -> list[Any]:
-    return [j for j in await sim.bot.dreams.jobs.with_status(*JobStatus) if j.user_id == member.id]
+    return [
+        j for j in await sim.bot.scheduler.jobs.with_status(*JobStatus) if j.user_id == member.id
+    ]
 
 
 def job_params(sim: Any, result: Any) -> dict[str, Any]:
@@ -391,7 +393,7 @@ async def test_results_by_dm_go_to_the_members_dms(sim):
     result = await alice.slash(sim.channel, "dream", prompt="a cat", steps=1)
     dm = alice.user.dm_channel
     await wait_until(sim.env, lambda: dm is not None and dm.last_message is not None)
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     message = alice.user.dm_channel.last_message
     assert message.embeds
     assert message.attachments

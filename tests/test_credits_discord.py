@@ -55,7 +55,7 @@ async def test_too_few_credits_is_refused_before_anything_runs(sim):
     refused = await alice.slash(sim.channel, "dream", prompt="a cat", steps=20)
     await wait_until(sim.env, lambda: ephemeral_followups(refused))
     assert ephemeral_followups(refused) == ["❌ This costs 30 credits and you have 20."]
-    assert len(await sim.bot.dreams.jobs.with_status(*JobStatus)) == 1
+    assert len(await sim.bot.scheduler.jobs.with_status(*JobStatus)) == 1
     assert await sim.bot.credits.check() == []
 
 
@@ -82,7 +82,7 @@ async def test_queue_cap_cancel_and_refund(sim):
     assert "#3" in text
     assert "Running now:" in text
 
-    jobs = sim.bot.dreams.jobs
+    jobs = sim.bot.scheduler.jobs
     [job_two] = [j for j in await jobs.pending_for(alice.id) if j.params["prompt"] == "two"]
     stranger = await bob.slash(sim.channel, "cancel", job=job_two.id)
     assert stranger.response.content == f"Job {job_two.id} is not yours to cancel."
@@ -100,7 +100,7 @@ async def test_queue_cap_cancel_and_refund(sim):
     await wait_until(sim.env, lambda: has_result(first))
     again = await alice.slash(sim.channel, "cancel", job=job_two.id)
     assert again.response.content == f"Job {job_two.id} has already cancelled; nothing to cancel."
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert await sim.bot.credits.check() == []
 
 
@@ -181,7 +181,7 @@ async def test_fifty_members_three_commands_each_at_once(sim):
         lambda: all(has_result(r) or ephemeral_followups(r) for r in results),
         limit=120,
     )
-    await dreams.drain()
+    await sim.bot.scheduler.drain()
     jobs = await dreams.jobs.with_status(*JobStatus)
     by_interaction = {job.interaction_id: job for job in jobs}
     refused = 0
@@ -227,4 +227,4 @@ async def test_price_is_shown_before_running(sim):
     assert bad.ephemeral
     assert "multiples of 8" in bad.response.content
     sim.expected_errors()
-    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []

@@ -100,8 +100,8 @@ async def test_job_row_records_the_run(sim):
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "dream", prompt="a tree", seed=7, steps=2)
     await wait_until(sim.env, lambda: has_result(result))
-    await sim.bot.dreams.drain()
-    [job] = await sim.bot.dreams.jobs.with_status(*__import__("data").JobStatus)
+    await sim.bot.scheduler.drain()
+    [job] = await sim.bot.scheduler.jobs.with_status(*__import__("data").JobStatus)
     assert job.status == "succeeded"
     assert job.user_id == alice.id
     assert job.channel_id == sim.channel.id
@@ -109,7 +109,7 @@ async def test_job_row_records_the_run(sim):
     assert job.params["seed"] == 7
     assert job.started_at >= job.created_at
     assert job.finished_at >= job.started_at
-    images = await sim.bot.dreams.jobs.images(job.id)
+    images = await sim.bot.scheduler.jobs.images(job.id)
     assert [image.seed for image in images] == [7]
     stored = Path(images[0].path).read_bytes()  # noqa: ASYNC240 - a test reading its own file
     assert read_png_infotext(stored) == images[0].infotext
@@ -152,15 +152,15 @@ async def test_bad_input_gets_an_ephemeral_answer_and_no_job(sim, options, expec
     assert expected in result.response.content
     [error] = sim.expected_errors()
     assert expected in str(error.__cause__ or getattr(error, "original", error))
-    assert await sim.bot.dreams.jobs.with_status(*__import__("data").JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*__import__("data").JobStatus) == []
     # and the bot keeps serving
     ok = await alice.slash(sim.channel, "dream", prompt="a cat", steps=1)
     await wait_until(sim.env, lambda: has_result(ok))
 
 
 async def failed_jobs(sim) -> list:
-    await sim.bot.dreams.drain()
-    return await sim.bot.dreams.jobs.with_status(__import__("data").JobStatus.FAILED)
+    await sim.bot.scheduler.drain()
+    return await sim.bot.scheduler.jobs.with_status(__import__("data").JobStatus.FAILED)
 
 
 @pytest.fixture
@@ -242,9 +242,9 @@ async def test_model_and_size_autocomplete(sim):
 
 
 async def test_results_over_the_upload_limit_are_reencoded_not_dropped(sim, monkeypatch):
-    import cogs.ui.presenter
+    import cogs.ui.rendering
 
-    monkeypatch.setattr(cogs.ui.presenter, "REQUEST_LIMIT", 2 * 4000)  # two files of <= 4 kB
+    monkeypatch.setattr(cogs.ui.rendering, "REQUEST_LIMIT", 2 * 4000)  # two files of <= 4 kB
     alice = sim.member("alice")
     result = await alice.slash(
         sim.channel, "dream", prompt="a cat", steps=2, count=2, seed=3, size="128x128"
@@ -286,8 +286,8 @@ async def test_restart_runs_queued_and_crashed_jobs_and_posts_them_as_new_messag
     [message] = posted_for(sim, crashed_once.id)
     assert message.content.startswith(bob.mention)
     assert message.attachments[0].filename.endswith(".png")
-    await sim.bot.dreams.drain()
-    jobs = sim.bot.dreams.jobs
+    await sim.bot.scheduler.drain()
+    jobs = sim.bot.scheduler.jobs
     assert (await jobs.get(queued.id)).status == "succeeded"
     assert (await jobs.get(crashed_once.id)).attempts == 2
     assert await sim.bot.credits.check() == []
@@ -298,8 +298,8 @@ async def test_restart_fails_a_job_that_crashed_twice_and_refunds_it_once(sim):
     job = await leave_job(sim, alice, "running", 2)
     balance = (await sim.bot.credits.balance(alice.id)).account.balance
     await sim.restart()
-    await sim.bot.dreams.drain()
-    done = await sim.bot.dreams.jobs.get(job.id)
+    await sim.bot.scheduler.drain()
+    done = await sim.bot.scheduler.jobs.get(job.id)
     assert done.status == "failed"
     assert (await sim.bot.credits.balance(alice.id)).account.balance == balance + job.cost
     await sim.restart()  # a second restart refunds nothing more

@@ -228,15 +228,15 @@ async def bot(settings: Settings) -> AsyncIterator[Any]:
 
     bot = build_bot(settings)
     await bot.store.open()
-    bot.dreams.engine.start()
+    bot.engine.start()
     yield bot
-    await bot.dreams.close()
-    await bot.dreams.engine.stop()
+    await bot.scheduler.close()
+    await bot.engine.stop()
     await bot.store.close()
 
 
 async def test_a_job_that_cannot_be_claimed_waits_in_line_and_runs_once_the_lock_goes(bot, caplog):
-    service = bot.dreams
+    service, scheduler = bot.dreams, bot.scheduler
     observer = Recorder()
     ticket = await service.submit(
         tiny_params(steps=1),
@@ -250,15 +250,15 @@ async def test_a_job_that_cannot_be_claimed_waits_in_line_and_runs_once_the_lock
     try:
         await shorten_busy_timeout(bot.store)
         other.hold()
-        await service.run_batch(await service.queue.take_batch())
-        assert [q.job_id for q in service.queue.in_order()] == [ticket.job.id]
+        await scheduler.run_batch(await scheduler.queue.take_batch())
+        assert [q.job_id for q in scheduler.queue.in_order()] == [ticket.job.id]
         assert (await service.jobs.get(ticket.job.id)).status is JobStatus.QUEUED
         assert any("not claimed" in r.getMessage() for r in caplog.records)
         other.release()
-        await service.run_batch(await service.queue.take_batch())
+        await scheduler.run_batch(await scheduler.queue.take_batch())
     finally:
         other.close()
-    await service.drain()
+    await scheduler.drain()
     assert observer.succeeded_jobs == [ticket.job.id]
     assert observer.failed_jobs == []
     job = await service.jobs.get(ticket.job.id)

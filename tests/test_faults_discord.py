@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bot.generation.service import DELIVERY_RETRY_DELAYS
+from bot.jobs.delivery import DELIVERY_RETRY_DELAYS
 from data import JobStatus
 from data.credits import LedgerKind
 from tests.conftest import EngineGate, wait_until
@@ -39,14 +39,14 @@ async def dream_on_hold(sim: Any, member: Any, **options: Any) -> tuple[Any, Any
     result = await member.slash(
         sim.channel, "dream", **{"prompt": "a lighthouse", "steps": 1, "seed": 5, **options}
     )
-    running = await sim.bot.dreams.jobs.with_status(JobStatus.RUNNING)
+    running = await sim.bot.scheduler.jobs.with_status(JobStatus.RUNNING)
     assert len(running) == 1, "the job is claimed and waits on the engine"
     return result, running[0]
 
 
 async def books(sim: Any, member: Any) -> tuple[int, list[LedgerKind]]:
     """The member's balance and the kinds of their job's ledger rows; the books check out."""
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert await sim.bot.credits.check() == []
     credits = sim.bot.dreams.credits
     history = await credits.history(member.id)
@@ -85,7 +85,7 @@ def other(sim):
 async def test_a_result_discord_refuses_is_posted_on_a_later_try_and_charged_once(
     sim, gate, caplog, status
 ):
-    caplog.set_level(logging.INFO, logger="bot.generation.service")
+    caplog.set_level(logging.INFO, logger="bot.jobs.delivery")
     alice = sim.member("alice")
     result, job = await dream_on_hold(sim, alice)
     # discord.py has already tried these again itself (SimCord answers after that): both
@@ -103,7 +103,7 @@ async def test_a_result_discord_refuses_is_posted_on_a_later_try_and_charged_onc
     assert [message.id for message in posted] == [result.response.id], "posted once"
     assert result.response.embeds[0].footer.text == f"job {job.id} · cost 1 credit · balance 49"
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
-    stored = await sim.bot.dreams.jobs.get(job.id)
+    stored = await sim.bot.scheduler.jobs.get(job.id)
     assert (stored.status, stored.message_id) == (JobStatus.SUCCEEDED, result.response.id)
 
 
@@ -122,7 +122,7 @@ async def test_a_result_discord_keeps_refusing_is_given_up_after_bounded_tries(s
     assert f"job={job.id} result not delivered after {attempts} attempt(s)" in gave_up
     assert not has_result(result)
     # Stored and charged once: nothing is refunded for a result Discord would not take.
-    assert (await sim.bot.dreams.jobs.get(job.id)).status is JobStatus.SUCCEEDED
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status is JobStatus.SUCCEEDED
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
 
 
@@ -183,7 +183,7 @@ async def test_a_job_finishes_and_posts_while_the_gateway_is_down(sim, gate, res
     assert sim.bot.get_channel(sim.channel.id) is not None
     again = await alice.slash(sim.channel, "dream", prompt="after the outage", steps=1)
     await wait_until(sim.env, lambda: has_result(again))
-    assert (await sim.bot.dreams.jobs.get(job.id)).message_id == result.response.id
+    assert (await sim.bot.scheduler.jobs.get(job.id)).message_id == result.response.id
     assert await books(sim, alice) == (48, [LedgerKind.CHARGE, LedgerKind.CHARGE])
 
 
@@ -208,7 +208,7 @@ async def test_a_full_disk_fails_the_job_refunds_it_and_the_next_job_is_served(s
     assert "No space left on device" in error.getMessage()
     assert error.exc_info is None, "one line, not a traceback"
     assert not folder.exists(), "nothing half written is left behind"
-    stored = await sim.bot.dreams.jobs.get(job.id)
+    stored = await sim.bot.scheduler.jobs.get(job.id)
     assert (stored.status, stored.error) == (
         JobStatus.FAILED,
         "The bot's disk is full, so the images could not be saved.",
@@ -243,7 +243,7 @@ async def test_a_job_rides_out_a_write_lock_held_for_a_while(sim, gate, other, c
         await sim.bot.store.db.set_trace_callback(None)
     assert waited.is_set()
     assert not lines(caplog, "locked by another connection"), "within the busy timeout"
-    assert (await sim.bot.dreams.jobs.get(job.id)).status is JobStatus.SUCCEEDED
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status is JobStatus.SUCCEEDED
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
 
 
@@ -280,17 +280,17 @@ async def test_a_lock_held_past_the_timeout_fails_the_job_and_refunds_it(sim, ga
     other.hold()
     # The lock outlasts every try to store the result, then goes: the failure is written.
     release = ReleaseOn(other, "result not stored")
-    logging.getLogger("bot.generation.service").addHandler(release)
+    logging.getLogger("bot.generation.handler").addHandler(release)
     try:
         await gate.open()
         await wait_until(sim.env, lambda: ephemeral_followups(result))
     finally:
-        logging.getLogger("bot.generation.service").removeHandler(release)
+        logging.getLogger("bot.generation.handler").removeHandler(release)
     assert ephemeral_followups(result) == [
         "❌ The bot's database was busy for too long, so the result could not be saved."
         " Your 1 credit was refunded."
     ]
-    assert (await sim.bot.dreams.jobs.get(job.id)).status is JobStatus.FAILED
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status is JobStatus.FAILED
     assert await books(sim, alice) == (50, [LedgerKind.CHARGE, LedgerKind.REFUND])
     ok = await alice.slash(sim.channel, "dream", prompt="the lock is gone", steps=1)
     await wait_until(sim.env, lambda: has_result(ok))
@@ -304,17 +304,17 @@ async def test_a_lock_that_outlasts_even_the_failure_leaves_the_job_for_the_next
     await shorten_busy_timeout(sim.bot.store)
     other.hold()
     release = ReleaseOn(other, "end not recorded")
-    logging.getLogger("bot.generation.service").addHandler(release)
+    logging.getLogger("bot.jobs.scheduler").addHandler(release)
     try:
         await gate.open()
         await wait_until(sim.env, lambda: ephemeral_followups(result))
     finally:
-        logging.getLogger("bot.generation.service").removeHandler(release)
+        logging.getLogger("bot.jobs.scheduler").removeHandler(release)
     assert ephemeral_followups(result) == [
         "❌ The bot could not write to its database, so this job could not be finished now; it"
         " will be run again (or refunded) when the bot next starts."
     ]
-    left = await sim.bot.dreams.jobs.get(job.id)
+    left = await sim.bot.scheduler.jobs.get(job.id)
     assert (left.status, left.attempts) == (JobStatus.RUNNING, 1)
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
 
@@ -324,7 +324,7 @@ async def test_a_lock_that_outlasts_even_the_failure_leaves_the_job_for_the_next
         sim.env,
         lambda: any(m.content == finished for m in sim.channel.history()),
     )
-    assert (await sim.bot.dreams.jobs.get(job.id)).status is JobStatus.SUCCEEDED
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status is JobStatus.SUCCEEDED
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE]), "charged once, run twice"
 
 
@@ -345,9 +345,9 @@ async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_ser
         return real(loaded, jobs, *args)
 
     monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", dies)
-    engine_worker = sim.bot.dreams.engine
+    engine_worker = sim.bot.engine
     first_thread = engine_worker._thread
-    sim.bot.dreams.queue.max_batch = 2
+    sim.bot.scheduler.queue.max_batch = 2
     # Carol's job waits on the held engine while Alice's and Bob's queue up behind it, to
     # run as one batch.
     carol, alice, bob = sim.member("carol"), sim.member("alice"), sim.member("bob")

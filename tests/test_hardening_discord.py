@@ -12,7 +12,7 @@ import pytest
 
 from bot.client.app import UNKNOWN_BUTTON
 from bot.client.replies import CHANNEL_FALLBACK, RecentInteractions, mention_only
-from bot.generation.actions import NOT_YOURS
+from bot.generation.results import NOT_YOURS
 from cogs.ui.buttons import NO_SUCH_BUTTON
 from data.jobs import JobStatus
 from engine.api.prompt_syntax import MAX_PROMPT_WEIGHT
@@ -28,7 +28,7 @@ async def dream(sim: Any, member: Any, channel: Any = None, **options: Any) -> A
         channel or sim.channel, "dream", **{"prompt": "a cat", "steps": 1, **options}
     )
     await wait_until(sim.env, lambda: has_result(result))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return result
 
 
@@ -65,7 +65,7 @@ def custom_id(action: str, job: int) -> str:
 
 
 async def job_count(sim: Any) -> int:
-    return len(await sim.bot.dreams.jobs.with_status(*JobStatus))
+    return len(await sim.bot.scheduler.jobs.with_status(*JobStatus))
 
 
 async def balance(sim: Any, member: Any) -> int:
@@ -96,7 +96,7 @@ async def test_no_button_acts_on_another_servers_result(sim, action):
     assert "secret" not in str(refused.response) + " ".join(ephemeral_followups(refused))
     assert await job_count(sim) == jobs_before, "no job was started"
     assert await balance(sim, mallory) == charged_before
-    stored = await sim.bot.dreams.jobs.get(job)
+    stored = await sim.bot.scheduler.jobs.get(job)
     assert stored.deleted_at is None
     assert result.response.id in [m.id for m in sim.channel.history()]
 
@@ -122,10 +122,10 @@ async def test_a_result_delivered_by_dm_is_private_even_to_admins(sim):
     await alice.slash(sim.channel, "dream", prompt="my private idea", steps=1)
     dm = alice.user.dm_channel
     await wait_until(sim.env, lambda: dm is not None and dm.last_message is not None)
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     delivered = alice.user.dm_channel.last_message
     job = job_of(delivered)
-    assert (await sim.bot.dreams.jobs.get(job)).private
+    assert (await sim.bot.scheduler.jobs.get(job)).private
 
     for someone in (bob, admin):
         for action in ("info", "reroll", "delete"):
@@ -133,7 +133,7 @@ async def test_a_result_delivered_by_dm_is_private_even_to_admins(sim):
             assert answer(refused) == f"❌ {NOT_YOURS}", (someone.name, action)
     mine = await alice.user.click(delivered, label="Info")
     assert "my private idea" in answer(mine)
-    assert (await sim.bot.dreams.jobs.get(job)).deleted_at is None
+    assert (await sim.bot.scheduler.jobs.get(job)).deleted_at is None
 
 
 # -- 2. mentions ------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def test_a_prompt_full_of_mentions_pings_only_its_requester(sim):
     reroll = await alice.click(result.response, label="Reroll")
     assert reroll.acknowledged
     await wait_until(sim.env, lambda: any(m.embeds for m in replies(sim, result.response)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     for reply in replies(sim, result.response):
         users, roles, everyone = pings(sim, reply)
         assert set(users) <= {alice.id}
@@ -278,7 +278,7 @@ async def test_a_command_delivered_twice_runs_and_charges_once_without_errors(si
     callbacks = [r for r in sim.env.http_requests if r.path.endswith("/callback")]
 
     await redeliver(sim, sent[-1])
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
 
     assert [r for r in sim.env.http_requests if r.path.endswith("/callback")] == callbacks
     assert await job_count(sim) == 1

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from bot.jobs.contracts import StoredImage
-from cogs.ui.presenter import encode_for_upload
+from cogs.ui.rendering import encode_for_upload
 from engine.imaging.images import (
     EXIF_IFD,
     EXIF_USER_COMMENT,
@@ -63,10 +63,10 @@ def test_a_tiny_limit_shrinks_the_image_rather_than_dropping_it():
 
 
 def test_four_images_share_the_request_limit(tmp_path, monkeypatch):
-    import cogs.ui.presenter
+    import cogs.ui.rendering
 
     png = encode_png(noisy_image(512), INFOTEXT)
-    monkeypatch.setattr(cogs.ui.presenter, "REQUEST_LIMIT", 2 * len(png))
+    monkeypatch.setattr(cogs.ui.rendering, "REQUEST_LIMIT", 2 * len(png))
     images = [StoredImage(i, tmp_path / f"{i}.png", 512, 512, INFOTEXT, png) for i in range(4)]
     encoded = encode_for_upload(images, file_limit=10 * 1024 * 1024)  # each would fit alone
     assert len(encoded) == 4

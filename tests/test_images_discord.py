@@ -67,7 +67,7 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 
 async def finished(sim: Any, result: Any) -> Any:
     await wait_until(sim.env, lambda: has_result(result) or ephemeral_followups(result))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert has_result(result), ephemeral_followups(result)
     return result.response
 
@@ -84,8 +84,8 @@ def private_answer(result: Any) -> str:
 
 
 async def jobs_of(sim: Any) -> list[Any]:
-    await sim.bot.dreams.drain()
-    return await sim.bot.dreams.jobs.with_status(*JobStatus)
+    await sim.bot.scheduler.drain()
+    return await sim.bot.scheduler.jobs.with_status(*JobStatus)
 
 
 async def test_img2img_starts_from_the_picture_and_says_so_in_the_infotext(sim):
@@ -108,7 +108,7 @@ async def test_img2img_starts_from_the_picture_and_says_so_in_the_infotext(sim):
     assert job.kind == "img2img"
     assert job.params["mode"] == "img2img"
     # The input is kept by content with the job, not as the attachment's URL.
-    assert sim.bot.dreams.inputs.get(job.params["init_image"]) == png(picture())
+    assert sim.bot.images.inputs.get(job.params["init_image"]) == png(picture())
     assert "http" not in str(job.params)
     fields = {f.name: f.value for f in message.embeds[0].fields}
     assert fields["Denoising"] == "0.5"
@@ -284,7 +284,7 @@ async def test_bad_attachments_get_a_clear_private_answer_and_no_charge(
 async def test_a_queued_img2img_job_survives_a_restart_with_its_input(sim):
     alice = sim.member("alice")
     dreams = sim.bot.dreams
-    key = dreams.inputs.put(GOOD)
+    key = sim.bot.images.inputs.put(GOOD)
     params = dreams.build_params(
         DreamOptions("a cat", steps=2, size=(64, 64)),
         mode="img2img",

@@ -99,7 +99,7 @@ async def test_bad_attachments_get_a_clear_answer_and_no_job(sim):
         again = await alice.slash(sim.channel, "reproduce", image=(name, data))
         await wait_until(sim.env, lambda again=again: any(m.ephemeral for m in again.followups))
         assert [m.content for m in again.followups if m.ephemeral] == [f"❌ {message}"]
-    assert await sim.bot.dreams.jobs.with_status(*__import__("data").JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*__import__("data").JobStatus) == []
 
 
 def _plain_png() -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import cogs.ui.presenter
-from bot.generation.service import DELIVERY_RETRY_DELAYS
+from bot.jobs.delivery import DELIVERY_RETRY_DELAYS
 from data import JobStatus
 from data.credits import LedgerKind
 from engine.pipelines.safety import save_tiny_checker
@@ -66,13 +66,13 @@ async def test_a_running_jobs_cancel_is_in_its_row_when_the_member_is_told(sim, 
     _, job = await dream_on_hold(sim, alice)
     answer = await alice.slash(sim.channel, "cancel", job=job.id)
     assert "is stopping" in answer.response.content
-    stored = await sim.bot.dreams.jobs.get(job.id)
+    stored = await sim.bot.scheduler.jobs.get(job.id)
     assert stored.status is JobStatus.RUNNING
     assert stored.cancel_requested_at is not None, "recorded before the member was answered"
     await gate.open()
-    await wait_until(sim.env, lambda: not sim.bot.dreams.queue.running)
-    await sim.bot.dreams.drain()
-    assert (await sim.bot.dreams.jobs.get(job.id)).status is JobStatus.CANCELLED
+    await wait_until(sim.env, lambda: not sim.bot.scheduler.queue.running)
+    await sim.bot.scheduler.drain()
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status is JobStatus.CANCELLED
     assert await books(sim, alice) == (50, [LedgerKind.CHARGE, LedgerKind.REFUND])
 
 
@@ -82,8 +82,8 @@ async def test_a_cancelled_job_left_running_by_a_crash_is_refunded_not_run_again
     async with sim.bot.store.transaction() as db:
         await db.execute("UPDATE jobs SET cancel_requested_at = 1 WHERE id = ?", (job.id,))
     await sim.restart()
-    await sim.bot.dreams.drain()
-    stored = await sim.bot.dreams.jobs.get(job.id)
+    await sim.bot.scheduler.drain()
+    stored = await sim.bot.scheduler.jobs.get(job.id)
     assert (stored.status, stored.attempts) == (JobStatus.CANCELLED, 1), "never run again"
     assert not results_in(sim.channel, job.id)
     assert await books(sim, alice) == (50, [LedgerKind.CHARGE, LedgerKind.REFUND])
@@ -95,13 +95,13 @@ async def test_a_failure_refunded_but_not_yet_told_is_told_once_at_the_next_star
     alice = sim.member("alice")
     job = await leave_job(sim, alice, "running", 1)
     # The bot died between the refund and the message that says so.
-    await sim.bot.dreams.jobs.finish(job.id, JobStatus.FAILED, error="The engine gave up.")
+    await sim.bot.scheduler.jobs.finish(job.id, JobStatus.FAILED, error="The engine gave up.")
     await sim.restart()
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     [told] = alice.user.dm_channel.history()
     assert told.content == f"Job {job.id}: ❌ The engine gave up. Your 1 credit was refunded."
     await sim.restart()  # told once, not at every start
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert len(alice.user.dm_channel.history()) == 1
     assert await books(sim, alice) == (50, [LedgerKind.CHARGE, LedgerKind.REFUND])
 
@@ -113,20 +113,20 @@ async def test_a_result_discord_refused_is_posted_once_at_the_next_start(sim, ga
     alice = sim.member("alice")
     result, job = await dream_on_hold(sim, alice)
     await left_unposted(sim, gate, caplog)
-    assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is None
+    assert (await sim.bot.scheduler.jobs.get(job.id)).delivered_at is None
 
     await sim.restart()
     await wait_until(sim.env, lambda: bool(results_in(sim.channel, job.id)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     [posted] = results_in(sim.channel, job.id)
     assert posted.content == f"{alice.mention} your job {job.id} finished after a restart."
     assert posted.attachments, "with its images"
-    stored = await sim.bot.dreams.jobs.get(job.id)
+    stored = await sim.bot.scheduler.jobs.get(job.id)
     assert (stored.delivered_at is not None, stored.message_id) == (True, posted.id)
     assert not has_result(result)
 
     await sim.restart()  # and never twice
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert len(results_in(sim.channel, job.id)) == 1
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
 
@@ -143,12 +143,12 @@ async def test_an_unexpected_error_while_posting_leaves_the_result_to_the_next_s
     monkeypatch.setattr(cogs.ui.presenter, "result_embed", broken)
     await gate.open()
     await give_up_delivery(sim, caplog)
-    assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is None
+    assert (await sim.bot.scheduler.jobs.get(job.id)).delivered_at is None
     monkeypatch.undo()  # the fixed version is deployed
 
     await sim.restart()
     await wait_until(sim.env, lambda: bool(results_in(sim.channel, job.id)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert len(results_in(sim.channel, job.id)) == 1
     assert await books(sim, alice) == (49, [LedgerKind.CHARGE])
 
@@ -162,7 +162,7 @@ async def test_a_private_result_not_posted_goes_to_the_members_dms(sim, gate, ca
     await sim.restart()
     dm = alice.user.dm_channel
     await wait_until(sim.env, lambda: dm is not None and bool(results_in(dm, job.id)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert not results_in(sim.channel, job.id), "a private result never lands in the channel"
 
 
@@ -178,8 +178,8 @@ async def test_a_result_the_bot_may_no_longer_post_in_its_channel_goes_by_dm(sim
     await sim.restart()
     dm = alice.user.dm_channel
     await wait_until(sim.env, lambda: dm is not None and bool(results_in(dm, job.id)))
-    await sim.bot.dreams.drain()
-    assert (await sim.bot.dreams.jobs.get(job.id)).delivered_at is not None
+    await sim.bot.scheduler.drain()
+    assert (await sim.bot.scheduler.jobs.get(job.id)).delivered_at is not None
 
 
 class TestAFlaggedResultPostedAfterARestart:
@@ -195,7 +195,7 @@ class TestAFlaggedResultPostedAfterARestart:
 
         await sim.restart()
         await wait_until(sim.env, lambda: bool(results_in(sim.channel, job.id)))
-        await sim.bot.dreams.drain()
+        await sim.bot.scheduler.drain()
         [posted] = results_in(sim.channel, job.id)
         shown = await pixels(posted.attachments[0])
         assert shown != stored_pixels(sim, job.id), "the review's blur is applied again"

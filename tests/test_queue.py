@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.jobs.kinds import JobKind
 from bot.jobs.queue import JobQueue, QueuedJob
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams
@@ -11,7 +12,7 @@ from engine.api.params import GenerationParams
 
 def job(job_id: int, user: int, steps: int = 20) -> QueuedJob:
     params = GenerationParams("p", "", 1, steps, 7.0, 64, 64, "Euler a", 1, "tiny")
-    return QueuedJob(job_id, user, EngineJob(job_id, params), 0.0)
+    return QueuedJob(job_id, user, EngineJob(job_id, params), 0.0, JobKind.GENERATE)
 
 
 async def drain(queue: JobQueue) -> list[int]:

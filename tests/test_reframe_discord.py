@@ -24,7 +24,7 @@ async def dream(sim: Any, member: Any, **options: Any) -> Any:
         sim.channel, "dream", **{"prompt": "a cat", "steps": 2, "size": "128x128", **options}
     )
     await wait_until(sim.env, lambda: has_result(result))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return result.response
 
 
@@ -46,7 +46,7 @@ async def reframed(sim: Any, member: Any, message: Any, name: str) -> Any:
     assert click.response.content.startswith("Queued as job "), click.response.content
     job = int(click.response.content.split()[3].rstrip(","))
     await wait_until(sim.env, lambda: any(job_of(m) == job for m in replies(sim, message)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     [reply] = [m for m in replies(sim, message) if job_of(m) == job]
     return reply
 
@@ -90,7 +90,7 @@ async def test_zoom_out_2x_keeps_the_size_and_shrinks_the_old_picture_into_the_m
     params = params_from_infotext(infotext)
     assert params.prompt == "a cat"
     assert reply.content == f"Zoom out 2x for {alice.mention}"
-    job = await sim.bot.dreams.jobs.get(job_of(reply))
+    job = await sim.bot.scheduler.jobs.get(job_of(reply))
     assert (job.parent_id, job.action) == (job_of(message), "zoom2")
     stored = job.params
     assert (stored["mode"], tuple(stored["outpaint"])) == ("outpaint", (32, 32, 32, 32))
@@ -117,7 +117,7 @@ async def test_someone_else_may_not_reframe_unless_the_server_lets_them(sim):
 async def test_a_pan_past_the_longest_picture_allowed_is_refused_clearly(sim):
     alice = sim.member("alice")
     message = await dream(sim, alice, size="64x128")
-    job = await sim.bot.dreams.jobs.get(job_of(message))
+    job = await sim.bot.scheduler.jobs.get(job_of(message))
     # A strip already 8:1 (as repeated pans make one): one more pan would be longer still.
     async with sim.bot.store.transaction() as db:
         await db.execute("UPDATE images SET width = 512, height = 64 WHERE job_id = ?", (job.id,))
@@ -160,12 +160,12 @@ async def test_custom_zoom_asks_the_factor_and_the_prompt(sim):
     assert submitted.response.content.startswith("Queued as job "), submitted.response.content
     job = int(submitted.response.content.split()[3].rstrip(","))
     await wait_until(sim.env, lambda: any(job_of(m) == job for m in replies(sim, message)))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     [reply] = [m for m in replies(sim, message) if job_of(m) == job]
     image, infotext = await picture(reply)
     assert image.size == (128, 128)
     assert params_from_infotext(infotext).prompt == "a cat in a garden"
-    stored = (await sim.bot.dreams.jobs.get(job)).params
+    stored = (await sim.bot.scheduler.jobs.get(job)).params
     inner = 128 - sum(stored["outpaint"][:2])
     assert inner == 88, "128 / 1.5 = 85.3, to the nearest multiple of 8"
 

@@ -27,7 +27,7 @@ async def dream(sim: Any, member: Any, **options: Any) -> Any:
     """A finished /dream; returns its result message."""
     result = await member.slash(sim.channel, "dream", **{"prompt": "a cat", "steps": 2, **options})
     await wait_until(sim.env, lambda: has_result(result))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return result.response
 
 
@@ -66,7 +66,7 @@ async def reply_result(sim: Any, message: Any, count: int = 1) -> list[Any]:
         return len([m for m in replies_to(sim, message) if m.embeds]) >= count
 
     await wait_until(sim.env, done)
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return [m for m in replies_to(sim, message) if m.embeds]
 
 
@@ -160,11 +160,11 @@ async def check_variation_at_strength_1(sim: Any) -> None:
 async def test_variation_at_strength_0_reproduces_the_original(sim):
     alice = sim.member("alice")
     message = await dream(sim, alice, seed=8, sampler="Euler")
-    job = await sim.bot.dreams.jobs.get(job_id_of(message))
+    job = await sim.bot.scheduler.jobs.get(job_id_of(message))
     params = await sim.bot.actions.params_for(Action.VARY, job, 0)
     assert params.variation_seed is not None
     assert params.seed == 8
-    [result] = await sim.bot.dreams.engine.generate(
+    [result] = await sim.bot.engine.generate(
         [EngineJob(0, replace(params, variation_strength=0.0))]
     )
     original = Image.open(io.BytesIO(await message.attachments[0].read())).tobytes()
@@ -245,7 +245,7 @@ async def test_upscale_button_doubles_the_image(sim):
         ["Zoom out 2x", "Zoom out 1.5x", "Custom zoom"],  # square: no Make square
         [None, None, None, None],  # the pans, shown by their arrows alone
     ]
-    upscaled = await sim.bot.dreams.jobs.get(job_id_of(reply))
+    upscaled = await sim.bot.scheduler.jobs.get(job_id_of(reply))
     with pytest.raises(JobRefused, match="Subtle variations are for text-to-image"):
         await sim.bot.actions.params_for(Action.VARY, upscaled, 0)
 
@@ -255,7 +255,7 @@ async def test_strong_variation_runs_img2img_from_the_image(sim):
     message = await dream(sim, alice, seed=40)
     await alice.click(message, label="Vary (strong)")
     [reply] = await reply_result(sim, message)
-    job = await sim.bot.dreams.jobs.get(job_id_of(reply))
+    job = await sim.bot.scheduler.jobs.get(job_id_of(reply))
     assert job.params["mode"] == "img2img"
     assert job.params["denoise"] == 0.65
     assert job.parent_id == job_id_of(message)
@@ -300,7 +300,7 @@ async def test_delete_by_the_requester_removes_message_and_files(sim):
     assert answer(done) == f"Deleted job {job}'s result."
     assert message.id not in [m.id for m in sim.channel.history()]
     assert not folder.exists()
-    assert (await sim.bot.dreams.jobs.get(job)).deleted_at is not None
+    assert (await sim.bot.scheduler.jobs.get(job)).deleted_at is not None
 
 
 async def test_a_click_on_a_deleted_result_or_without_credits_changes_nothing(sim):
@@ -318,7 +318,7 @@ async def test_a_click_on_a_deleted_result_or_without_credits_changes_nothing(si
     assert "credit" in text
     assert await balance(sim, alice) == 0
     assert replies_to(sim, message) == []
-    await sim.bot.dreams.jobs.mark_deleted(job)
+    await sim.bot.scheduler.jobs.mark_deleted(job)
     deleted = await alice.click(message, label="Reroll")
     assert answer(deleted) == f"❌ Job {job}'s result was deleted."
 
@@ -360,7 +360,7 @@ async def test_a_reaction_on_a_bot_message_that_is_no_result_is_answered(sim):
     await alice.react(note, "🔄")
     [told] = alice.user.dm_channel.history()
     assert told.content == "That message is not a result I can act on."
-    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []
 
 
 async def test_a_reroll_whose_input_image_is_gone_is_told_so(sim):
@@ -371,9 +371,9 @@ async def test_a_reroll_whose_input_image_is_gone_is_told_so(sim):
         sim.channel, "img2img", image=("p.png", picture.getvalue()), prompt="a sea", steps=2
     )
     await wait_until(sim.env, lambda: has_result(result))
-    await sim.bot.dreams.drain()
-    job = await sim.bot.dreams.jobs.get(job_id_of(result.response))
+    await sim.bot.scheduler.drain()
+    job = await sim.bot.scheduler.jobs.get(job_id_of(result.response))
     shutil.rmtree(sim.settings.inputs_dir)
     gone = await alice.click(result.response, label="Reroll")
     assert answer(gone) == "❌ The image this job started from is no longer on the bot's disk."
-    assert (await sim.bot.dreams.jobs.get(job.id)).status == "succeeded"
+    assert (await sim.bot.scheduler.jobs.get(job.id)).status == "succeeded"

@@ -544,7 +544,7 @@ async def test_the_bot_sweeps_old_results_when_it_starts(sim: Any) -> None:
     member = sim.member("ada")
     result = await member.slash(sim.channel, "dream", prompt="a cat", steps=2)
     await wait_until(sim.env, lambda: bool(result.response and result.response.embeds))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     [job] = await RetentionRepository(sim.bot.store).unexpired()
     folder = sim.settings.images_dir / str(job.id)
     assert folder.exists(), "a fresh result is kept"
@@ -553,7 +553,7 @@ async def test_the_bot_sweeps_old_results_when_it_starts(sim: Any) -> None:
     await sim.restart()
     await wait_until(sim.env, lambda: not folder.exists())
     await sim.env.settle()
-    assert (await sim.bot.dreams.jobs.get(job.id)).expired_at is not None
+    assert (await sim.bot.scheduler.jobs.get(job.id)).expired_at is not None
     # Its buttons still work after the restart: what needs the images says they expired,
     # a reroll (the parameters alone) still runs.
     upscale = await member.click(result.response, label="Upscale")

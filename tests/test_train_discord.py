@@ -53,7 +53,7 @@ async def trained(sim: Any, member: Any, name: str = "rex", **options: Any) -> A
     )
     assert not result.ephemeral, result.response.content if result.response else result
     await wait_until(sim.env, lambda: bot_messages(sim, f"**{name}** is ready"))
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     return bot_messages(sim, f"**{name}** is ready")[-1]
 
 
@@ -144,9 +144,9 @@ async def test_cancel_button_stops_training_and_refunds(sim):
     await wait_until(
         sim.env, lambda: "refunded" in bot_messages(sim, "Training **slow** for")[0].content
     )
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     assert await balance(sim, alice) == before
-    [job] = await sim.bot.dreams.jobs.with_status(JobStatus.CANCELLED)
+    [job] = await sim.bot.scheduler.jobs.with_status(JobStatus.CANCELLED)
     assert job.kind == "train"
 
 
@@ -160,7 +160,7 @@ async def test_a_restart_mid_training_resumes_from_the_checkpoint(sim):
     await wait_until(sim.env, lambda: bot_messages(sim, "**long** is ready"))
     [done] = bot_messages(sim, "**long** is ready")
     assert "resumed from step" in done.content
-    [job] = await sim.bot.dreams.jobs.with_status(JobStatus.SUCCEEDED)
+    [job] = await sim.bot.scheduler.jobs.with_status(JobStatus.SUCCEEDED)
     assert job.kind == "train"
     assert job.attempts == 1, "a clean restart does not count as a failed attempt"
 
@@ -199,7 +199,7 @@ async def test_bad_training_requests_are_refused_without_a_charge(sim, files, op
     assert answer.startswith("❌")
     assert expected in answer
     sim.expected_errors()
-    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []
     assert await balance(sim, alice) == before
 
 
@@ -219,7 +219,7 @@ async def test_a_blocked_member_cannot_train(sim):
     await boss.slash(sim.channel, "settings block", member=alice, reason="spam")
     result = await alice.slash(sim.channel, "train", name="rex", class_word="dog", **photos(3))
     assert private_answer(result) == "❌ You are blocked from using this bot here."
-    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []
 
 
 async def test_an_embedding_is_used_by_writing_its_token(sim):
@@ -251,7 +251,7 @@ async def test_a_reroll_reaction_on_a_training_result_is_answered(sim):
     await alice.react(done, "🔄")
     told = alice.user.dm_channel.history()[-1]
     assert told.content == "❌ That is a training result: use what it learned in /dream."
-    assert len(await sim.bot.dreams.jobs.with_status(*JobStatus)) == 1
+    assert len(await sim.bot.scheduler.jobs.with_status(*JobStatus)) == 1
 
 
 class TestSafetyReviewOfSamples:
@@ -265,8 +265,8 @@ class TestSafetyReviewOfSamples:
     async def test_flagged_samples_are_blurred_like_any_result(self, sim):
         alice = sim.member("alice")
         done = await trained(sim, alice)
-        job = (await sim.bot.dreams.jobs.with_status(JobStatus.SUCCEEDED))[0]
-        stored = await sim.bot.dreams.jobs.images(job.id)
+        job = (await sim.bot.scheduler.jobs.with_status(JobStatus.SUCCEEDED))[0]
+        stored = await sim.bot.scheduler.jobs.images(job.id)
         posted = await done.attachments[0].read()
         original = __import__("pathlib").Path(stored[0].path).read_bytes()
         assert (
@@ -293,14 +293,14 @@ async def test_a_banned_word_in_a_training_name_is_refused(sim):
         sim.channel, "train", name="gore-pics", class_word="dog", **photos(3)
     )
     assert private_answer(result) == "❌ This server does not allow gore."
-    assert await sim.bot.dreams.jobs.with_status(*JobStatus) == []
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []
 
 
 async def test_cancelling_a_queued_training_removes_its_checkpoints(sim):
     alice, bob = sim.member("alice"), sim.member("bob")
     await alice.slash(sim.channel, "train", name="slow", class_word="dog", steps=2000, **photos(3))
     await bob.slash(sim.channel, "train", name="later", class_word="cat", steps=4, **photos(3))
-    [queued] = await sim.bot.dreams.jobs.with_status(JobStatus.QUEUED)
+    [queued] = await sim.bot.scheduler.jobs.with_status(JobStatus.QUEUED)
     # As a run paused by a shutdown leaves it: checkpoints waiting for the next start.
     workdir = sim.bot.training.workdir(queued.id)
     workdir.mkdir(parents=True)
@@ -320,11 +320,11 @@ async def test_a_training_finished_but_not_announced_before_a_crash_is_announced
         await db.execute("UPDATE jobs SET delivered_at = NULL WHERE id = ?", (job_id,))
     await sim.restart()
     await wait_until(sim.env, lambda: len(bot_messages(sim, "**rex** is ready")) == 2)
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     again = bot_messages(sim, "**rex** is ready")[-1]
     assert again.id != done.id
     assert [a.filename for a in again.attachments] == ["rex-sample-1.png", "rex-sample-2.png"]
     await sim.restart()  # once, not at every start
-    await sim.bot.dreams.drain()
+    await sim.bot.scheduler.drain()
     await sim.env.settle()
     assert len(bot_messages(sim, "**rex** is ready")) == 2

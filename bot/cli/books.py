@@ -82,7 +82,7 @@ def _open_refusal(settings: Settings, *, reads_only: bool) -> str | None:
             f"there is no database at {path}: run this where the bot runs, or set {setting} "
             "to where its database is"
         )
-    from bot.cli.doctor import folder_finding
+    from bot.cli.checks.storage import folder_finding
 
     found = folder_finding(setting, path.parent)
     return None if found.ok else found.problem()

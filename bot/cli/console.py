@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bot.client.runner import build_engine
 from bot.generation.options import DreamOptions, resolve_options
-from bot.logs import quiet_ml_libraries
+from bot.jobs.engines import build_engine
 from bot.settings import Settings
 from engine.api.errors import EngineError, ModelLoadError
 from engine.api.infotext import params_from_infotext
@@ -26,7 +25,7 @@ from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, InvalidParams, ModelInfo, parse_size
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec
 from engine.imaging.images import read_png_infotext
-from engine.worker import EngineWorker
+from engine.worker import EngineWorker, quiet_libraries
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -77,7 +76,9 @@ def set_up_problems(
 ) -> list[str]:
     """What would make a dream fail after its images are made, or half-way: the output folder,
     the model's files, the device; one line each."""
-    from bot.cli.doctor import device_finding, folder_finding, model_findings
+    from bot.cli.checks.machine import device_finding
+    from bot.cli.checks.models import model_findings
+    from bot.cli.checks.storage import folder_finding
 
     findings = [
         folder_finding(out_setting, out),
@@ -147,7 +148,7 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    quiet_ml_libraries()
+    quiet_libraries()
     engine = build_engine(settings, models=specs)
     loading_log = logging.getLogger("engine.pipelines.loading")
     said = _SaidOnTheConsole()
@@ -185,13 +186,13 @@ def _write_images(out: Path, images: list[tuple[int, bytes]], params: Generation
 
 def selftest(settings: Settings) -> int:
     """Build a tiny random model, load it the normal way, generate one image, check it."""
-    from bot.cli.doctor import device_finding
+    from bot.cli.checks.machine import device_finding
 
     device = device_finding(settings.device)
     if not device.ok:
         print(f"error: {device.problem()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    quiet_ml_libraries()
+    quiet_libraries()
     from engine.pipelines.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="sdbot-selftest-") as workdir:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -18,10 +19,13 @@ from bot.community.prefs import PreferenceService
 from bot.generation.actions import ResultActions
 from bot.generation.imaging import ImageRequests
 from bot.generation.service import DreamService
+from bot.jobs import recovery
 from bot.jobs.retention import Sweeper
+from bot.jobs.scheduler import Scheduler
 from bot.settings import Settings
 from bot.training.service import TrainingService
 from data.store import Store
+from engine.api.port import EnginePort
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class SDBot(commands.Bot):
         self,
         settings: Settings,
         store: Store,
+        engine: EnginePort,
+        scheduler: Scheduler,
         dreams: DreamService,
         credits: CreditService,
         guilds: GuildSettingsService,
@@ -78,6 +84,8 @@ class SDBot(commands.Bot):
         )
         self.settings = settings
         self.store = store
+        self.engine = engine
+        self.scheduler = scheduler
         self.dreams = dreams
         self.credits = credits
         self.guild_settings = guilds
@@ -87,20 +95,21 @@ class SDBot(commands.Bot):
         self.community = community
         self.training = training
         self._dispatcher: asyncio.Task[None] | None = None
+        # The store and the engine, opened in setup_hook and closed, engine first, in close.
+        self._resources = contextlib.AsyncExitStack()
         self._sweeper: Sweeper | None = None
         self._recent_interactions = RecentInteractions()
         self._dynamic_items: set[type[discord.ui.DynamicItem[Any]]] = set()
 
     async def setup_hook(self) -> None:
-        await self.store.open()
-        if not self.dreams.engine.running:
-            self.dreams.engine.start()
+        await self._resources.enter_async_context(self.store)
+        await self._resources.enter_async_context(self.engine)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        # After the cogs: they tell the service how to reach members of restored jobs.
+        # After the cogs: they tell the scheduler how to reach members of restored jobs.
         # The outbox first: what recovery ends now is told as it ends.
-        undelivered = await self.dreams.redeliver() + await self.training.redeliver()
-        restored, ended = await self.dreams.recover()
+        undelivered = await recovery.redeliver(self.scheduler)
+        restored, ended = await recovery.recover(self.scheduler)
         if restored or ended or undelivered:
             log.warning(
                 "restart: %d job(s) back in the queue, %d ended and refunded (failed, or "
@@ -109,7 +118,7 @@ class SDBot(commands.Bot):
                 len(ended),
                 len(undelivered),
             )
-        self._dispatcher = asyncio.create_task(self.dreams.run(), name="sd-dispatcher")
+        self._dispatcher = asyncio.create_task(self.scheduler.run(), name="sd-dispatcher")
         # After recovery: it has settled which jobs are still pending (their files stay).
         self._sweeper = Sweeper.for_settings(self.settings, self.store)
         if self._sweeper is not None:
@@ -131,11 +140,10 @@ class SDBot(commands.Bot):
         if self._sweeper is not None:
             await self._sweeper.stop()
         if self._dispatcher is not None:
-            await self.dreams.stop(self._dispatcher)
-        await self.dreams.close()
-        await self.dreams.engine.stop()
+            await self.scheduler.stop(self._dispatcher)
+        await self.scheduler.close()
         await super().close()
-        await self.store.close()
+        await self._resources.aclose()
 
     def add_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
         super().add_dynamic_items(*items)

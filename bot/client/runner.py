@@ -16,12 +16,20 @@ from bot.community.policy import CommunityPolicy
 from bot.community.prefs import PreferenceService
 from bot.community.safety import SafetyReview
 from bot.generation.actions import ResultActions
+from bot.generation.handler import GenerationHandler
 from bot.generation.imaging import ImageRequests
 from bot.generation.options import STANDARD_JOB
 from bot.generation.service import DreamService
+from bot.jobs.contracts import IdleWait, plain_wait
+from bot.jobs.engines import build_engine
 from bot.jobs.inputs import InputStore
+from bot.jobs.kinds import JobKind
 from bot.jobs.queue import JobQueue
+from bot.jobs.scheduler import Scheduler
 from bot.settings import Settings
+from bot.training.folders import TrainingFolders
+from bot.training.handler import TrainingHandler
+from bot.training.loras import LoraLibrary
 from bot.training.service import TrainingService
 from data.credits import CreditRepository
 from data.guilds import GuildSettingsRepository
@@ -30,59 +38,75 @@ from data.loras import LoraRepository
 from data.members import MemberPresetRepository
 from data.stats import StatsRepository
 from data.store import Store
-from engine.api.specs import ModelSpec
-from engine.worker import EngineConfig, EngineWorker
+from engine.api.port import EnginePort
 
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None) -> EngineWorker:
-    return EngineWorker(
-        EngineConfig(
-            models=models if models is not None else settings.model_specs(),
-            device=settings.device,
-            dtype=settings.dtype,
-            preview_interval=settings.progress_interval,
-            noise=settings.noise,
-            upscaler=settings.upscaler,
-            upscale_tile=settings.upscale_tile,
-            upscale_tile_overlap=settings.upscale_tile_overlap,
-        )
-    )
+def build_bot(
+    settings: Settings, engine: EnginePort | None = None, idle_wait: IdleWait = plain_wait
+) -> SDBot:
+    """Everything the bot depends on, built here and passed down; nothing is started yet.
 
-
-def build_bot(settings: Settings, engine: EngineWorker | None = None) -> SDBot:
-    """Everything the bot depends on, built here and passed down; nothing is started yet."""
+    `idle_wait`: how the bot awaits work and the engine (a test harness passes its own).
+    """
     store = Store(settings.db_path)
     policy = settings.credit_policy()
-    dreams = DreamService(
-        settings,
-        JobRepository(store, policy),
-        CreditRepository(store, policy),
-        engine or build_engine(settings),
-        JobQueue(max_batch=settings.max_batch),
-        InputStore(settings.inputs_dir),
-    )
-    credits = CreditService(dreams.credits, dreams.price(STANDARD_JOB))
-    guilds = GuildSettingsService(settings, GuildSettingsRepository(store))
-    actions = ResultActions(dreams, guilds)
-    # A server's rules and the safety review apply to every job the service accepts.
+    engine = engine or build_engine(settings)
+    jobs = JobRepository(store, policy)
+    credit_book = CreditRepository(store, policy)
+    inputs = InputStore(settings.inputs_dir)
+    loras = LoraRepository(store)
     stats = StatsRepository(store)
+    guilds = GuildSettingsService(settings, GuildSettingsRepository(store))
+    # A server's rules and the safety review apply to every job, of every kind.
     community = CommunityPolicy(settings, guilds, stats)
-    dreams.gate = community
-    dreams.reviewer = SafetyReview(settings, dreams.engine, guilds, dreams.jobs, stats)
-    prefs = PreferenceService(dreams, guilds, MemberPresetRepository(store))
+    reviewer = SafetyReview(settings, engine, guilds, jobs, stats)
+    images = GenerationHandler(settings.images_dir, jobs, credit_book, inputs, engine, reviewer)
+    trainer = TrainingHandler(
+        TrainingFolders(settings.data_dir),
+        settings.images_dir,
+        jobs,
+        loras,
+        inputs,
+        engine,
+        reviewer,
+        images,
+    )
+    scheduler = Scheduler(
+        jobs,
+        JobQueue(max_batch=settings.max_batch),
+        {JobKind.GENERATE: images, JobKind.TRAIN: trainer},
+        idle_wait,
+    )
+    library = LoraLibrary(settings.model_specs(), loras)
+    dreams = DreamService(
+        settings, jobs, credit_book, scheduler, images, gate=community, adapters=library
+    )
+    training = TrainingService(
+        settings,
+        jobs,
+        credit_book,
+        inputs,
+        scheduler,
+        trainer,
+        loras,
+        library,
+        community=community,
+    )
     return SDBot(
         settings,
         store,
+        engine,
+        scheduler,
         dreams,
-        credits,
+        CreditService(credit_book, dreams.price(STANDARD_JOB)),
         guilds,
-        actions,
-        ImageRequests(dreams),
-        prefs,
+        ResultActions(settings, jobs, guilds, dreams, inputs),
+        ImageRequests(dreams, inputs),
+        PreferenceService(settings, guilds, MemberPresetRepository(store)),
         community,
-        TrainingService(dreams, LoraRepository(store), community),
+        training,
     )
 
 

@@ -14,10 +14,11 @@ from typing import Any, Literal, Self
 
 from bot.community.guilds import GuildPolicy, GuildSettingsService
 from bot.generation.options import DEFAULT_STEPS, DreamOptions
-from bot.generation.service import DreamService
+from bot.settings import Settings
 from data.members import DEFAULTS, MemberPresetRepository
 from engine.api.params import MAX_STEPS, MIN_STEPS, InvalidParams, check_size, parse_size
 from engine.api.samplers import SAMPLERS
+from engine.api.specs import ModelSpec
 
 PreferenceName = Literal["model", "sampler", "steps", "size", "negative", "dm"]
 PREFERENCES: tuple[PreferenceName, ...] = ("model", "sampler", "steps", "size", "negative", "dm")
@@ -85,11 +86,12 @@ def preset_name(name: str) -> str:
 class PreferenceService:
     def __init__(
         self,
-        dreams: DreamService,
+        settings: Settings,
         guilds: GuildSettingsService,
         repository: MemberPresetRepository,
     ) -> None:
-        self.dreams = dreams
+        self.settings = settings
+        self.models: dict[str, ModelSpec] = settings.model_specs()
         self.guilds = guilds
         self.repository = repository
 
@@ -115,8 +117,8 @@ class PreferenceService:
         """A preference as typed, checked; InvalidParams says what is wrong."""
         text = value.strip()
         if option == "model":
-            if text not in self.dreams.models:
-                known = ", ".join(sorted(self.dreams.models))
+            if text not in self.models:
+                known = ", ".join(sorted(self.models))
                 raise InvalidParams(f"Unknown model {text!r}. Models: {known}.")
             return text
         if option == "sampler":
@@ -132,7 +134,7 @@ class PreferenceService:
         if option == "size":
             return self._size(text)
         if option == "negative":
-            limit = self.dreams.settings.max_prompt_length
+            limit = self.settings.max_prompt_length
             if len(text) > limit:
                 raise InvalidParams(
                     f"The negative prompt is {len(text)} characters; the limit is {limit}."
@@ -147,7 +149,7 @@ class PreferenceService:
     def _size(self, text: str) -> tuple[int, int]:
         width, height = parse_size(text)
         # Checked against the largest model: whether it fits the one used is seen each time.
-        largest = max(self.dreams.models.values(), key=lambda spec: spec.pixel_cap())
+        largest = max(self.models.values(), key=lambda spec: spec.pixel_cap())
         check_size(width, height, largest)
         return width, height
 
@@ -232,14 +234,14 @@ class PreferenceService:
         return Filled(filled, chosen.dm)
 
     def _model(self, preferred: str | None, policy: GuildPolicy) -> str:
-        if preferred in self.dreams.models and policy.model_allowed(preferred or ""):
+        if preferred in self.models and policy.model_allowed(preferred or ""):
             return preferred or policy.default_model
         return policy.default_model
 
     def _fitting_size(
         self, size: tuple[int, int] | None, model: str, policy: GuildPolicy
     ) -> tuple[int, int] | None:
-        spec = self.dreams.models.get(model)
+        spec = self.models.get(model)
         if size is None or spec is None:
             return None
         width, height = size

@@ -22,8 +22,8 @@ from bot.settings import Settings
 from data.jobs import JobRepository
 from data.stats import StatsRepository
 from engine.api.errors import EngineError
+from engine.api.port import EnginePort
 from engine.imaging.images import encode_png
-from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class SafetyReview:
     def __init__(
         self,
         settings: Settings,
-        engine: EngineWorker,
+        engine: EnginePort,
         guilds: GuildSettingsService,
         jobs: JobRepository,
         stats: StatsRepository,
@@ -63,7 +63,7 @@ class SafetyReview:
         if not source or not images:
             return images
         try:
-            flags = await self.engine.check_safety(source, [image.png for image in images])
+            flags = await self._verdicts(source, images)
         except EngineError as error:
             # Closed, not open: a community that asked for a filter gets nothing unchecked.
             log.warning("job=%s safety check failed: %s", job_id, error)
@@ -89,6 +89,14 @@ class SafetyReview:
             await self._treat(image, policy.safety) if flag else image
             for image, flag in zip(images, flags, strict=True)
         ]
+
+    async def _verdicts(self, source: str, images: list[StoredImage]) -> list[bool]:
+        """The engine's verdicts made with the batch, or (training samples, a checker that
+        failed there) asked for now."""
+        made = [image.nsfw for image in images]
+        if all(flag is not None for flag in made):
+            return [bool(flag) for flag in made]
+        return await self.engine.check_safety(source, [image.png for image in images])
 
     async def reapply(self, job_id: int, images: list[StoredImage]) -> list[StoredImage]:
         flags = await self.stats.flags(job_id)

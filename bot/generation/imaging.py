@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
-from bot.generation.options import DreamOptions
+from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
+from bot.jobs.inputs import InputStore
 from engine.api.infotext import parse_infotext
-from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams, check_upscale_size
+from engine.api.params import CONTROL_TYPES, InvalidParams, check_upscale_size
 from engine.api.specs import ModelSpec
 from engine.imaging import attachments
 from engine.imaging.attachments import PreparedImage
@@ -32,7 +33,7 @@ MIN_OUTPAINT_SCALE = 0.25
 class Prepared:
     """Checked parameters and what was done to the attachments, for the member."""
 
-    params: GenerationParams
+    params: Checked
     note: str = ""
 
 
@@ -48,8 +49,9 @@ def _notes(*parts: str) -> str:
 
 
 class ImageRequests:
-    def __init__(self, dreams: DreamService) -> None:
+    def __init__(self, dreams: DreamService, inputs: InputStore) -> None:
         self.dreams = dreams
+        self.inputs = inputs
         self.settings = dreams.settings
 
     @property
@@ -83,9 +85,9 @@ class ImageRequests:
         )
 
     async def _store(self, prepared: PreparedImage) -> str:
-        return await self.dreams.inputs.put_async(prepared.png)
+        return await self.inputs.put_async(prepared.png)
 
-    def _params(self, options: DreamOptions, **fields: object) -> GenerationParams:
+    def _params(self, options: DreamOptions, **fields: object) -> Checked:
         """The member's options with defaults, plus the mode's fields, checked together."""
         return self.dreams.build_params(options, **fields)
 

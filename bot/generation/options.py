@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NewType
 
 from engine.api.jobs import EngineJob, TrainingJob
 from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
@@ -18,6 +18,9 @@ from engine.api.training_params import TrainingParams, training_price_units
 
 DREAM = "dream"
 TRAIN = "train"
+
+# Parameters that passed the one check (DreamService.check): the only kind a job is made of.
+Checked = NewType("Checked", GenerationParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,7 @@ def resolve_options(
     prompt_syntax: str = "a1111",
     mode_fields: dict[str, Any] | None = None,
     max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
-) -> GenerationParams:
+) -> Checked:
     """A member's options plus defaults, checked; InvalidParams names what is wrong."""
     model = options.model or default_model
     spec = models.get(model)
@@ -159,7 +162,7 @@ def resolve_options(
         **(mode_fields or {}),
     )
     check_params(params, models, max_prompt, max_upscale_pixels)
-    return params
+    return Checked(params)
 
 
 def random_seed() -> int:

@@ -33,6 +33,8 @@ class StoredImage:
     # (blurred), the file at `path` stays the original; `spoiler` posts it behind Discord's cover.
     flagged: bool = False
     spoiler: bool = False
+    # The engine's safety verdict, made with the batch; None: not checked yet.
+    nsfw: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +172,16 @@ class IdleWait(Protocol):
 
 async def plain_wait(awaitable: Awaitable[T], *, reason: str) -> T:
     return await awaitable
+
+
+class PostAsIs:
+    """The Reviewer of a bot without a safety review (the console, the benchmarks): every
+    image is posted as made. The bot itself is always built with bot/community/safety.py."""
+
+    async def review(
+        self, job_id: int, images: list[StoredImage], requester: Requester
+    ) -> list[StoredImage]:
+        return images
+
+    async def reapply(self, job_id: int, images: list[StoredImage]) -> list[StoredImage]:
+        return images

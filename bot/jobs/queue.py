@@ -12,15 +12,16 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
-from engine.api.jobs import EngineJob, TrainingJob
+from bot.jobs.kinds import JobKind, Work
 
 
 @dataclass(slots=True)
 class QueuedJob:
     job_id: int
     user_id: int
-    engine_job: EngineJob | TrainingJob
+    engine_job: Work
     queued_at: float
+    kind: JobKind  # whose handler runs it (bot/jobs/kinds.py)
     batch_key: Hashable = field(init=False)
 
     def __post_init__(self) -> None:

@@ -10,9 +10,13 @@ from typing import Any
 import discord
 
 from bot.jobs.contracts import JobOutcome, Requester
-from cogs.ui.presenter import DEFAULT_FILE_LIMIT, DreamPresenter, result_embed, result_files
+from cogs.ui.presenter import DreamPresenter
+from cogs.ui.rendering import DEFAULT_FILE_LIMIT, result_embed, result_files
 
 log = logging.getLogger(__name__)
+
+# What /settings (and, reworded, /stats) tells a member who is not an admin.
+ADMINS_ONLY = "Only admins (Manage Server) can change this server's settings."
 
 
 def is_age_restricted(channel: Any) -> bool:

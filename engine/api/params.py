@@ -165,6 +165,9 @@ class GeneratedImage:
     height: int
     infotext: str
     variation_seed: int | None = None
+    # The safety checker's verdict, made on the engine thread with the batch (EngineConfig's
+    # `safety_checker`); None when no checker ran.
+    nsfw: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

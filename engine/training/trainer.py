@@ -17,7 +17,9 @@ learning rate. What differs, and why:
   from them, as `latent_dist.sample()` does) and, for a LoRA, the prompt is encoded once:
   the UNet is the only thing that runs each step.
 - What is trained (a LoRA or an embedding) and the files it becomes are in
-  engine/training/methods.py.
+  engine/training/methods.py; the data prepared before the first step in dataset.py, the
+  steps in loop.py, the checkpoint in checkpoint.py. This module runs them in order and
+  puts the pipeline back.
 - Mixed precision on CUDA (autocast, fp32 LoRA weights, a gradient scaler for fp16);
   fp32 on the CPU.
 """
@@ -25,48 +27,24 @@ learning rate. What differs, and why:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
-from PIL import Image
-from torch.nn import functional
 
-from engine.api.errors import EngineError, JobCancelled
-from engine.api.training_params import (
-    TrainingParams,
-    TrainingProgress,
-    TrainingResult,
-    sanitize_name,
-)
+from engine.api.errors import EngineError
+from engine.api.training_params import TrainingParams, TrainingResult, sanitize_name
 from engine.pipelines.loading import LoadedModel
-from engine.training.methods import (
-    EmbeddingMethod,
-    LoraMethod,
-    Method,
-    training_metadata,
-    write_atomically,
-)
+from engine.training.checkpoint import CHECKPOINT_FILE, Checkpoint, job_fingerprint
+from engine.training.dataset import ReportFn, encode_images, ensure_class_images
+from engine.training.loop import TrainingLoop
+from engine.training.methods import EmbeddingMethod, LoraMethod, Method, training_metadata
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-MAX_GRAD_NORM = 1.0  # diffusers' examples' default
-ADAM_WEIGHT_DECAY = 1e-2  # diffusers' examples' default
-CLASS_IMAGE_CFG = 7.0
-
-ReportFn = Callable[[TrainingProgress], None]
 
 
 def train(
@@ -93,15 +71,18 @@ def train(
         if params.prior_preservation:
             assert class_images_dir is not None
             class_pngs = ensure_class_images(loaded, params, class_images_dir, report, cancel)
-        examples = _encode_images(loaded, images, params.resolution)
-        priors = _encode_images(loaded, class_pngs, params.resolution) if class_pngs else None
+        examples = encode_images(loaded, images, params.resolution)
+        priors = encode_images(loaded, class_pngs, params.resolution) if class_pngs else None
         method: Method = (
             LoraMethod(loaded, params)
             if params.method == "lora"
             else EmbeddingMethod(loaded, params)
         )
         with method.attached():
-            trainer = _Trainer(loaded, params, method, examples, priors, workdir, images)
+            checkpoint = Checkpoint(
+                workdir / CHECKPOINT_FILE, job_fingerprint(loaded, params, images)
+            )
+            trainer = TrainingLoop(loaded, params, method, examples, priors, checkpoint)
             resumed_from = trainer.resume()
             final_loss = trainer.run(report, cancel)
             metadata = training_metadata(loaded, params, len(images))
@@ -177,277 +158,3 @@ def _restored_pipeline(loaded: LoadedModel) -> Iterator[None]:
             parameter.requires_grad_(flag)
         if pipe.device.type == "cuda":  # the optimizer state and activations are garbage now
             torch.cuda.empty_cache()
-
-
-# -- Data -----------------------------------------------------------------------------------
-
-
-def derived_seed(seed: int, purpose: str, index: int) -> int:
-    """A seed for one purpose and step/epoch: independent streams, no state to save."""
-    digest = hashlib.sha256(f"{seed}:{purpose}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def generator_for(seed: int, purpose: str, index: int) -> torch.Generator:
-    # CPU generators: the same draws on any device, as engine/pipelines/txt2img.py draws its noise.
-    return torch.Generator().manual_seed(derived_seed(seed, purpose, index))
-
-
-def example_index(seed: int, purpose: str, step: int, count: int) -> int:
-    """Which example a step uses: each epoch is a fresh permutation of all of them."""
-    epoch, position = divmod(step, count)
-    order = torch.randperm(count, generator=generator_for(seed, purpose, epoch))
-    return int(order[position])
-
-
-@dataclass(frozen=True, slots=True)
-class _Latents:
-    """The VAE's latent distribution of each image, scaled; sampled at every step."""
-
-    mean: torch.Tensor  # (n, 4, h, w), fp32 on the device
-    std: torch.Tensor
-
-    def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        mean, std = self.mean[index : index + 1], self.std[index : index + 1]
-        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
-        return mean + std * noise
-
-    def __len__(self) -> int:
-        return self.mean.shape[0]
-
-
-def _pixels(png: bytes, resolution: int) -> torch.Tensor:
-    with Image.open(io.BytesIO(png)) as image:
-        rgb = image.convert("RGB")
-        if rgb.size != (resolution, resolution):
-            rgb = rgb.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        array = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-@torch.no_grad()
-def _encode_images(loaded: LoadedModel, pngs: Sequence[bytes], resolution: int) -> _Latents:
-    pipe: Any = loaded.pipe
-    vae = pipe.vae
-    if vae.config.get("force_upcast", False) and vae.dtype == torch.float16:
-        vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16; put back afterwards
-    means, stds = [], []
-    scale = vae.config.scaling_factor
-    for png in pngs:
-        pixels = _pixels(png, resolution).unsqueeze(0).to(vae.device, vae.dtype)
-        dist = vae.encode(pixels).latent_dist
-        means.append(dist.mean.float() * scale)
-        stds.append(dist.std.float() * scale)
-    return _Latents(torch.cat(means), torch.cat(stds))
-
-
-# -- Class images (prior preservation) --------------------------------------------------------
-
-
-def ensure_class_images(
-    loaded: LoadedModel,
-    params: TrainingParams,
-    folder: Path,
-    report: ReportFn,
-    cancel: threading.Event,
-) -> list[bytes]:
-    """The class images for prior preservation, generated by the base model when missing.
-
-    `folder` is the caller's cache for this model and class word; file names carry the
-    resolution and steps, and image i always has seed i, so the cache is shared by every
-    job that asks for the same ones.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [
-        folder / f"r{params.resolution}-s{params.class_image_steps}-{index:04d}.png"
-        for index in range(params.class_images)
-    ]
-    missing = [index for index, path in enumerate(paths) if not path.is_file()]
-    if missing:
-        _generate_class_images(loaded, params, [(i, paths[i]) for i in missing], report, cancel)
-    return [path.read_bytes() for path in paths]
-
-
-def _generate_class_images(
-    loaded: LoadedModel,
-    params: TrainingParams,
-    todo: list[tuple[int, Path]],
-    report: ReportFn,
-    cancel: threading.Event,
-) -> None:
-    pipe: Any = loaded.pipe
-    # DPM++ 2M: good images in 25 steps. `_restored_pipeline` puts the job's scheduler back.
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(loaded.base_scheduler_config)
-
-    def check_cancel(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if cancel.is_set():
-            raise JobCancelled()
-        return kwargs
-
-    for done, (index, path) in enumerate(todo):
-        report(TrainingProgress(done, len(todo), None, None, phase="class images"))
-        image = pipe(
-            prompt=params.class_prompt,
-            width=params.resolution,
-            height=params.resolution,
-            num_inference_steps=params.class_image_steps,
-            guidance_scale=CLASS_IMAGE_CFG,
-            generator=torch.Generator().manual_seed(index),
-            callback_on_step_end=check_cancel,
-            output_type="pil",
-        ).images[0]
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_atomically(path, buffer.getvalue())
-    report(TrainingProgress(len(todo), len(todo), None, None, phase="class images"))
-
-
-# -- The loop ---------------------------------------------------------------------------------
-
-
-class _Trainer:
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        params: TrainingParams,
-        method: Method,
-        examples: _Latents,
-        priors: _Latents | None,
-        workdir: Path,
-        images: Sequence[bytes],
-    ) -> None:
-        pipe: Any = loaded.pipe
-        self.pipe = pipe
-        self.params = params
-        self.method = method
-        self.examples = examples
-        self.priors = priors
-        self.checkpoint = workdir / CHECKPOINT_FILE
-        self.fingerprint = job_fingerprint(loaded, params, images)
-        self.device: torch.device = pipe.device
-        self.noise_scheduler = DDPMScheduler.from_config(loaded.base_scheduler_config)
-        self.prediction = self.noise_scheduler.config.prediction_type
-        self.optimizer = torch.optim.AdamW(
-            method.trainable(), lr=params.learning_rate, weight_decay=ADAM_WEIGHT_DECAY
-        )
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if pipe.unet.dtype == torch.bfloat16 else torch.float16
-        self.autocast = cuda
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.amp_dtype == torch.float16)
-        self.step = 0
-        self.loss = float("nan")
-
-    # Checkpoints
-
-    def resume(self) -> int:
-        """Continue from this job's checkpoint, if there is one; returns its step."""
-        if not self.checkpoint.is_file():
-            return 0
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception:  # a torn or foreign file: start over rather than fail the job
-            log.warning("checkpoint %s is unreadable; training from the start", self.checkpoint)
-            return 0
-        if (
-            state.get("version") != CHECKPOINT_VERSION
-            or state.get("fingerprint") != self.fingerprint
-        ):
-            log.warning(
-                "checkpoint %s is from another job; training from the start", self.checkpoint
-            )
-            return 0
-        with torch.no_grad():
-            for tensor, saved in zip(self.method.trainable(), state["trainable"], strict=True):
-                tensor.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.loss = float(state["loss"])
-        return self.step
-
-    def save_checkpoint(self) -> None:
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": self.fingerprint,
-            "step": self.step,
-            "loss": self.loss,
-            "trainable": [tensor.detach().cpu() for tensor in self.method.trainable()],
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomically(self.checkpoint, buffer.getvalue())
-
-    # Steps
-
-    def run(self, report: ReportFn, cancel: threading.Event) -> float:
-        total = self.params.steps
-        session_start, session_steps = time.perf_counter(), 0
-        while self.step < total:
-            if cancel.is_set():
-                raise JobCancelled()
-            self.loss = self.train_step(self.step)
-            self.step += 1
-            session_steps += 1
-            if self.step % self.params.checkpoint_every == 0 or self.step == total:
-                self.save_checkpoint()
-            per_step = (time.perf_counter() - session_start) / session_steps
-            report(TrainingProgress(self.step, total, self.loss, per_step * (total - self.step)))
-        return self.loss
-
-    def train_step(self, step: int) -> float:
-        seed = self.params.seed
-        draws = generator_for(seed, "step", step)
-        index = example_index(seed, "instance", step, len(self.examples))
-        latents = [self.examples.sample(index, draws)]
-        if self.priors is not None:
-            prior_index = example_index(seed, "class", step, len(self.priors))
-            latents.append(self.priors.sample(prior_index, draws))
-        batch = torch.cat(latents)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=draws
-        ).to(self.device)
-        noise = torch.randn(batch.shape, generator=draws).to(self.device)
-        noisy = self.noise_scheduler.add_noise(batch, noise, timesteps)
-        target = noise
-        if self.prediction == "v_prediction":
-            target = self.noise_scheduler.get_velocity(batch, noise, timesteps)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
-            cond = self.method.conditioning(draws, self.priors is not None)
-            prediction = self.pipe.unet(
-                noisy.to(self.pipe.unet.dtype),
-                timesteps,
-                encoder_hidden_states=cond.embeds.to(self.pipe.unet.dtype),
-                added_cond_kwargs=cond.added,
-            ).sample
-        loss = self._loss(prediction.float(), target.float())
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.method.trainable(), MAX_GRAD_NORM)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    def _loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.priors is None:
-            return functional.mse_loss(prediction, target)
-        # DreamBooth: the class half keeps the model's idea of the class while it learns ours.
-        instance, prior = prediction.chunk(2)
-        instance_target, prior_target = target.chunk(2)
-        prior_loss = functional.mse_loss(prior, prior_target)
-        instance_loss = functional.mse_loss(instance, instance_target)
-        return instance_loss + self.params.prior_loss_weight * prior_loss
-
-
-def job_fingerprint(loaded: LoadedModel, params: TrainingParams, images: Sequence[bytes]) -> str:
-    """What makes a checkpoint this job's: parameters, base model and the exact images."""
-    data = params.to_dict()
-    data.pop("checkpoint_every")
-    data.pop("image_keys")  # the images themselves are hashed below
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
-    digest.update(f"{loaded.spec.name}:{loaded.model_hash}:{loaded.family}".encode())
-    for image in images:
-        digest.update(hashlib.sha256(image).digest())
-    return digest.hexdigest()

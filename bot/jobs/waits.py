@@ -1,0 +1,46 @@
+"""How long members will wait: the engine's measured speed, in seconds per standard image
+(a 512x512, 20-step image), applied to what is running and queued ahead of each job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bot.jobs.contracts import QueueEntry
+from bot.jobs.kinds import JobHandler, JobKind
+from bot.jobs.queue import JobQueue, QueuedJob
+
+
+class Waits:
+    def __init__(self, handlers: Mapping[JobKind, JobHandler]) -> None:
+        self._handlers = handlers
+        self.seconds_per_unit: float | None = None  # None until a batch has run
+
+    def learned(self, units: float, seconds: float) -> None:
+        """A batch worth `units` standard images ran in `seconds`."""
+        if seconds <= 0:
+            return
+        sample = seconds / max(units, 1e-6)
+        previous = self.seconds_per_unit
+        # An exponential moving average: recent jobs count most, one outlier does not rule.
+        self.seconds_per_unit = sample if previous is None else 0.7 * previous + 0.3 * sample
+
+    def entries(self, queue: JobQueue) -> list[QueueEntry]:
+        """Everything running (position 0) and waiting, in the order it will be served, with
+        the wait before each starts once the speed is known."""
+        per_unit = self.seconds_per_unit
+        entries = [self._entry(q, 0, None) for q in queue.running]
+        # On average a running job is half done.
+        waited = sum(self._units(q) for q in queue.running) / 2 * (per_unit or 0.0)
+        offset = 1 if queue.running else 0
+        for index, queued in enumerate(queue.in_order()):
+            entries.append(self._entry(queued, index + 1 + offset, waited if per_unit else None))
+            waited += self._units(queued) * (per_unit or 0.0)
+        return entries
+
+    def _entry(self, queued: QueuedJob, position: int, wait: float | None) -> QueueEntry:
+        shown = self._handlers[queued.kind].shown(queued.engine_job)
+        training = queued.kind is JobKind.TRAIN
+        return QueueEntry(queued.job_id, queued.user_id, position, shown, wait, training)
+
+    def _units(self, queued: QueuedJob) -> float:
+        return self._handlers[queued.kind].units(queued.engine_job)

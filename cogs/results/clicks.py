@@ -1,0 +1,207 @@
+"""What a click on a result's buttons does (the buttons themselves are in cogs/ui/buttons.py):
+show its parameters, delete it, open a modal, or start the job that the button names."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.generation.actions import Action, Presser
+from bot.jobs.contracts import JobRefused, Ticket
+from cogs.results.modals import EditModal, ZoomModal
+from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
+from cogs.ui.context import requester_of
+from cogs.ui.infotext import infotext_embed
+from cogs.ui.presenter import ReplyPresenter, previews_allowed
+from cogs.ui.rendering import credits_text
+from engine.api.params import GenerationParams, InvalidParams
+from engine.api.samplers import AUTOMATIC
+
+if TYPE_CHECKING:
+    from bot.client.app import SDBot
+
+
+def reproduce_command(params: GenerationParams) -> str:
+    """The /dream line that makes these images again (text to image only)."""
+    options = [
+        f"prompt:{params.prompt}",
+        f"negative:{params.negative}" if params.negative else "",
+        f"seed:{params.seed}",
+        f"steps:{params.steps}",
+        f"cfg:{params.cfg:g}",
+        f"size:{params.size}",
+        f"sampler:{params.sampler}",
+        f"scheduler:{params.schedule}" if params.schedule != AUTOMATIC else "",
+        f"count:{params.count}",
+        f"model:{params.model}",
+        f"clip_skip:{params.clip_skip}" if params.clip_skip != 1 else "",
+    ]
+    if params.has_variation:
+        options += [
+            f"variation_seed:{params.variation_seed}",
+            f"variation_strength:{params.variation_strength:g}",
+        ]
+    return "/dream " + " ".join(option for option in options if option)
+
+
+def presser_of(
+    bot: SDBot, user: discord.abc.User, guild_id: int | None, channel_id: int | None, channel: Any
+) -> Presser:
+    """Who pressed (a button or a reaction), with their standing and channel."""
+    is_admin = bot.is_admin(user)
+    return Presser(
+        user_id=user.id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        is_admin=is_admin,
+        is_owner=bot.is_owner_id(user.id),
+        requester=requester_of(user, channel, is_admin=is_admin),
+    )
+
+
+def action_label(action: Action, image: int | None) -> str:
+    """ "Upscale of image 2", "Reroll": how the reply names what was asked."""
+    if action.reframes or image is None:  # reframes are offered under one picture only
+        return action.label
+    return f"{action.label} of image {image + 1}"
+
+
+class Results(commands.Cog, name=RESULTS_COG):
+    def __init__(self, bot: SDBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ResultButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ResultButton)
+
+    def _presser(self, interaction: discord.Interaction) -> Presser:
+        return presser_of(
+            self.bot,
+            interaction.user,
+            interaction.guild_id,
+            interaction.channel_id,
+            interaction.channel,
+        )
+
+    async def clicked(
+        self, interaction: discord.Interaction, name: str, job_id: int, image: int | None
+    ) -> None:
+        if name == "info":
+            await self.show_info(interaction, job_id)
+        elif name == "delete":
+            await self.delete_clicked(interaction, job_id)
+        elif name == "edit":
+            await self.edit_clicked(interaction, job_id)
+        elif name == Action.ZOOM_CUSTOM:
+            await self.edit_clicked(interaction, job_id, modal=ZoomModal)
+        else:
+            await self.run_action(interaction, Action(name), job_id, image=image)
+
+    async def run_action(
+        self,
+        interaction: discord.Interaction,
+        action: Action,
+        job_id: int,
+        *,
+        image: int | None = None,
+        prompt: str | None = None,
+        negative: str | None = None,
+        zoom: str | None = None,
+    ) -> None:
+        # Deferred first, privately: the queue position is for the presser alone, and the
+        # work below (reading images, the store) may outlast Discord's 3 seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            await interaction.followup.send("❌ I cannot post in this channel.", ephemeral=True)
+            return
+        observer = ReplyPresenter(
+            self.bot,
+            channel,
+            interaction.message,
+            interaction.user,
+            action_label(action, image),
+            self.bot.settings.progress_interval,
+            interaction=interaction,
+            view=view_factory(self.bot),
+        )
+        presser = self._presser(interaction)
+        observer.previews = previews_allowed(self.bot.settings, presser.requester.age_restricted)
+        try:
+            ticket = await self.bot.actions.start(
+                action,
+                job_id,
+                presser,
+                observer,
+                image=image,
+                prompt=prompt,
+                negative=negative,
+                zoom=zoom,
+                interaction_id=interaction.id,
+            )
+        except (JobRefused, InvalidParams) as refused:
+            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
+            return
+        await interaction.followup.send(await self._acknowledge(ticket, observer), ephemeral=True)
+
+    async def _acknowledge(self, ticket: Ticket, observer: ReplyPresenter) -> str:
+        if ticket.duplicate:
+            return f"That is already on its way as job {ticket.job.id}; nothing more was charged."
+        message_id = await observer.queued(ticket)
+        if message_id is not None:
+            await self.bot.scheduler.set_message(ticket.job.id, message_id)
+        note = f" {ticket.note}" if ticket.note else ""
+        return (
+            f"Queued as job {ticket.job.id}, position {ticket.position}. "
+            f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}.{note}"
+        )
+
+    async def show_info(self, interaction: discord.Interaction, job_id: int) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            job = await self.bot.actions.result(job_id, self._presser(interaction))
+            infotexts = await self.bot.actions.infotexts(job)
+        except JobRefused as refused:
+            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
+            return
+        params = GenerationParams.from_dict(job.params)
+        embed = infotext_embed(infotexts[0]) if infotexts else discord.Embed(title="Parameters")
+        embed.title = f"Job {job.id}"
+        if params.mode == "txt2img":
+            command = reproduce_command(params)
+            text = f"Make it again:\n```\n{command[:1900]}\n```"
+        else:
+            text = "Drop one of its images into /reproduce or A1111's PNG Info to read it back."
+        await interaction.followup.send(text, embed=embed, ephemeral=True)
+
+    async def edit_clicked(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        modal: type[EditModal | ZoomModal] = EditModal,
+    ) -> None:
+        # A modal must be the first response, so the checks come before any deferral.
+        try:
+            job = await self.bot.actions.result(job_id, self._presser(interaction), use=True)
+        except JobRefused as refused:
+            await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
+            return
+        params = GenerationParams.from_dict(job.params)
+        await interaction.response.send_modal(modal(self, job_id, params))
+
+    async def delete_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await self.bot.actions.delete(job_id, self._presser(interaction))
+        except JobRefused as refused:
+            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
+            return
+        if interaction.message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.message.delete()
+        await interaction.followup.send(f"Deleted job {job_id}'s result.", ephemeral=True)

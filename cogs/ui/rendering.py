@@ -1,0 +1,137 @@
+"""What a job's messages say and carry: the result's embed, its files under Discord's limits,
+and the short texts (a job in one line, a price, a failure) that every message shares."""
+
+from __future__ import annotations
+
+import io
+
+import discord
+
+from bot.generation.actions import Action
+from bot.jobs.contracts import JobOutcome, StoredImage
+from data.jobs import Job
+from engine.api.params import GenerationParams
+from engine.api.samplers import AUTOMATIC, resolved_schedule
+from engine.imaging.images import EncodedImage, fit_to_limit
+
+# Discord: 25 MiB per request in all, whatever a single file may be.
+REQUEST_LIMIT = 25 * 1024 * 1024
+# Discord's upload limit for a server without boosts; used where no interaction says more.
+DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
+FIELD_LIMIT = 1024
+DESCRIPTION_LIMIT = 4096
+
+MODE_TITLES = {
+    "txt2img": "Dream",
+    "img2img": "Image to image",
+    "inpaint": "Inpainting",
+    "outpaint": "Outpainting",
+    "upscale": "Upscale",
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def result_embed(
+    outcome: JobOutcome, requester: discord.abc.User | None, note: str = ""
+) -> discord.Embed:
+    params = outcome.params
+    embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
+    title = MODE_TITLES.get(params.mode, params.mode)
+    if outcome.job.action:
+        title = f"{title} ({action_name(outcome.job.action)} of job {outcome.job.parent_id})"
+    if requester is not None:
+        embed.set_author(name=f"{title} for {requester.display_name}")
+    else:
+        embed.set_author(name=title)
+    if params.negative:
+        embed.add_field(name="Negative", value=_clip(params.negative, FIELD_LIMIT), inline=False)
+    seeds = ", ".join(dict.fromkeys(str(image.seed) for image in outcome.images))
+    embed.add_field(name="Seed" if "," not in seeds else "Seeds", value=seeds)
+    if params.has_variation:
+        variations = ", ".join(str(image.variation_seed) for image in outcome.images)
+        embed.add_field(name="Variation seed", value=variations)
+        embed.add_field(name="Variation strength", value=f"{params.variation_strength:g}")
+    if params.clip_skip != 1:
+        embed.add_field(name="Clip skip", value=str(params.clip_skip))
+    embed.add_field(name="Steps", value=str(params.steps))
+    embed.add_field(name="Sampler", value=_sampler_text(params))
+    embed.add_field(name="CFG", value=f"{params.cfg:g}")
+    embed.add_field(name="Size", value=params.size)
+    embed.add_field(name="Model", value=params.model)
+    if params.mode != "txt2img":
+        embed.add_field(name="Denoising", value=f"{params.denoise:g}")
+    if params.mode == "upscale":
+        embed.add_field(name="Upscale", value=f"{params.upscale:g}x")
+    if params.control_type is not None:
+        embed.add_field(name="Control", value=f"{params.control_type} ({params.control_scale:g})")
+    embed.add_field(name="Time", value=f"{outcome.run_seconds:.1f}s")
+    if note:
+        embed.add_field(name="Note", value=_clip(note, FIELD_LIMIT), inline=False)
+    footer = f"job {outcome.job.id} · cost {credits_text(outcome.job.cost)}"
+    if outcome.balance is not None:
+        footer += f" · balance {outcome.balance}"
+    embed.set_footer(text=footer)
+    return embed
+
+
+def action_name(value: str) -> str:
+    """ "Zoom out 2x" for a job's stored action "zoom2"; a name this version lacks as is."""
+    try:
+        return Action(value).label.lower()
+    except ValueError:
+        return value
+
+
+def encode_for_upload(images: list[StoredImage], file_limit: int) -> list[EncodedImage]:
+    """Every image, each under the per-file limit and all together under the request limit."""
+    per_file = min(file_limit, REQUEST_LIMIT // max(len(images), 1))
+    return [fit_to_limit(image.png, image.infotext, per_file) for image in images]
+
+
+def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> list[discord.File]:
+    encoded = encode_for_upload(images, file_limit)
+    return [
+        # Discord hides a file whose name starts SPOILER_ until it is clicked.
+        png_file(
+            item.data,
+            f"{'SPOILER_' if image.spoiler else ''}{job_id}-{idx}-{image.seed}.{item.extension}",
+        )
+        for idx, (image, item) in enumerate(zip(images, encoded, strict=True))
+    ]
+
+
+def png_file(data: bytes, filename: str) -> discord.File:
+    return discord.File(io.BytesIO(data), filename=filename)
+
+
+def public_failure(job: Job, refunded: int) -> str:
+    """What the channel may read of a failure the member could not be told privately: the
+    job and the refund, not the reason (which may quote their prompt)."""
+    refund = f" {credits_text(refunded)} refunded." if refunded else ""
+    return f"job {job.id} could not be finished.{refund} Open your DMs to hear why."
+
+
+def credits_text(amount: int) -> str:
+    return f"{amount} credit" if amount == 1 else f"{amount} credits"
+
+
+def failure_text(message: str, refunded: int) -> str:
+    sentence = message if message.endswith((".", "!", "?")) else message + "."
+    refund = f" Your {credits_text(refunded)} {'was' if refunded == 1 else 'were'} refunded."
+    return f"❌ {sentence}{refund if refunded else ''}"
+
+
+def describe(params: GenerationParams) -> str:
+    return (
+        f"{params.count}× {params.size}, {params.steps} steps, {_sampler_text(params)}, "
+        f"CFG {params.cfg:g}, seed {params.seed}, {params.model}"
+    )
+
+
+def _sampler_text(params: GenerationParams) -> str:
+    """`DPM++ 2M Karras`: the sampler and the schedule that ran, as members say it."""
+    schedule = resolved_schedule(params.sampler, params.schedule)
+    return params.sampler if schedule == AUTOMATIC else f"{params.sampler} {schedule}"

@@ -1,0 +1,49 @@
+"""The port between the bot's scheduler and an engine: what any engine adapter offers.
+
+The scheduler submits a batch and awaits its results; progress reaches each job's `report`
+on the event loop and a set `cancel` event stops the job at its next step. The in-process
+engine thread (`engine.worker.EngineWorker`) is the first adapter; an adapter that hands
+batches to GPU workers on other machines is another. Torch-free: the bot imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, Self, runtime_checkable
+
+from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.api.params import GenerationResult, ModelInfo
+
+
+@runtime_checkable
+class EnginePort(Protocol):
+    @property
+    def running(self) -> bool:
+        """Started and not stopped: it takes work."""
+
+    def start(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        """Started (unless it already runs); used as the bot's resource."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """stop()"""
+
+    async def stop(self) -> None:
+        """Finish the work in hand, refuse the rest (EngineStopped), and release the engine."""
+
+    async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        """One result per job, in order, for a batch of compatible jobs (same batch key).
+
+        Raises JobCancelled when every job was cancelled, EngineError (its `user_message`
+        is for members) when the batch failed.
+        """
+
+    async def train(self, job: TrainingJob) -> TrainingOutcome:
+        """Train, then make the sample images; JobCancelled or EngineError as above."""
+
+    async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
+        """Whether each PNG is flagged by the safety checker at `source`."""
+
+    async def preload(self, model: str) -> ModelInfo:
+        """Load a model ahead of its first job (or find it loaded) and describe it."""
