@@ -20,7 +20,7 @@ async def own_lora_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     bot: SDBot = interaction.client  # type: ignore[assignment]
-    usable = await bot.training.library.usable(interaction.user.id, interaction.guild_id)
+    usable = await bot.library.usable(interaction.user.id, interaction.guild_id)
     typed = current.strip().lower()
     return [
         app_commands.Choice(name=lora.name, value=lora.name)
@@ -39,7 +39,7 @@ class Loras(commands.Cog):
 
     @loras_group.command(name="list", description="Yours, and those shared in this server")
     async def list_loras(self, interaction: discord.Interaction) -> None:
-        usable = await self.bot.training.library.usable(interaction.user.id, interaction.guild_id)
+        usable = await self.bot.library.usable(interaction.user.id, interaction.guild_id)
         if not usable:
             await interaction.response.send_message(
                 "Nothing yet: `/train` teaches the model a face, a pet or a style.", ephemeral=True
@@ -64,7 +64,7 @@ class Loras(commands.Cog):
         await self._answer(interaction, self._rename(interaction.user.id, name, new_name))
 
     async def _rename(self, user_id: int, name: str, new_name: str) -> str:
-        lora = await self.bot.training.library.rename(user_id, name, new_name)
+        lora = await self.bot.library.rename(user_id, name, new_name)
         return f"Renamed to **{lora.name}**. Prompts use `<lora:{lora.name}:0.8>` now."
 
     @loras_group.command(name="delete", description="Delete one of yours, file and all")
@@ -75,7 +75,7 @@ class Loras(commands.Cog):
         await self._answer(interaction, self._delete(interaction.user.id, name))
 
     async def _delete(self, user_id: int, name: str) -> str:
-        lora = await self.bot.training.library.delete(user_id, name)
+        lora = await self.bot.library.delete(user_id, name)
         return f"Deleted **{lora.name}**."
 
     @loras_group.command(name="share", description="Let this server use one of yours, or not")
@@ -92,7 +92,7 @@ class Loras(commands.Cog):
         await self._answer(interaction, self._share(interaction.user.id, name, shared, guild_id))
 
     async def _share(self, user_id: int, name: str, shared: bool, guild_id: int) -> str:
-        lora = await self.bot.training.library.share(user_id, name, shared, guild_id)
+        lora = await self.bot.library.share(user_id, name, shared, guild_id)
         if shared:
             return f"**{lora.name}** is shared: members of this server can use and list it."
         return f"**{lora.name}** is private again."

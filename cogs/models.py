@@ -22,7 +22,7 @@ class Models(commands.Cog):
     async def models(self, interaction: discord.Interaction) -> None:
         policy = await self.bot.guild_settings.policy(interaction.guild_id)
         lines = []
-        for name, spec in sorted(self.bot.dreams.models.items()):
+        for name, spec in sorted(self.bot.models.items()):
             if not policy.model_allowed(name):
                 continue
             width, height = spec.size_default()

@@ -23,6 +23,7 @@ from bot.jobs import recovery
 from bot.jobs.retention import Sweeper
 from bot.jobs.scheduler import Scheduler
 from bot.settings import Settings
+from bot.training.loras import LoraLibrary
 from bot.training.service import TrainingService
 from data.store import Store
 from engine.api.port import EnginePort
@@ -65,6 +66,7 @@ class SDBot(commands.Bot):
         prefs: PreferenceService,
         community: CommunityPolicy,
         training: TrainingService,
+        library: LoraLibrary,
     ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
@@ -94,6 +96,8 @@ class SDBot(commands.Bot):
         self.prefs = prefs
         self.community = community
         self.training = training
+        self.library = library  # the LoRAs and embeddings members trained
+        self.models = dreams.models  # the models the owner configured, by name
         self._dispatcher: asyncio.Task[None] | None = None
         # The store and the engine, opened in setup_hook and closed, engine first, in close.
         self._resources = contextlib.AsyncExitStack()

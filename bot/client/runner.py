@@ -107,6 +107,7 @@ def build_bot(
         PreferenceService(settings, guilds, MemberPresetRepository(store)),
         community,
         training,
+        library,
     )
 
 

@@ -70,7 +70,7 @@ class JobSettings(SettingsCog):
     ) -> None:
         if await self._admin_guild(interaction) is None:
             return
-        known = self.bot.dreams.models
+        known = self.bot.models
         names = list(dict.fromkeys(n.strip() for n in allowed.split(",") if n.strip()))
         if [n.lower() for n in names] == ["all"]:
             await self._put(interaction, ALLOWED_MODELS, None)
@@ -105,8 +105,8 @@ class JobSettings(SettingsCog):
         if model is None and sampler is None:
             raise InvalidParams("Give a model, a sampler, or both.")
         if model is not None:
-            if model not in self.bot.dreams.models:
-                known = ", ".join(sorted(self.bot.dreams.models))
+            if model not in self.bot.models:
+                known = ", ".join(sorted(self.bot.models))
                 raise InvalidParams(f"Unknown model {model!r}. Models: {known}.")
             if not policy.model_allowed(model):
                 raise InvalidParams(f"Model {model} is not among this server's allowed models.")

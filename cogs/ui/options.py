@@ -42,7 +42,7 @@ def preset_size(spec: ModelSpec, aspect: float) -> tuple[int, int]:
 
 def _model_for(interaction: discord.Interaction) -> ModelSpec:
     bot: SDBot = interaction.client  # type: ignore[assignment]
-    models = bot.dreams.models
+    models = bot.models
     chosen = getattr(interaction.namespace, "model", None)
     return models.get(chosen or "", models[bot.settings.default_model])
 
@@ -75,7 +75,7 @@ async def model_autocomplete(
     bot: SDBot = interaction.client  # type: ignore[assignment]
     typed = current.strip().lower()
     choices = []
-    for spec in bot.dreams.models.values():
+    for spec in bot.models.values():
         label = f"{spec.name} — {spec.note}" if spec.note else spec.name
         if typed in label.lower():
             choices.append(app_commands.Choice(name=label[:100], value=spec.name))
@@ -97,7 +97,7 @@ async def usable_lora_autocomplete(
 ) -> list[app_commands.Choice[str]]:
     """The member's own LoRAs, then those shared in this server (for /dream)."""
     bot: SDBot = interaction.client  # type: ignore[assignment]
-    usable = await bot.training.library.usable(interaction.user.id, interaction.guild_id)
+    usable = await bot.library.usable(interaction.user.id, interaction.guild_id)
     typed = current.strip().lower()
     choices = []
     for lora in usable:
