@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint format bench selftest doctor clean
+.PHONY: run test test-slow redis lint format bench selftest doctor clean worker
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,15 +25,25 @@ run: $(STAMP)
 selftest: $(STAMP)
 	$(PY) -m bot selftest
 
+# A GPU machine serving the bot's jobs through Redis (SDBOT_QUEUE_URL, README).
+worker: $(STAMP)
+	$(PY) -m bot worker
+
 doctor: $(STAMP)
 	$(PY) -m bot doctor
 
-test: $(STAMP)
+# The GPU-worker tests run a real redis-server of their own (tests/redis_server.py). This
+# installs it with apt-get where it can; elsewhere it says how, and those tests skip
+# (under CI=true it fails instead).
+redis:
+	bash scripts/ensure-redis
+
+test: $(STAMP) redis
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) redis
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
@@ -49,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/queue_load.py
 	$(PY) bench/soak.py
+	$(PY) bench/scale_out.py
 	$(PY) bench/image_modes.py
 	$(PY) bench/train.py
 

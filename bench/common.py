@@ -94,7 +94,7 @@ async def running_service(
     jobs, credits = JobRepository(store, policy), CreditRepository(store, policy)
     inputs = InputStore(settings.inputs_dir)
     handler = GenerationHandler(settings.images_dir, jobs, credits, inputs, engine, PostAsIs())
-    scheduler = Scheduler(jobs, JobQueue(), {JobKind.GENERATE: handler})
+    scheduler = Scheduler(jobs, JobQueue(), {JobKind.GENERATE: handler}, engine)
     service = DreamService(settings, jobs, credits, scheduler, handler, gate=None, adapters=None)
     async with store, engine:
         dispatcher = asyncio.create_task(scheduler.run())

@@ -27,6 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands.add_parser("run", help="start the Discord bot (the default)")
     commands.add_parser("selftest", help="check the install with a tiny model, no download")
     commands.add_parser("doctor", help="check the set-up, one line per check (no network)")
+    worker = commands.add_parser(
+        "worker", help="serve the bot's jobs on this machine's GPU (needs SDBOT_QUEUE_URL)"
+    )
+    worker.add_argument("--name", default=None, help="how /workers shows it (host-pid)")
     dream = commands.add_parser("dream", help="generate images without Discord")
     dream.add_argument("prompt")
     dream.add_argument("--negative", default=None)
@@ -123,6 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.cli.console import dream
 
         return dream(settings, args)
+    if args.command == "worker":
+        if settings.queue_url is None:
+            print(
+                f"{ENV_PREFIX}QUEUE_URL is not set: give the worker the same Redis URL as the "
+                "bot (README, Adding a GPU machine)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if refuse_to_start(settings):
+            return EXIT_CONFIG
+        from bot.cli.console import worker
+
+        return worker(settings, args.name)
     if args.command in ("credits", "db"):
         from bot.cli.books import books
 

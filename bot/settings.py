@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from bot.fleet.protocol import queue_url_problem
 from data.credits import CreditPolicy
 from engine.api.specs import ModelFamily, ModelSpec
 
@@ -140,6 +141,18 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     retention_max_gb: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     log_level: str = "INFO"
+    # GPU workers on other machines (bot/fleet): a Redis URL; empty, the bot's own thread.
+    queue_url: SecretStr | None = None
+
+    @field_validator("queue_url")
+    @classmethod
+    def _usable_queue_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None or not url.get_secret_value():
+            return None
+        problem = queue_url_problem(url.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
     @field_validator("log_level")
     @classmethod
@@ -208,6 +221,18 @@ class _LogLevelAlone(BaseSettings):
     model_config = SOURCES
 
     log_level: str = "INFO"
+    # GPU workers on other machines (bot/fleet): a Redis URL; empty, the bot's own thread.
+    queue_url: SecretStr | None = None
+
+    @field_validator("queue_url")
+    @classmethod
+    def _usable_queue_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None or not url.get_secret_value():
+            return None
+        problem = queue_url_problem(url.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 def debugging() -> bool:

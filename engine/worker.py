@@ -93,6 +93,7 @@ class EngineWorker:
         self._safety: Any = None  # engine.pipelines.safety.SafetyCheckers, created on the thread
         self.restarts = 0  # threads started after one died
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
+        self._slot: asyncio.Semaphore | None = None  # made on the loop that asks for it
 
     @property
     def running(self) -> bool:
@@ -119,6 +120,14 @@ class EngineWorker:
         self._safety = None
         log.warning("starting a new engine thread (restart %d)", self.restarts)
         self._start_thread()
+
+    async def free_slot(self) -> Callable[[], None]:
+        """One batch at a time: the thread runs one, and the next is taken from the queue
+        only when it is done (so it batches what arrived meanwhile)."""
+        if self._slot is None:
+            self._slot = asyncio.Semaphore(1)
+        await self._slot.acquire()
+        return self._slot.release
 
     async def __aenter__(self) -> Self:
         """Started on entry (unless it already runs), stopped on exit; work submitted after
@@ -185,24 +194,6 @@ class EngineWorker:
         if self._safety is None:
             self._safety = SafetyCheckers(self.config.device, self.config.dtype)
         return self._safety.check(source, images)
-
-    def _with_verdicts(self, results: list[GenerationResult]) -> list[GenerationResult]:
-        """The batch's images with the configured safety checker's verdicts. A checker that
-        fails here leaves them unmarked: the bot then asks on its own (check_safety), and
-        tells the member the check could not run if it fails again."""
-        source = self.config.safety_checker
-        pngs = [image.png for result in results for image in result.images]
-        if not source or not pngs:
-            return results
-        try:
-            flags = iter(self._check_safety(source, pngs))
-        except Exception:
-            log.exception("the safety checker failed with the batch; the bot asks again")
-            return results
-        return [
-            replace(result, images=[replace(image, nsfw=next(flags)) for image in result.images])
-            for result in results
-        ]
 
     async def train(self, job: TrainingJob) -> TrainingOutcome:
         """Train on the engine thread (generation waits), then make a few sample images
@@ -272,7 +263,8 @@ class EngineWorker:
                     )
                 else:
                     results = generate_batch(loaded, jobs, config.preview_interval, config.noise)
-            return self._with_verdicts(results)
+            source = config.safety_checker
+            return with_verdicts(results, partial(self._check_safety, source) if source else None)
         except torch.OutOfMemoryError:
             log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
             if torch.cuda.is_available():
@@ -356,3 +348,23 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+
+
+def with_verdicts(
+    results: list[GenerationResult], check: Callable[[list[bytes]], list[bool]] | None
+) -> list[GenerationResult]:
+    """The batch's images with the safety checker's verdicts (`check`: the configured one,
+    or None). A checker that fails here leaves them unmarked: the bot then asks on its own
+    (check_safety), and tells the member the check could not run if it fails again."""
+    pngs = [image.png for result in results for image in result.images]
+    if check is None or not pngs:
+        return results
+    try:
+        flags = iter(check(pngs))
+    except Exception:
+        log.exception("the safety checker failed with the batch; the bot asks again")
+        return results
+    return [
+        replace(result, images=[replace(image, nsfw=next(flags)) for image in result.images])
+        for result in results
+    ]

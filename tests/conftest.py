@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from bot.settings import Settings
 from engine.pipelines.tiny import save_tiny_model
+from tests.redis_server import RedisServer, require_redis_server
 
 DEV_GUILD = 424242424242424242
 # How long a test waits for work it cannot see finish (the engine thread, a subprocess)
@@ -35,6 +36,20 @@ def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port, with a password and
+    no persistence; fresh for each test and stopped after it. Skips where redis-server is
+    missing, fails under CI=true (see tests/redis_server.py)."""
+    executable = require_redis_server(DEADLINE)
+    server = RedisServer(tmp_path / "redis", executable=executable, deadline=DEADLINE)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bot.generation.options import DreamOptions, resolve_options
-from bot.jobs.engines import build_engine
+from bot.jobs.engines import local_engine
 from bot.settings import Settings
 from engine.api.errors import EngineError, ModelLoadError
 from engine.api.infotext import params_from_infotext
@@ -149,7 +149,7 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     quiet_libraries()
-    engine = build_engine(settings, models=specs)
+    engine = local_engine(settings, models=specs)
     loading_log = logging.getLogger("engine.pipelines.loading")
     said = _SaidOnTheConsole()
     loading_log.addFilter(said)
@@ -200,7 +200,7 @@ def selftest(settings: Settings) -> int:
         folder = save_tiny_model(Path(workdir) / "tiny-sd")
         built = time.perf_counter() - started
         spec = ModelSpec(name="selftest", source=str(folder))
-        engine = build_engine(settings, models={"selftest": spec})
+        engine = local_engine(settings, models={"selftest": spec})
         params = GenerationParams(
             prompt="a red cube on a table",
             negative="blurry",
@@ -244,3 +244,25 @@ async def _selftest_run(
         return info, [(i.seed, i.png) for i in result.images], time.perf_counter() - started
     finally:
         await engine.stop()
+
+
+def worker(settings: Settings, name: str | None) -> int:
+    """`python -m bot worker`: serve the bot's batches from Redis on this machine's GPU,
+    until interrupted. It needs the models and SDBOT_QUEUE_URL, no database or token."""
+    assert settings.queue_url is not None  # checked by the caller (bot/__main__.py)
+    from redis.exceptions import RedisError
+
+    from bot.fleet.worker import default_name, run_worker
+
+    quiet_libraries()
+    url = settings.queue_url.get_secret_value()
+    try:
+        asyncio.run(
+            run_worker(url, local_engine(settings), name or default_name(), settings.data_dir)
+        )
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).info("worker stopped")
+    except (RedisError, OSError) as error:
+        print(f"SDBOT_QUEUE_URL could not be reached ({error}): is Redis running?", file=sys.stderr)
+        return 2
+    return 0

@@ -77,6 +77,7 @@ def build_bot(
         jobs,
         JobQueue(max_batch=settings.max_batch),
         {JobKind.GENERATE: images, JobKind.TRAIN: trainer},
+        engine,
         idle_wait,
     )
     library = LoraLibrary(settings.model_specs(), loras)

@@ -153,7 +153,7 @@ class DreamService:
         """Charge and record the job in one transaction, then queue it.
 
         `private`: the result goes to the member's DMs, so only they may see it or use its
-        buttons (bot.generation.access checks it on every click).
+        buttons (bot.generation.results checks it on every click).
 
         Raises JobRefused (the server's rules, caps, credits) having changed nothing. A
         retried interaction gets its existing job back, charged once; so does a second click

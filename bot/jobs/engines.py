@@ -1,14 +1,26 @@
-"""The engine the scheduler is given, from the settings: today the in-process engine
-thread (engine.worker), the first adapter of the port in engine/api/port.py."""
+"""The engine the scheduler is given, from the settings: the in-process engine thread
+(engine.worker), or GPU workers on other machines through Redis (bot/fleet), the two
+adapters of the port in engine/api/port.py."""
 
 from __future__ import annotations
 
 from bot.settings import Settings
+from engine.api.port import EnginePort
 from engine.api.specs import ModelSpec
 from engine.worker import EngineConfig, EngineWorker
 
 
-def build_engine(settings: Settings, models: dict[str, ModelSpec] | None = None) -> EngineWorker:
+def build_engine(settings: Settings) -> EnginePort:
+    """The GPU workers behind Redis when SDBOT_QUEUE_URL is set, else the engine thread."""
+    if settings.queue_url is not None:
+        from bot.fleet.adapter import RedisEngine  # redis-py only when it is used
+
+        return RedisEngine(settings.queue_url.get_secret_value())
+    return local_engine(settings)
+
+
+def local_engine(settings: Settings, models: dict[str, ModelSpec] | None = None) -> EngineWorker:
+    """The engine thread in this process (the bot's own, a worker's, the console's)."""
     return EngineWorker(
         EngineConfig(
             models=models if models is not None else settings.model_specs(),

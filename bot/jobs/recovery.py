@@ -25,7 +25,7 @@ async def redeliver(scheduler: Scheduler) -> list[Job]:
     """Post or tell what a previous run ended but never told; returns those jobs."""
     told = []
     for job in await scheduler.jobs.undelivered():
-        observer = scheduler.fallback(job)
+        observer = scheduler.audience.fallback(job)
         if observer is None:
             continue
         if job.status is not JobStatus.SUCCEEDED:
@@ -79,7 +79,7 @@ async def _restore(scheduler: Scheduler, job: Job) -> bool:
             await _give_up(scheduler, job, CRASH_MESSAGE)
             return False
         await scheduler.jobs.requeue(job.id)
-    scheduler.enqueue(job, work, scheduler.fallback(job))
+    scheduler.enqueue(job, work, scheduler.audience.fallback(job))
     log.info("job=%s restored to the queue after a restart", job.id)
     return True
 

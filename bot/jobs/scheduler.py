@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from bot.jobs.audience import Audience
 from bot.jobs.contracts import (
     CancelResult,
     IdleWait,
@@ -28,6 +29,7 @@ from bot.jobs.queue import JobQueue, QueuedJob
 from bot.jobs.waits import Waits
 from data.jobs import Job, JobRepository, JobStatus
 from data.store import StoreBusy
+from engine.api.port import EnginePort
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +48,18 @@ class Scheduler:
         jobs: JobRepository,
         queue: JobQueue,
         handlers: Mapping[JobKind, JobHandler],
+        engine: EnginePort,
         idle_wait: IdleWait = plain_wait,
     ) -> None:
         self.jobs = jobs
+        self.engine = engine
         self.queue = queue
         self.handlers = dict(handlers)
         self.outbox = Outbox(jobs, idle_wait)
-        self._observers: dict[int, Any] = {}
-        self._requesters: dict[int, Requester] = {}
-        # Who hears about a job whose member is no longer waiting on an interaction (jobs
-        # restored after a restart), per kind: the Discord layer registers them.
-        self._fallbacks: dict[JobKind, Callable[[Job], Any]] = {}
+        self.audience = Audience()
         self.waits = Waits(self.handlers)
         self._stopping = False
-        self._busy = False
+        self._batches: set[asyncio.Task[None]] = set()  # running, each in an engine slot
         self._paused: set[int] = set()  # stopped by a shutdown, to resume at the next start
 
     @property
@@ -77,25 +77,18 @@ class Scheduler:
     def hear_restored(self, kind: JobKind, observer: Callable[[Job], Any] | None) -> None:
         """Who tells members about `kind` jobs nobody waits on any more (after a restart);
         None when the cog that told them is unloaded."""
-        if observer is None:
-            self._fallbacks.pop(kind, None)
-        else:
-            self._fallbacks[kind] = observer
-
-    def fallback(self, job: Job) -> Any | None:
-        factory = self._fallbacks.get(JobKind.of(job))
-        return factory(job) if factory is not None else None
+        self.audience.hear_restored(kind, observer)
 
     def report_progress(self, job_id: int, progress: Any) -> None:
-        observer = self._observers.get(job_id)
+        observer = self.audience.observer(job_id)
         if observer is not None:
             observer.progress(job_id, progress)
 
     def take_requester(self, job_id: int) -> Requester:
-        return self._requesters.pop(job_id, Requester())
+        return self.audience.take_requester(job_id)
 
     def deliver(self, job_id: int, post: Post) -> None:
-        observer = self._observers.pop(job_id, None)
+        observer = self.audience.take_observer(job_id)
         if observer is not None:
             self.outbox.spawn(self.outbox.post_result(job_id, lambda: post(observer)))
 
@@ -112,10 +105,7 @@ class Scheduler:
         requester: Requester | None = None,
     ) -> int:
         """Queue a recorded job; `observer` hears of it. Returns its place in line."""
-        if observer is not None:
-            self._observers[job.id] = observer
-        if requester is not None:
-            self._requesters[job.id] = requester
+        self.audience.listen(job.id, observer, requester)
         # Looked up when the engine reports, so whatever wraps report_progress sees it.
         work.report = lambda progress: self.report_progress(job.id, progress)
         return self.queue.put(
@@ -135,35 +125,48 @@ class Scheduler:
         return await self.idle_wait(awaitable, reason=reason)
 
     async def run(self) -> None:
-        """The dispatcher: one batch at a time to its kind's handler, until stop()."""
+        """The dispatcher: each batch, in the queue's fair order, to its kind's handler as
+        soon as the engine has a free slot (one for the engine thread, one per idle GPU
+        worker with Redis), until stop()."""
         while not self._stopping:
-            batch = await self.idle(self.queue.take_batch(), reason="waiting for jobs")
-            self._busy = True
+            release = await self.idle(self.engine.free_slot(), reason="waiting for a free GPU")
             try:
-                await self.run_batch(batch)
-            except Exception:
-                # Never let one batch end the dispatcher: fail what it held and go on.
-                log.exception("batch %s failed outside the engine", [e.job_id for e in batch])
-                for entry in batch:
-                    await self.fail_quietly(entry, BATCH_BROKE)
-            finally:
-                self._busy = False
-                self.queue.running = []
+                batch = await self.idle(self.queue.take_batch(), reason="waiting for jobs")
+            except BaseException:
+                release()
+                raise
+            task = asyncio.create_task(self._run_in_slot(batch, release))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run_in_slot(self, batch: list[QueuedJob], release: Callable[[], None]) -> None:
+        try:
+            await self.run_batch(batch)
+        except Exception:
+            # Never let one batch end the dispatcher: fail what it held and go on.
+            log.exception("batch %s failed outside the engine", [e.job_id for e in batch])
+            for entry in batch:
+                await self.fail_quietly(entry, BATCH_BROKE)
+        finally:
+            for entry in batch:
+                self.stop_running(entry)
+            release()
 
     async def run_batch(self, batch: list[QueuedJob]) -> None:
         # Visible as running from the start, so /cancel finds a job while it is claimed.
-        self.queue.running = list(batch)
+        self.queue.running.extend(batch)
         claimed = []
         for entry in batch:
             try:
                 if await self.jobs.mark_running(entry.job_id):
                     claimed.append(entry)
+                    continue
             except StoreBusy as busy:
                 # Not claimed, so still queued in the database: back in line, to be claimed
                 # once the other connection lets go (its charge, made at submit, stands).
                 log.warning("job=%s not claimed (%s); back in the queue", entry.job_id, busy)
                 self.queue.put(entry)
-        self.queue.running = list(claimed)
+            self.stop_running(entry)
         if claimed:
             await self.handlers[claimed[0].kind].run(claimed, self)
 
@@ -186,9 +189,9 @@ class Scheduler:
                 # last checkpoint (a pause, not a cancel).
                 self._paused.add(entry.job_id)
                 work.cancel.set()
-        if self._busy:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(dispatcher), grace)
+        if self._batches:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(list(self._batches), timeout=grace)
         dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dispatcher
@@ -234,8 +237,7 @@ class Scheduler:
             log.error(
                 "job=%s end not recorded (%s); pending until next start", entry.job_id, refused
             )
-            self._requesters.pop(entry.job_id, None)
-            observer = self._observers.pop(entry.job_id, None)
+            observer = self.audience.forget(entry.job_id)
             try:
                 job = await self.jobs.get(entry.job_id)  # a read: not blocked in WAL mode
             except Exception:
@@ -247,8 +249,7 @@ class Scheduler:
             log.exception("job=%s could not be recorded as failed", entry.job_id)
 
     def notify_failed(self, job: Job, message: str, refunded: int) -> None:
-        self._requesters.pop(job.id, None)
-        observer: JobObserver | None = self._observers.pop(job.id, None) or self.fallback(job)
+        observer: JobObserver | None = self.audience.forget(job.id) or self.audience.fallback(job)
         if observer is not None:
             self.outbox.tell_failed(observer, job, message, refunded)
 

@@ -1,7 +1,7 @@
 """The buttons under every result. Their custom ids carry only ids; the rest is in the store.
 
 They are `DynamicItem`s registered once with the bot, so a click works after any restart
-and never times out; the Results cog (cogs/results.py) does what a click asks.
+and never times out; the Results cog (cogs/results/clicks.py) does what a click asks.
 """
 
 from __future__ import annotations

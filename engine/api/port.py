@@ -8,7 +8,7 @@ batches to GPU workers on other machines is another. Torch-free: the bot imports
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, Self, runtime_checkable
 
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
@@ -31,6 +31,11 @@ class EnginePort(Protocol):
 
     async def stop(self) -> None:
         """Finish the work in hand, refuse the rest (EngineStopped), and release the engine."""
+
+    async def free_slot(self) -> Callable[[], None]:
+        """Wait until the engine can take one more batch; returns what gives the slot back.
+        The scheduler holds a slot for each batch it runs, so batches are released in the
+        queue's fair order exactly as fast as the engine (or the fleet) frees up."""
 
     async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
         """One result per job, in order, for a batch of compatible jobs (same batch key).

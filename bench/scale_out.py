@@ -1,0 +1,220 @@
+"""Does the bot scale out? Throughput with 1, 2, 4 and 8 GPU workers on Redis Streams, the
+bot's dispatch overhead per job, and how long a batch whose worker died waits to run again.
+
+On a 2-core machine real diffusion would only measure CPU contention, so the workers run
+the real worker code (bot/fleet/worker.py: consumer group, claims renewed, outcomes
+streamed back) around an engine stand-in that takes a fixed time per image on its own
+engine thread. Everything else is the bot's: the service (caps, charge and row in one
+SQLite transaction), the fair queue, the scheduler holding one slot per idle worker, the
+Redis adapter, images written, jobs completed. A real redis-server is started for it.
+
+    python bench/scale_out.py                # 1, 2, 4, 8 workers, 0.2 s per image
+    python bench/scale_out.py --per-image 1  # slower images, less noise
+
+Targets: N workers serve at least 0.9 x N the one-worker throughput; the bot's dispatch
+overhead under 5 ms per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis.asyncio as redis
+
+from bench.common import InstantEngine, Waiter, running_service
+from bot.fleet.adapter import RedisEngine
+from bot.fleet.worker import FleetWorker
+from bot.settings import Settings
+from data.store import Store
+from engine.api.jobs import EngineJob
+from engine.api.params import GenerationParams, GenerationResult
+from tests.redis_server import RedisServer
+
+MODEL = "standin"
+MEMBERS = 8
+
+
+class TimedEngine(InstantEngine):
+    """The engine thread, taking `seconds` per image as a GPU would."""
+
+    def __init__(self, settings: Settings, seconds: float) -> None:
+        super().__init__(settings)
+        self.seconds = seconds
+
+    def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        time.sleep(self.seconds * sum(job.params.count for job in jobs))
+        return super()._generate(jobs)
+
+
+def job_params(number: int) -> GenerationParams:
+    return GenerationParams("a lighthouse", "", number, 20, 7.0, 64, 64, "Euler a", 1, MODEL)
+
+
+Running = list[tuple[asyncio.Task[None], asyncio.Event, FleetWorker]]
+
+
+async def poll(predicate: Any) -> None:
+    """Until `predicate` (what other threads and Redis do) holds."""
+    while not await _value(predicate()):  # noqa: ASYNC110 (nothing here is told)
+        await asyncio.sleep(0.01)
+
+
+async def _value(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value
+
+
+async def start_workers(
+    settings: Settings, url: str, count: int, per_image: float, lease: float
+) -> Running:
+    started = []
+    for index in range(count):
+        engine = TimedEngine(settings, per_image)
+        engine.start()
+        worker = FleetWorker(
+            redis.Redis.from_url(url), engine, f"w{index}", settings.data_dir / f"w{index}", lease
+        )
+        stop = asyncio.Event()
+        started.append((asyncio.create_task(worker.serve(stop)), stop, worker))
+    await poll(lambda: all(worker.heartbeats for _, _, worker in started))
+    return started
+
+
+async def stop_workers(workers: Running) -> None:
+    for task, stop, worker in workers:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.engine.stop()
+        await worker.db.aclose()
+
+
+async def throughput(service: Any, jobs: int) -> float:
+    """Jobs per second for `jobs` jobs from MEMBERS members, all submitted at once."""
+    waiters = [Waiter() for _ in range(jobs)]
+    started = time.perf_counter()
+    for number, waiter in enumerate(waiters):
+        await service.submit(
+            service.check(job_params(number)),
+            user_id=1 + number % MEMBERS,
+            guild_id=None,
+            channel_id=None,
+            interaction_id=None,
+            observer=waiter,
+        )
+    for waiter in waiters:
+        await waiter.done.wait()
+        if waiter.error:
+            raise RuntimeError(waiter.error)
+    return jobs / (time.perf_counter() - started)
+
+
+async def takeover(settings: Settings, url: str, service: Any, lease: float) -> float:
+    """Seconds from a worker's death mid-batch to its batch running on another worker."""
+    held = threading.Event()
+    doomed_engine = TimedEngine(settings, 0.0)
+    doomed_engine.start()
+    hold = asyncio.ensure_future(doomed_engine.call(held.wait))  # it never finishes
+    doomed = FleetWorker(
+        redis.Redis.from_url(url), doomed_engine, "doomed", settings.data_dir, lease
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(doomed.serve(stop))
+    waiter = Waiter()
+    await service.submit(
+        service.check(job_params(0)),
+        user_id=1,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=waiter,
+    )
+    await poll(lambda: doomed.busy)
+    task.cancel()  # as SIGKILL leaves it: no outcome, no acknowledgement
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    died = time.perf_counter()
+    survivors = await start_workers(settings, url, 1, 0.0, lease)
+    await waiter.done.wait()
+    elapsed = time.perf_counter() - died
+    await stop_workers(survivors)
+    held.set()
+    await hold
+    await doomed_engine.stop()
+    await doomed.db.aclose()
+    return elapsed
+
+
+async def measure(workdir: Path, counts: list[int], per_image: float, lease: float) -> None:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("redis-server is not installed: run scripts/ensure-redis")
+    server = RedisServer(workdir / "redis", executable=executable, deadline=60.0)
+    server.start()
+    try:
+        settings = Settings(
+            _env_file=None,
+            data_dir=workdir / "var",
+            starting_credits=1_000_000,
+            max_pending_per_member=10_000,
+            max_queued_total=100_000,
+            models={MODEL: {"source": "none: the stand-in engine loads nothing"}},
+            default_model=MODEL,
+            queue_url=server.url,
+        )
+        store = Store(settings.db_path)
+        async with running_service(settings, RedisEngine(server.url), store) as service:
+            figures = {}
+            for count in counts:
+                workers = await start_workers(settings, server.url, count, per_image, lease)
+                jobs = max(16, 4 * count)
+                figures[count] = await throughput(service, jobs)
+                await stop_workers(workers)
+                await poll(lambda: _none(service.scheduler.engine.workers()))
+            one = figures[counts[0]]
+            print(f"stand-in engine: {per_image:.2f} s per 64x64 image on its own thread")
+            print(f"{'workers':>8} {'jobs/s':>8} {'x one':>7} {'target':>7}")
+            for count, rate in figures.items():
+                print(f"{count:>8} {rate:>8.2f} {rate / one:>7.2f} {0.9 * count:>7.1f}")
+            ideal = 1.0 / per_image
+            overhead_ms = max(0.0, (1.0 / one - 1.0 / ideal) * 1000)
+            print(f"dispatch overhead with one worker: {overhead_ms:.1f} ms per job (target < 5)")
+            seconds = await takeover(settings, server.url, service, lease)
+            print(
+                f"a worker killed mid-batch: its batch ran elsewhere {seconds:.1f} s later "
+                f"(lease {lease:g} s)"
+            )
+    finally:
+        server.stop()
+
+
+async def _none(found: Any) -> bool:
+    """No worker's heartbeat is left (a stopped worker removes its own)."""
+    return not await found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2,4,8", help="worker counts (default 1,2,4,8)")
+    parser.add_argument("--per-image", type=float, default=0.2, help="seconds per image")
+    parser.add_argument("--lease", type=float, default=2.0, help="a dead worker's lease, s")
+    args = parser.parse_args()
+    counts = [int(part) for part in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as workdir:
+        asyncio.run(measure(Path(workdir), counts, args.per_image, args.lease))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The bot's engine when its GPUs are workers on other machines: the EnginePort over
+Redis Streams (bot/fleet/protocol.py). The scheduler holds one slot per idle worker, so
+batches leave the bot's fair queue exactly as fast as the fleet frees up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+from bot.fleet import protocol
+from bot.fleet.protocol import BadMessage
+from engine.api.errors import EngineError, EngineStopped, JobCancelled
+from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.api.params import GeneratedImage, GenerationResult, ModelInfo, Progress
+from engine.api.training_params import TrainingProgress, TrainingResult
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "The GPU workers cannot be reached right now."
+# How often the bot looks for a freed or newly started worker, and for cancels to pass on.
+POLL_SECONDS = 0.5
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A request out on the stream, waiting for its outcome."""
+
+    outcome: asyncio.Future[Any]
+    reports: dict[int, Callable[[Any], None]] = field(default_factory=dict)
+    progress: Callable[..., Any] = Progress
+
+
+class RedisEngine:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # redis-py's asyncio client (its stubs type every answer as sync-or-async: Any here).
+        self._redis: Any = None
+        self._sent: dict[str, _Sent] = {}
+        self._reader: asyncio.Task[None] | None = None
+        # Slots the scheduler holds whose batch is not sent yet, and requests out on the
+        # stream: together, the workers they keep busy.
+        self._reserved = 0
+        self._outstanding = 0
+        self._sent_in_slot = 0
+        self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
+        self._started = False
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping
+
+    def start(self) -> None:
+        self._started = True
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        self._redis = redis.Redis.from_url(self.url)
+        try:
+            await self._redis.ping()
+            await ensure_group(self._redis)
+            # Outcomes from now on: a batch sent before a restart is sent again by recovery.
+            last = await self._redis.xrevrange(protocol.EVENTS, count=1)
+        except RedisError as error:
+            raise EngineError(
+                f"Redis at {protocol.shown_url(self.url)} did not answer ({error})"
+            ) from None
+        start = last[0][0] if last else b"0-0"
+        self._reader = asyncio.create_task(self._read_events(start), name="sd-fleet-events")
+        log.info("GPU workers served through Redis at %s", protocol.shown_url(self.url))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EngineStopped):
+                await self._reader
+        for sent in self._sent.values():
+            if not sent.outcome.done():
+                sent.outcome.set_exception(EngineStopped())
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # -- slots --------------------------------------------------------------------------
+
+    async def free_slot(self) -> Callable[[], None]:
+        """Wait for a worker with nothing to do (one batch each): woken at once when an
+        outcome arrives (the worker is free before the bot has stored it), and every
+        POLL_SECONDS for workers that start or stop elsewhere."""
+        while self._reserved + self._outstanding >= await self._workers_alive():
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._freed.wait()
+        self._reserved += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            if self._sent_in_slot:  # its batch went out; its outcome freed the worker
+                self._sent_in_slot -= 1
+            else:
+                self._reserved -= 1
+                self._freed.set()
+
+        return release
+
+    async def _workers_alive(self) -> int:
+        try:
+            return len([key async for key in self._db.scan_iter(match=protocol.WORKERS + "*")])
+        except RedisError:
+            return 0  # Redis is down: nothing is released until it answers again
+
+    async def workers(self) -> list[dict[str, str]]:
+        """Each live worker's heartbeat: name, models, what it has loaded, state, speed."""
+        found = []
+        async for key in self._db.scan_iter(match=protocol.WORKERS + "*"):
+            values = await self._db.hgetall(key)
+            found.append({k.decode(): v.decode() for k, v in values.items()})
+        return sorted(found, key=lambda worker: worker.get("name", ""))
+
+    # -- the port -----------------------------------------------------------------------
+
+    async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        request = {
+            "kind": "generate",
+            "jobs": [
+                {"job_id": job.job_id, "params": job.params.to_dict(), "inputs": job.inputs}
+                for job in jobs
+            ],
+        }
+        reports = {job.job_id: job.report for job in jobs}
+        outcome = await self._send(request, reports, Progress, [job.cancel for job in jobs])
+        return protocol.results_from(outcome)
+
+    async def train(self, job: TrainingJob) -> TrainingOutcome:
+        request = {
+            "kind": "train",
+            "job_id": job.job_id,
+            "params": job.params.to_dict(),
+            "inputs": job.inputs,
+        }
+        reports = {job.job_id: job.report}
+        outcome = await self._send(request, reports, TrainingProgress, [job.cancel])
+        # The trained file comes back with the outcome: nothing assumes a shared disk.
+        path = Path(job.workdir) / "trained.safetensors"
+        await asyncio.to_thread(_write, path, outcome["file"])
+        result = TrainingResult(
+            path,
+            dict(outcome["metadata"]),
+            float(outcome["seconds"]),
+            float(outcome["final_loss"]),
+            int(outcome["resumed_from"]),
+        )
+        return TrainingOutcome(result, [GeneratedImage(**image) for image in outcome["samples"]])
+
+    async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
+        outcome = await self._send({"kind": "safety", "source": source, "images": list(images)})
+        return [bool(flag) for flag in outcome]
+
+    async def preload(self, model: str) -> ModelInfo:
+        return ModelInfo(**await self._send({"kind": "preload", "model": model}))
+
+    # -- sending and hearing back -------------------------------------------------------
+
+    @property
+    def _db(self) -> Any:
+        if self._redis is None or self._stopping:
+            raise EngineStopped()
+        return self._redis
+
+    async def _send(
+        self,
+        request: dict[str, Any],
+        reports: dict[int, Callable[[Any], None]] | None = None,
+        progress: Callable[..., Any] = Progress,
+        cancels: Sequence[Any] = (),
+    ) -> Any:
+        batch = uuid.uuid4().hex
+        sent = _Sent(asyncio.get_running_loop().create_future(), reports or {}, progress)
+        self._sent[batch] = sent
+        if self._reserved:  # the batch of a slot: from now on the request holds the worker
+            self._reserved -= 1
+            self._sent_in_slot += 1
+        self._outstanding += 1
+        try:
+            await self._add(
+                protocol.BATCHES, {"request": protocol.dumps({**request, "batch": batch})}
+            )
+            watch = asyncio.create_task(self._pass_on_cancels(batch, cancels))
+            try:
+                return await sent.outcome
+            finally:
+                watch.cancel()
+        finally:
+            self._sent.pop(batch, None)
+            self._outstanding -= 1
+            self._freed.set()
+
+    async def _add(self, stream: str, fields: dict[str, str]) -> None:
+        """XADD, waiting out a Redis that is down: the job waits with it, nothing is lost."""
+        while True:
+            try:
+                await self._db.xadd(stream, fields, maxlen=protocol.STREAM_LENGTH, approximate=True)
+                return
+            except (ConnectionError, OSError, RedisError) as error:
+                if self._stopping:
+                    raise EngineStopped() from None
+                log.warning("Redis refused a batch (%s); trying again", error)
+                await asyncio.sleep(POLL_SECONDS * 4)
+
+    async def _pass_on_cancels(self, batch: str, cancels: Sequence[Any]) -> None:
+        """A member's cancel (the scheduler sets the job's event) reaches the worker, which
+        stops at its next step, as the engine thread does."""
+        # Polled: the events are threading.Events, set by the scheduler on the loop.
+        while not any(event.is_set() for event in cancels):  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SECONDS)
+        with contextlib.suppress(RedisError):
+            await self._db.set(protocol.CANCELLED + batch, "1", ex=3600)
+
+    async def _read_events(self, last: Any) -> None:
+        while True:
+            try:
+                answer = await self._redis.xread({protocol.EVENTS: last}, block=1000, count=100)
+            except asyncio.CancelledError:
+                raise
+            except (ConnectionError, OSError, RedisError) as error:
+                log.warning("Redis unreachable while waiting for outcomes (%s)", error)
+                await asyncio.sleep(POLL_SECONDS * 4)
+                continue
+            for _stream, entries in answer:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    self._hear(fields)
+
+    def _hear(self, fields: dict[Any, Any]) -> None:
+        try:
+            event = protocol.field(fields, "event")
+        except BadMessage as bad:
+            log.warning("ignored a message on %s: %s", protocol.EVENTS, bad)
+            return
+        sent = self._sent.get(event["batch"])
+        if sent is None or sent.outcome.done():
+            # Not one this bot is waiting for: sent before a restart (recovery sent it
+            # again), already answered by a worker thought dead, or not ours at all.
+            log.info("ignored an outcome for batch %s, which nobody waits for", event["batch"])
+            return
+        try:
+            self._apply(sent, event)
+        except (BadMessage, KeyError, TypeError, ValueError) as bad:
+            log.warning("ignored a malformed outcome for batch %s: %s", event["batch"], bad)
+
+    @staticmethod
+    def _apply(sent: _Sent, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "progress":
+            report = sent.reports.get(int(event["job_id"]))
+            if report is not None:
+                report(sent.progress(**event["progress"]))
+        elif kind == "done":
+            sent.outcome.set_result(event["outcome"])
+        elif kind == "failed":
+            if event.get("cancelled"):
+                sent.outcome.set_exception(JobCancelled())
+            else:
+                sent.outcome.set_exception(EngineError(str(event["message"])))
+        else:
+            raise BadMessage(f"unknown event {kind!r}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def ensure_group(db: Any) -> None:
+    """The workers' consumer group on the batches stream, made once by whoever comes first."""
+    try:
+        await db.xgroup_create(protocol.BATCHES, protocol.GROUP, id="0", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def progress_message(progress: Any) -> dict[str, Any]:
+    return asdict(progress)

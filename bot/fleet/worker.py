@@ -1,0 +1,267 @@
+"""`python -m bot worker`: a GPU machine serving the bot's batches from Redis.
+
+It owns an engine (the same engine thread the bot runs in-process), reads batches with
+the workers' consumer group, streams progress and outcomes back, and acknowledges a batch
+only once its outcome is in Redis. While it runs a batch it renews its claim; a worker
+that dies stops renewing, and after the lease another worker claims the batch and runs it.
+It needs no database and no Discord token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from bot.fleet import protocol
+from bot.fleet.adapter import ensure_group
+from bot.fleet.protocol import BadMessage
+from engine.api.errors import EngineError, JobCancelled
+from engine.api.jobs import EngineJob, TrainingJob
+from engine.api.params import GenerationParams
+from engine.api.training_params import TrainingParams
+from engine.worker import EngineWorker
+
+log = logging.getLogger(__name__)
+
+
+class FleetWorker:
+    def __init__(
+        self,
+        db: Any,  # redis-py's asyncio client
+        engine: EngineWorker,
+        name: str,
+        workdir: Path,
+        lease: float = protocol.LEASE_SECONDS,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.name = name
+        self.workdir = workdir  # training checkpoints and class images, on this machine
+        self.lease = lease
+        self.busy = ""
+        self.served = 0
+        self.seconds = 0.0
+        self._emitting: set[asyncio.Task[None]] = set()  # progress lines on their way
+        self.heartbeats = 0
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Take batches until `stop` is set: a batch a dead worker left first, then new ones."""
+        stop = stop or asyncio.Event()
+        await ensure_group(self.db)
+        beating = asyncio.create_task(self._heartbeat(stop))
+        try:
+            while not stop.is_set():
+                entry = await self._next()
+                if entry is not None:
+                    await self._serve_entry(*entry)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await beating
+            with contextlib.suppress(RedisError):
+                await self.db.delete(protocol.WORKERS + self.name)
+
+    async def _next(self) -> Any:
+        try:
+            # A batch whose worker stopped renewing its claim (it died): this one takes it.
+            _, claimed, _ = await self.db.xautoclaim(
+                protocol.BATCHES, protocol.GROUP, self.name, int(self.lease * 1000), "0-0", 1
+            )
+            if claimed:
+                log.warning("took over batch entry %s from a worker that stopped", claimed[0][0])
+                return claimed[0]
+            answer = await self.db.xreadgroup(
+                protocol.GROUP, self.name, {protocol.BATCHES: ">"}, count=1, block=1000
+            )
+        except (ConnectionError, OSError, RedisError) as error:
+            log.warning("Redis unreachable (%s); trying again", error)
+            await asyncio.sleep(2.0)
+            return None
+        for _stream, entries in answer:
+            for entry in entries:
+                return entry
+        return None
+
+    async def _serve_entry(self, entry_id: bytes, fields: dict[Any, Any]) -> None:
+        try:
+            request = protocol.field(fields, "request")
+        except BadMessage as bad:
+            log.warning("dropped entry %s on %s: %s", entry_id, protocol.BATCHES, bad)
+            await self.db.xack(protocol.BATCHES, protocol.GROUP, entry_id)
+            return
+        batch = request["batch"]
+        self.busy = batch
+        renewing = asyncio.create_task(self._renew(entry_id))
+        started = time.monotonic()
+        try:
+            event = await self._run(request)
+        finally:
+            renewing.cancel()
+            self.busy = ""
+        self.served += 1
+        self.seconds += time.monotonic() - started
+        # The outcome is in Redis before the batch is acknowledged: a worker that dies in
+        # between has its batch run again, and the bot keeps the first outcome it hears.
+        await self._emit({**event, "batch": batch})
+        await self.db.xack(protocol.BATCHES, protocol.GROUP, entry_id)
+
+    async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
+        batch = request["batch"]
+        cancels: list[Any] = []
+        watching = asyncio.create_task(self._watch_cancel(batch, cancels))
+        try:
+            outcome = await self._work(request, cancels)
+        except JobCancelled:
+            return {"kind": "failed", "cancelled": True}
+        except EngineError as error:
+            return {"kind": "failed", "message": error.user_message}
+        except (BadMessage, KeyError, TypeError, ValueError) as bad:
+            log.warning("batch %s is not one this worker can read: %s", batch, bad)
+            return {"kind": "failed", "message": "The GPU worker could not read this job."}
+        finally:
+            watching.cancel()
+        return {"kind": "done", "outcome": outcome}
+
+    async def _work(self, request: dict[str, Any], cancels: list[Any]) -> Any:
+        kind = request["kind"]
+        batch = request["batch"]
+        if kind == "generate":
+            jobs = [
+                EngineJob(
+                    int(job["job_id"]),
+                    GenerationParams.from_dict(job["params"]),
+                    report=self._reporter(batch, int(job["job_id"])),
+                    inputs=dict(job["inputs"]),
+                )
+                for job in request["jobs"]
+            ]
+            cancels.extend(job.cancel for job in jobs)
+            return protocol.result_message(await self.engine.generate(jobs))
+        if kind == "train":
+            return await self._train(request, cancels)
+        if kind == "safety":
+            return await self.engine.check_safety(request["source"], list(request["images"]))
+        if kind == "preload":
+            return asdict(await self.engine.preload(str(request["model"])))
+        raise BadMessage(f"unknown request {kind!r}")
+
+    async def _train(self, request: dict[str, Any], cancels: list[Any]) -> dict[str, Any]:
+        job_id = int(request["job_id"])
+        params = TrainingParams.from_dict(request["params"])
+        job = TrainingJob(
+            job_id,
+            params,
+            str(self.workdir / "training" / str(job_id)),
+            str(self.workdir / "class-images" / params.model)
+            if params.prior_preservation
+            else None,
+            report=self._reporter(request["batch"], job_id),
+            inputs=dict(request["inputs"]),
+        )
+        cancels.append(job.cancel)
+        outcome = await self.engine.train(job)
+        result = outcome.result
+        return {
+            "file": await asyncio.to_thread(Path(result.path).read_bytes),
+            "metadata": result.metadata,
+            "seconds": result.seconds,
+            "final_loss": result.final_loss,
+            "resumed_from": result.resumed_from,
+            "samples": [asdict(image) for image in outcome.samples],
+        }
+
+    def _reporter(self, batch: str, job_id: int) -> Any:
+        def report(progress: Any) -> None:
+            values = asdict(progress)
+            event = {"kind": "progress", "batch": batch, "job_id": job_id, "progress": values}
+            task = asyncio.create_task(self._emit(event))
+            self._emitting.add(task)
+            task.add_done_callback(self._emitting.discard)
+
+        return report
+
+    async def _emit(self, event: dict[str, Any]) -> None:
+        while True:
+            try:
+                await self.db.xadd(
+                    protocol.EVENTS,
+                    {"event": protocol.dumps(event)},
+                    maxlen=protocol.STREAM_LENGTH,
+                    approximate=True,
+                )
+                return
+            except (ConnectionError, OSError, RedisError) as error:
+                if event.get("kind") == "progress":
+                    return  # a lost progress line costs nothing
+                log.warning("Redis unreachable with an outcome in hand (%s); retrying", error)
+                await asyncio.sleep(2.0)
+
+    async def _renew(self, entry_id: bytes) -> None:
+        """Keep the claim on the batch fresh while it runs: a claim left idle past the lease
+        means this worker died."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(RedisError):
+                await self.db.xclaim(
+                    protocol.BATCHES, protocol.GROUP, self.name, 0, [entry_id], justid=True
+                )
+
+    async def _watch_cancel(self, batch: str, cancels: list[Any]) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(RedisError):
+                if await self.db.exists(protocol.CANCELLED + batch):
+                    for event in cancels:
+                        event.set()
+                    return
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        key = protocol.WORKERS + self.name
+        while not stop.is_set():
+            speed = self.seconds / self.served if self.served else 0.0
+            state = {
+                "name": self.name,
+                "models": ",".join(sorted(self.engine.config.models)),
+                "busy": self.busy,
+                "served": str(self.served),
+                "seconds_per_batch": f"{speed:.3f}",
+                "seen": f"{time.time():.0f}",
+            }
+            with contextlib.suppress(RedisError):
+                await self.db.hset(key, mapping=state)
+                await self.db.expire(key, protocol.WORKER_TTL_SECONDS)
+                self.heartbeats += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(protocol.HEARTBEAT_SECONDS):
+                    await stop.wait()
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_worker(url: str, engine: EngineWorker, name: str, workdir: Path) -> None:
+    """Serve until interrupted."""
+    db: Any = redis.Redis.from_url(url)
+    await db.ping()
+    log.info(
+        "worker %s serving %s from %s",
+        name,
+        ", ".join(engine.config.models),
+        protocol.shown_url(url),
+    )
+    async with engine:
+        try:
+            await FleetWorker(db, engine, name, workdir).serve()
+        finally:
+            await db.aclose()

@@ -1,0 +1,340 @@
+"""GPU workers on Redis Streams (bot/fleet), against a real redis-server: the bot as
+`python -m bot` builds it with SDBOT_QUEUE_URL set, and workers running the real worker code
+with the tiny model's engine thread, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as redis
+from PIL import Image
+from pydantic import ValidationError
+
+from bot.__main__ import main
+from bot.client.runner import build_bot
+from bot.fleet import protocol
+from bot.fleet.adapter import RedisEngine
+from bot.fleet.worker import FleetWorker
+from bot.jobs.contracts import JobOutcome
+from bot.jobs.engines import local_engine
+from bot.settings import Settings
+from data.jobs import JobStatus
+from engine.api.errors import EngineError
+from tests.conftest import DEADLINE
+from tests.factories import tiny_params
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for what another thread or process does; DEADLINE only tells a hang."""
+    async with asyncio.timeout(DEADLINE):
+        while not predicate():  # noqa: ASYNC110 (nothing on this loop is told)
+            await asyncio.sleep(0.02)
+
+
+class Recorder:
+    """Stands where the Discord presenter does: what each member would have been told."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[JobOutcome] = []
+        self.failures: list[tuple[int, str]] = []
+        self.steps: list[int] = []
+        self.ended = asyncio.Event()
+
+    def progress(self, job_id: int, progress: Any) -> None:
+        self.steps.append(progress.step)
+
+    async def succeeded(self, outcome: JobOutcome) -> int | None:
+        self.outcomes.append(outcome)
+        self.ended.set()
+        return None
+
+    async def failed(self, job: Any, message: str, refunded: int) -> None:
+        self.failures.append((job.id, message))
+        self.ended.set()
+
+
+class Fleet:
+    """Workers in this process, each with its own engine thread, started and stopped."""
+
+    def __init__(self, settings: Settings, url: str, lease: float) -> None:
+        self.settings = settings
+        self.url = url
+        self.lease = lease
+        self.workers: dict[str, FleetWorker] = {}
+        self._tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event, Any]] = {}
+        self._held: Any = None  # an engine the test holds on other work (not preloaded)
+
+    async def start(self, name: str, engine: Any = None) -> FleetWorker:
+        db: Any = redis.Redis.from_url(self.url)
+        engine = engine or local_engine(self.settings)
+        if not engine.running:
+            engine.start()
+        # One at a time: diffusers' loading is not thread-safe within one process, and
+        # real workers are processes of their own.
+        if engine is not self._held:
+            await engine.preload("tiny")
+        worker = FleetWorker(db, engine, name, self.settings.data_dir / name, self.lease)
+        stop = asyncio.Event()
+        self.workers[name] = worker
+        self._tasks[name] = (asyncio.create_task(worker.serve(stop)), stop, db)
+        await until(lambda: bool(worker.heartbeats))
+        return worker
+
+    async def kill(self, name: str) -> None:
+        """As SIGKILL leaves it: no outcome, no acknowledgement, no goodbye; its heartbeat
+        expires on its own."""
+        task, _, db = self._tasks.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await db.aclose()
+
+    async def stop_all(self) -> None:
+        for name in list(self._tasks):
+            task, stop, db = self._tasks.pop(name)
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await db.aclose()
+        for worker in self.workers.values():
+            await worker.engine.stop()
+
+
+@pytest.fixture
+async def fleet_bot(
+    make_settings: Callable[..., Settings], redis_server: Any
+) -> AsyncIterator[tuple[Any, Fleet]]:
+    """The bot's objects, as `python -m bot` builds them with SDBOT_QUEUE_URL, without
+    Discord; its dispatcher running, and a fleet to start workers in."""
+    settings = make_settings(queue_url=redis_server.url)
+    bot = build_bot(settings)
+    assert isinstance(bot.engine, RedisEngine)
+    fleet = Fleet(settings, redis_server.url, lease=1.0)
+    async with bot.store, bot.engine:
+        dispatcher = asyncio.create_task(bot.scheduler.run())
+        try:
+            yield bot, fleet
+        finally:
+            await bot.scheduler.stop(dispatcher, grace=5.0)
+            await bot.scheduler.drain()
+            await fleet.stop_all()
+
+
+async def submit(bot: Any, user_id: int, observer: Recorder, **params: Any) -> Any:
+    return await bot.dreams.submit(
+        bot.dreams.check(tiny_params(**params)),
+        user_id=user_id,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=observer,
+    )
+
+
+async def test_jobs_of_several_members_are_spread_over_two_workers(fleet_bot):
+    bot, fleet = fleet_bot
+    one, two = await fleet.start("one"), await fleet.start("two")
+    observers = [Recorder() for _ in range(6)]
+    tickets = [
+        await submit(bot, 10 + index % 3, observer, seed=index, steps=2)
+        for index, observer in enumerate(observers)
+    ]
+    for observer in observers:
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert all(observer.outcomes and not observer.failures for observer in observers)
+    assert all(observer.outcomes[0].images[0].png.startswith(b"\x89PNG") for observer in observers)
+    assert one.served, "both workers took batches"
+    assert two.served, "both workers took batches"
+    assert one.served + two.served == 6
+    for ticket in tickets:
+        job = await bot.scheduler.jobs.get(ticket.job.id)
+        assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert await bot.dreams.credits.check() == []
+
+
+async def test_nothing_is_released_until_a_worker_is_there_and_a_late_one_serves_it(fleet_bot):
+    bot, fleet = fleet_bot
+    observer = Recorder()
+    ticket = await submit(bot, 10, observer, steps=2)
+    await asyncio.sleep(0.5)  # the dispatcher is waiting for a worker, not sending
+    assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.QUEUED
+    await fleet.start("late")
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes
+    assert observer.steps, "its progress came back too"
+
+
+async def test_a_worker_that_dies_mid_batch_loses_nothing(fleet_bot):
+    bot, fleet = fleet_bot
+    held = threading.Event()
+    doomed_engine = local_engine(fleet.settings)
+    doomed_engine.start()
+    await doomed_engine.preload("tiny")
+    fleet._held = doomed_engine
+    hold = asyncio.ensure_future(doomed_engine.call(held.wait))  # its GPU never comes back
+    await fleet.start("doomed", doomed_engine)
+    observer = Recorder()
+    ticket = await submit(bot, 10, observer, steps=2)
+    await until(lambda: fleet.workers["doomed"].busy != "")
+    await fleet.kill("doomed")
+    survivor = await fleet.start("survivor")
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes
+    assert not observer.failures
+    assert survivor.served == 1
+    job = await bot.scheduler.jobs.get(ticket.job.id)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1), "ended once, claimed once"
+    assert await bot.dreams.credits.check() == []
+    assert await bot.dreams.credits.balance(10) == 50 - ticket.job.cost, "charged once"
+    held.set()
+    await hold
+
+
+async def test_a_cancel_reaches_the_worker_within_a_step(fleet_bot):
+    bot, fleet = fleet_bot
+    await fleet.start("one")
+    observer = Recorder()
+    ticket = await submit(bot, 10, observer, steps=150)
+    await until(lambda: bool(observer.steps))
+    await bot.scheduler.cancel(ticket.job.id, by_user=10, is_admin=False)
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.failures == [(ticket.job.id, "Cancelled.")]
+    assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.CANCELLED
+    assert await bot.dreams.credits.balance(10) == 50, "refunded"
+
+
+async def test_what_no_one_asked_for_changes_nothing(fleet_bot, redis_server, caplog):
+    bot, fleet = fleet_bot
+    caplog.set_level(logging.INFO, logger="bot.fleet")
+    db: Any = redis.Redis.from_url(redis_server.url)
+    # An outcome for a batch the bot never sent, and entries that are not messages at all.
+    forged = {"kind": "done", "batch": "not-one-of-ours", "outcome": []}
+    await db.xadd(protocol.EVENTS, {"event": protocol.dumps(forged)})
+    await db.xadd(protocol.EVENTS, {"event": "{not json"})
+    await db.xadd(protocol.BATCHES, {"request": "[]"})
+    worker = await fleet.start("one")
+    observer = Recorder()
+    await submit(bot, 10, observer, steps=2)
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes
+    assert worker.served == 1, "the junk entry was dropped, not run"
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "nobody waits for" in said
+    assert "not a message of ours" in said
+    pending = await db.xpending(protocol.BATCHES, protocol.GROUP)
+    assert pending["pending"] == 0, "every entry acknowledged"
+    await db.aclose()
+
+
+async def test_a_wrong_password_is_one_clear_error_without_the_password(redis_server):
+    engine = RedisEngine(f"redis://:wrong-secret@127.0.0.1:{redis_server.port}/0")
+    with pytest.raises(EngineError) as refused:
+        await engine.__aenter__()
+    assert "wrong-secret" not in str(refused.value)
+    assert "did not answer" in str(refused.value)
+    await engine.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://gpu-box:6379", "must start with redis://"),
+        ("redis://gpu-box:6379/0", "without a password"),
+        ("redis://", "names no host"),
+    ],
+)
+def test_a_queue_url_the_bot_cannot_use_is_refused_naming_the_setting(make_settings, url, problem):
+    with pytest.raises(ValidationError) as refused:
+        make_settings(queue_url=url)
+    assert problem in str(refused.value)
+    assert "queue_url" in str(refused.value)
+
+
+def test_loopback_without_a_password_and_tls_with_one_are_accepted(make_settings):
+    assert make_settings(queue_url="redis://127.0.0.1:6379/0").queue_url is not None
+    assert make_settings(queue_url="rediss://:pw@gpu-box:6380/0").queue_url is not None
+    assert protocol.shown_url("redis://:hunter2@gpu-box:6379/0") == "redis://:***@gpu-box:6379/0"
+
+
+def test_a_worker_without_a_queue_url_says_so_in_one_line(monkeypatch, capsys, make_settings):
+    monkeypatch.setattr("bot.__main__.load_settings", lambda: make_settings())
+    assert main(["worker"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "SDBOT_QUEUE_URL is not set: give the worker the same Redis URL as the bot (README,"
+        " Adding a GPU machine)"
+    ]
+
+
+def test_messages_carry_bytes_and_refuse_what_is_not_theirs():
+    message = {"batch": "b", "png": b"\x89PNG\x00\xff"}
+    assert protocol.loads(protocol.dumps(message)) == message
+    with pytest.raises(protocol.BadMessage):
+        protocol.field({"event": "[1, 2]"}, "event")
+    with pytest.raises(protocol.BadMessage):
+        protocol.field({}, "event")
+    with pytest.raises(TypeError):
+        protocol.dumps({"batch": "b", "value": object()})
+
+
+class TrainingRecorder:
+    """Stands where /train's presenter does."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+        self.failures: list[str] = []
+        self.ended = asyncio.Event()
+
+    def progress(self, job_id: int, progress: Any) -> None:
+        pass
+
+    async def trained(self, outcome: Any) -> int | None:
+        self.outcomes.append(outcome)
+        self.ended.set()
+        return None
+
+    async def failed(self, job: Any, message: str, refunded: int) -> None:
+        self.failures.append(message)
+        self.ended.set()
+
+
+def photo(seed: int, size: int = 64) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
+    bot, fleet = fleet_bot
+    await fleet.start("one")
+    photos = [(f"rex{seed}.png", photo(seed)) for seed in range(3)]
+    params, _ = await bot.training.prepare(
+        photos, name="rex", user_id=10, class_word="dog", steps=2
+    )
+    observer = TrainingRecorder()
+    ticket = await bot.training.submit(
+        params,
+        user_id=10,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=observer,
+    )
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.failures == []
+    [outcome] = observer.outcomes
+    assert outcome.lora.name == "rex"
+    size = await asyncio.to_thread(lambda: Path(outcome.lora.path).stat().st_size)
+    assert size > 0, "the trained file is on the bot's disk"
+    assert outcome.samples, "its sample images came back too"
+    assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED
