@@ -1,4 +1,5 @@
-"""/models: the models members may use here, with their default sizes and notes."""
+"""/models: the models members may use here, with their default sizes and notes; and, for
+admins, /workers: the GPUs serving the bot."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from engine.api.port import WorkerState
+
 if TYPE_CHECKING:
     from bot.client.app import SDBot
 
 MESSAGE_LIMIT = 2000
+NO_WORKER = "No GPU worker is running: start one with `python -m bot worker` (README)."
+ADMINS_ONLY = "Only the bot's admins can see its GPUs."
 
 
 class Models(commands.Cog):
@@ -31,6 +36,27 @@ class Models(commands.Cog):
             lines.append(f"**{name}**{default}, {width}x{height}{note}")
         text = "\n".join(lines) or "No model is allowed on this server."
         await interaction.response.send_message(text[:MESSAGE_LIMIT], ephemeral=True)
+
+    @app_commands.command(name="workers", description="The GPUs serving this bot (admins)")
+    async def workers(self, interaction: discord.Interaction) -> None:
+        if not self.bot.is_admin(interaction.user):
+            await interaction.response.send_message(ADMINS_ONLY, ephemeral=True)
+            return
+        lines = [worker_line(worker) for worker in await self.bot.engine.workers()]
+        text = "\n".join(lines) or NO_WORKER
+        await interaction.response.send_message(text[:MESSAGE_LIMIT], ephemeral=True)
+
+
+def worker_line(worker: WorkerState) -> str:
+    state = "running a batch" if worker.busy else "idle"
+    speed = (
+        f", {worker.seconds_per_batch:.1f} s per batch"
+        if worker.seconds_per_batch is not None
+        else ""
+    )
+    seen = f", seen {worker.seen_seconds_ago:.0f} s ago" if worker.seen_seconds_ago else ""
+    models = ", ".join(worker.models) or "no model"
+    return f"**{worker.name}**: {state}; {models}; {worker.served} served{speed}{seen}"
 
 
 async def setup(bot: SDBot) -> None:

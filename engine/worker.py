@@ -16,6 +16,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -25,6 +26,7 @@ from typing import Any, Self, TypeVar
 from engine.api.errors import EngineError, EngineStopped, OutOfMemory
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GenerationResult, ModelInfo
+from engine.api.port import WorkerState
 from engine.api.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ class EngineWorker:
         self.restarts = 0  # threads started after one died
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
         self._slot: asyncio.Semaphore | None = None  # made on the loop that asks for it
+        self._serving: _Request | None = None  # what the thread is doing now
+        self.served = 0  # requests served, and the seconds they took (for /workers)
+        self._served_seconds = 0.0
 
     @property
     def running(self) -> bool:
@@ -177,6 +182,12 @@ class EngineWorker:
             for job in jobs
         ]
         return await self.call(partial(self._generate, threaded))
+
+    async def workers(self) -> list[WorkerState]:
+        busy = self._serving is not None
+        speed = self._served_seconds / self.served if self.served else None
+        models = tuple(sorted(self.config.models))
+        return [WorkerState("the bot's engine thread", models, busy, self.served, speed, 0.0)]
 
     async def preload(self, model: str) -> ModelInfo:
         """Load a model ahead of the first job (or find it loaded) and describe it."""
@@ -298,6 +309,8 @@ class EngineWorker:
     def _serve(self, request: _Request) -> None:
         result: Any = None
         error: BaseException | None = None
+        self._serving = request
+        started = time.monotonic()
         try:
             result = request.work()
         except EngineError as known:
@@ -306,6 +319,10 @@ class EngineWorker:
             log.exception("engine work failed")
             error = EngineError(f"Generation failed ({type(unexpected).__name__}).")
             error.__cause__ = unexpected
+        finally:
+            self._serving = None
+            self.served += 1
+            self._served_seconds += time.monotonic() - started
         request.post(_settle, request.future, result, error)
 
     def _after_death(self) -> None:

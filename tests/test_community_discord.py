@@ -533,3 +533,17 @@ async def test_reading_a_balance_never_applies_the_bots_top_up_over_the_servers(
     assert "49" in shown.response.content
     await dream(sim, alice)
     assert await sim.bot.dreams.credits.balance(alice.id) == 48
+
+
+async def test_workers_shows_an_admin_the_bots_engine_and_refuses_a_member(sim):
+    boss, alice = admin(sim), sim.member("alice")
+    refused_here = await alice.slash(sim.channel, "workers")
+    assert refused_here.ephemeral
+    assert refused_here.response.content == "Only the bot's admins can see its GPUs."
+    await dream(sim, alice)
+    shown = await boss.slash(sim.channel, "workers")
+    assert shown.ephemeral
+    line = shown.response.content
+    assert line.startswith("**the bot's engine thread**: idle; tiny; ")
+    assert " served, " in line
+    assert line.endswith(" s per batch")

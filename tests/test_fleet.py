@@ -338,3 +338,20 @@ async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
     assert size > 0, "the trained file is on the bot's disk"
     assert outcome.samples, "its sample images came back too"
     assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED
+
+
+async def test_the_fleet_lists_its_live_workers_and_forgets_a_stopped_one(fleet_bot):
+    bot, fleet = fleet_bot
+    await fleet.start("one")
+    await fleet.start("two")
+    observer = Recorder()
+    await submit(bot, 10, observer, steps=2)
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    listed = await bot.engine.workers()
+    assert [worker.name for worker in listed] == ["one", "two"]
+    assert all(worker.models == ("tiny",) for worker in listed)
+    task, stop, db = fleet._tasks.pop("two")
+    stop.set()
+    await task  # a worker that stops cleanly removes its heartbeat at once
+    await db.aclose()
+    assert [worker.name for worker in await bot.engine.workers()] == ["one"]

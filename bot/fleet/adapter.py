@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from bot.fleet.protocol import BadMessage
 from engine.api.errors import EngineError, EngineStopped, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GeneratedImage, GenerationResult, ModelInfo, Progress
+from engine.api.port import WorkerState
 from engine.api.training_params import TrainingProgress, TrainingResult
 
 log = logging.getLogger(__name__)
@@ -127,13 +129,14 @@ class RedisEngine:
         except RedisError:
             return 0  # Redis is down: nothing is released until it answers again
 
-    async def workers(self) -> list[dict[str, str]]:
-        """Each live worker's heartbeat: name, models, what it has loaded, state, speed."""
+    async def workers(self) -> list[WorkerState]:
+        """Each live worker, from its heartbeat: models, whether it runs a batch, speed."""
         found = []
         async for key in self._db.scan_iter(match=protocol.WORKERS + "*"):
-            values = await self._db.hgetall(key)
-            found.append({k.decode(): v.decode() for k, v in values.items()})
-        return sorted(found, key=lambda worker: worker.get("name", ""))
+            values = {k.decode(): v.decode() for k, v in (await self._db.hgetall(key)).items()}
+            with contextlib.suppress(KeyError, ValueError):  # a heartbeat half written
+                found.append(worker_state(values, time.time()))
+        return sorted(found, key=lambda worker: worker.name)
 
     # -- the port -----------------------------------------------------------------------
 
@@ -282,6 +285,18 @@ class RedisEngine:
                 sent.outcome.set_exception(EngineError(str(event["message"])))
         else:
             raise BadMessage(f"unknown event {kind!r}")
+
+
+def worker_state(values: dict[str, str], now: float) -> WorkerState:
+    served = int(values["served"])
+    return WorkerState(
+        values["name"],
+        tuple(model for model in values["models"].split(",") if model),
+        bool(values["busy"]),
+        served,
+        float(values["seconds_per_batch"]) if served else None,
+        max(0.0, now - float(values["seen"])),
+    )
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -9,10 +9,23 @@ batches to GPU workers on other machines is another. Torch-free: the bot imports
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GenerationResult, ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One GPU that serves the bot, as /workers shows it."""
+
+    name: str
+    models: tuple[str, ...]
+    busy: bool
+    served: int  # batches since it started
+    seconds_per_batch: float | None  # its measured speed; None before its first batch
+    seen_seconds_ago: float  # 0 for the bot's own engine thread
 
 
 @runtime_checkable
@@ -49,6 +62,9 @@ class EnginePort(Protocol):
 
     async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
         """Whether each PNG is flagged by the safety checker at `source`."""
+
+    async def workers(self) -> list[WorkerState]:
+        """The GPUs serving the bot now: its own engine thread, or each live worker."""
 
     async def preload(self, model: str) -> ModelInfo:
         """Load a model ahead of its first job (or find it loaded) and describe it."""
