@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from bot.__main__ import main
+from bot.cli.doctor import doctor_findings, startup_problems
 from bot.client.runner import build_bot
 from bot.fleet import protocol
 from bot.fleet.adapter import RedisEngine
@@ -355,3 +357,38 @@ async def test_the_fleet_lists_its_live_workers_and_forgets_a_stopped_one(fleet_
     await task  # a worker that stops cleanly removes its heartbeat at once
     await db.aclose()
     assert [worker.name for worker in await bot.engine.workers()] == ["one"]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_redis_that_does_not_answer_stops_the_start_in_one_line(make_settings, capsys):
+    port = closed_port()
+    settings = make_settings(queue_url=f"redis://:secret-pw@127.0.0.1:{port}/0")
+    [problem] = startup_problems(settings)
+    line = problem.problem()
+    assert line.startswith(f"SDBOT_QUEUE_URL: redis://:***@127.0.0.1:{port}/0 did not answer (")
+    assert line.endswith("): start Redis, or fix the URL")
+    assert "secret-pw" not in line
+
+
+def test_a_wrong_redis_password_is_said_at_start(make_settings, redis_server):
+    settings = make_settings(queue_url=f"redis://:not-it@127.0.0.1:{redis_server.port}/0")
+    [problem] = startup_problems(settings)
+    assert problem.problem() == (
+        f"SDBOT_QUEUE_URL: redis://:***@127.0.0.1:{redis_server.port}/0 refused the password:"
+        " copy Redis's requirepass"
+    )
+
+
+async def test_doctor_shows_redis_and_the_workers_there(fleet_bot, redis_server):
+    _, fleet = fleet_bot
+    lines = [f.line() for f in await asyncio.to_thread(doctor_findings, fleet.settings)]
+    assert "✓ SDBOT_QUEUE_URL: Redis at redis://:***@127.0.0.1" in " ".join(lines)
+    assert "✗ GPU workers: none running: start one: python -m bot worker (README)" in lines
+    await fleet.start("gpu-1")
+    lines = [f.line() for f in await asyncio.to_thread(doctor_findings, fleet.settings)]
+    assert "✓ GPU workers: gpu-1" in lines

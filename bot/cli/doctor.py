@@ -21,6 +21,7 @@ from bot.cli.checks.discord_token import token_finding
 from bot.cli.checks.findings import Finding, passed
 from bot.cli.checks.machine import device_finding, torch_findings
 from bot.cli.checks.models import SINGLE_FILE_CONFIGS, helper_findings, model_findings
+from bot.cli.checks.queue import queue_findings
 from bot.cli.checks.storage import database_findings, disk_finding, folder_finding
 from bot.settings import Settings
 
@@ -51,6 +52,7 @@ def startup_problems(settings: Settings) -> list[Finding]:
     for model in settings.model_specs().values():
         findings += model_findings(model)
     findings += helper_findings(settings)
+    findings += queue_findings(settings)
     return [finding for finding in findings if not finding.ok]
 
 
@@ -69,6 +71,7 @@ def doctor_findings(settings: Settings) -> list[Finding]:
         findings += model_findings(model)
     findings.append(passed("SDBOT_DEFAULT_MODEL", f"{settings.default_model} is configured"))
     findings += helper_findings(settings)
+    findings += queue_findings(settings, workers=True)
     findings.append(token_finding(settings.discord_token))
     return findings
 
