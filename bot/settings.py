@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # GPU workers on other machines (bot/fleet): a Redis URL; empty, the bot's own thread.
     queue_url: SecretStr | None = None
+    # How long a worker's batch may go without its claim renewed before another worker takes
+    # it (the same on every worker): longer rides out a network blip, shorter recovers sooner.
+    worker_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0, allow_inf_nan=False)
 
     @field_validator("queue_url")
     @classmethod

@@ -37,7 +37,7 @@ KILL_POINTS = {
 ONCE_A_LIFE = ("start", "recover", "recovered")
 MAX_JITTER = 0.04  # seconds after the marker; twice the harness's hold at a marked point
 STARTING_CREDITS = 50  # the harness's settings leave the default
-MAX_ATTEMPTS = 2  # bot/generation/service.py: a job left running by a crash is run once more
+MAX_ATTEMPTS = 2  # bot/jobs/recovery.py: a job left running by a crash is run once more
 # Safety nets only, never what a pass depends on: a process that prints nothing for this
 # long is stuck, which is a failure of its own.
 LIFE_LIMIT = 240.0

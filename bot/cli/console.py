@@ -258,7 +258,13 @@ def worker(settings: Settings, name: str | None) -> int:
     url = settings.queue_url.get_secret_value()
     try:
         asyncio.run(
-            run_worker(url, local_engine(settings), name or default_name(), settings.data_dir)
+            run_worker(
+                url,
+                local_engine(settings),
+                name or default_name(),
+                settings.data_dir,
+                settings.worker_lease_seconds,
+            )
         )
     except KeyboardInterrupt:
         logging.getLogger(__name__).info("worker stopped")

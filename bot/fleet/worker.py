@@ -250,7 +250,9 @@ def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def run_worker(url: str, engine: EngineWorker, name: str, workdir: Path) -> None:
+async def run_worker(
+    url: str, engine: EngineWorker, name: str, workdir: Path, lease: float
+) -> None:
     """Serve until interrupted."""
     db: Any = redis.Redis.from_url(url)
     await db.ping()
@@ -262,6 +264,6 @@ async def run_worker(url: str, engine: EngineWorker, name: str, workdir: Path) -
     )
     async with engine:
         try:
-            await FleetWorker(db, engine, name, workdir).serve()
+            await FleetWorker(db, engine, name, workdir, lease).serve()
         finally:
             await db.aclose()
