@@ -175,7 +175,7 @@ async def measure(workdir: Path, counts: list[int], per_image: float, lease: flo
             queue_url=server.url,
         )
         store = Store(settings.db_path)
-        async with running_service(settings, RedisEngine(server.url), store) as service:
+        async with running_service(settings, RedisEngine(server.url, [MODEL]), store) as service:
             figures = {}
             for count in counts:
                 workers = await start_workers(settings, server.url, count, per_image, lease)

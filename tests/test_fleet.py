@@ -83,7 +83,8 @@ class Fleet:
         # One at a time: diffusers' loading is not thread-safe within one process, and
         # real workers are processes of their own.
         if engine is not self._held:
-            await engine.preload("tiny")
+            for model in engine.config.models:
+                await engine.preload(model)
         worker = FleetWorker(db, engine, name, self.settings.data_dir / name, self.lease)
         stop = asyncio.Event()
         self.workers[name] = worker
@@ -222,7 +223,7 @@ async def test_what_no_one_asked_for_changes_nothing(fleet_bot, redis_server, ca
     forged = {"kind": "done", "batch": "not-one-of-ours", "outcome": []}
     await db.xadd(protocol.EVENTS, {"event": protocol.dumps(forged)})
     await db.xadd(protocol.EVENTS, {"event": "{not json"})
-    await db.xadd(protocol.BATCHES, {"request": "[]"})
+    await db.xadd(protocol.model_stream("tiny"), {"request": "[]"})
     worker = await fleet.start("one")
     observer = Recorder()
     await submit(bot, 10, observer, steps=2)
@@ -232,13 +233,13 @@ async def test_what_no_one_asked_for_changes_nothing(fleet_bot, redis_server, ca
     said = " ".join(record.getMessage() for record in caplog.records)
     assert "nobody waits for" in said
     assert "not a message of ours" in said
-    pending = await db.xpending(protocol.BATCHES, protocol.GROUP)
+    pending = await db.xpending(protocol.model_stream("tiny"), protocol.GROUP)
     assert pending["pending"] == 0, "every entry acknowledged"
     await db.aclose()
 
 
 async def test_a_wrong_password_is_one_clear_error_without_the_password(redis_server):
-    engine = RedisEngine(f"redis://:wrong-secret@127.0.0.1:{redis_server.port}/0")
+    engine = RedisEngine(f"redis://:wrong-secret@127.0.0.1:{redis_server.port}/0", ["tiny"])
     with pytest.raises(EngineError) as refused:
         await engine.__aenter__()
     assert "wrong-secret" not in str(refused.value)
@@ -392,3 +393,30 @@ async def test_doctor_shows_redis_and_the_workers_there(fleet_bot, redis_server)
     await fleet.start("gpu-1")
     lines = [f.line() for f in await asyncio.to_thread(doctor_findings, fleet.settings)]
     assert "✓ GPU workers: gpu-1" in lines
+
+
+async def test_a_model_only_one_worker_can_load_goes_only_to_that_worker(
+    make_settings, redis_server, tiny_sd1
+):
+    tiny = {"source": str(tiny_sd1), "default_size": (64, 64)}
+    settings = make_settings(queue_url=redis_server.url, models={"tiny": tiny, "rare": tiny})
+    bot = build_bot(settings)
+    fleet = Fleet(settings, redis_server.url, lease=1.0)
+    async with bot.store, bot.engine:
+        dispatcher = asyncio.create_task(bot.scheduler.run())
+        try:
+            specs = settings.model_specs()
+            common = await fleet.start("common", local_engine(settings, {"tiny": specs["tiny"]}))
+            both = await fleet.start("both", local_engine(settings, specs))
+            observers = [Recorder() for _ in range(4)]
+            for index, observer in enumerate(observers):
+                await submit(bot, 10 + index, observer, model="rare", seed=index, steps=2)
+            for observer in observers:
+                await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+            assert all(observer.outcomes for observer in observers)
+            assert both.served == 4
+            assert common.served == 0, "it cannot load rare, so it never got one"
+        finally:
+            await bot.scheduler.stop(dispatcher, grace=5.0)
+            await bot.scheduler.drain()
+            await fleet.stop_all()

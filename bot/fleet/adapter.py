@@ -42,8 +42,9 @@ class _Sent:
 
 
 class RedisEngine:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, models: Sequence[str]) -> None:
         self.url = url
+        self._streams = [protocol.model_stream(model) for model in models] + [protocol.BATCHES]
         # redis-py's asyncio client (its stubs type every answer as sync-or-async: Any here).
         self._redis: Any = None
         self._sent: dict[str, _Sent] = {}
@@ -69,7 +70,8 @@ class RedisEngine:
         self._redis = redis.Redis.from_url(self.url)
         try:
             await self._redis.ping()
-            await ensure_group(self._redis)
+            for stream in self._streams:
+                await ensure_group(self._redis, stream)
             # Outcomes from now on: a batch sent before a restart is sent again by recovery.
             last = await self._redis.xrevrange(protocol.EVENTS, count=1)
         except RedisError as error:
@@ -149,7 +151,8 @@ class RedisEngine:
             ],
         }
         reports = {job.job_id: job.report for job in jobs}
-        outcome = await self._send(request, reports, Progress, [job.cancel for job in jobs])
+        model = jobs[0].params.model  # a batch is of one model (its batch key)
+        outcome = await self._send(request, model, reports, Progress, [job.cancel for job in jobs])
         return protocol.results_from(outcome)
 
     async def train(self, job: TrainingJob) -> TrainingOutcome:
@@ -160,7 +163,9 @@ class RedisEngine:
             "inputs": job.inputs,
         }
         reports = {job.job_id: job.report}
-        outcome = await self._send(request, reports, TrainingProgress, [job.cancel])
+        outcome = await self._send(
+            request, job.params.model, reports, TrainingProgress, [job.cancel]
+        )
         # The trained file comes back with the outcome: nothing assumes a shared disk.
         path = Path(job.workdir) / "trained.safetensors"
         await asyncio.to_thread(_write, path, outcome["file"])
@@ -178,7 +183,7 @@ class RedisEngine:
         return [bool(flag) for flag in outcome]
 
     async def preload(self, model: str) -> ModelInfo:
-        return ModelInfo(**await self._send({"kind": "preload", "model": model}))
+        return ModelInfo(**await self._send({"kind": "preload", "model": model}, model))
 
     # -- sending and hearing back -------------------------------------------------------
 
@@ -191,6 +196,7 @@ class RedisEngine:
     async def _send(
         self,
         request: dict[str, Any],
+        model: str | None = None,
         reports: dict[int, Callable[[Any], None]] | None = None,
         progress: Callable[..., Any] = Progress,
         cancels: Sequence[Any] = (),
@@ -203,9 +209,8 @@ class RedisEngine:
             self._sent_in_slot += 1
         self._outstanding += 1
         try:
-            await self._add(
-                protocol.BATCHES, {"request": protocol.dumps({**request, "batch": batch})}
-            )
+            stream = protocol.model_stream(model) if model else protocol.BATCHES
+            await self._add(stream, {"request": protocol.dumps({**request, "batch": batch})})
             watch = asyncio.create_task(self._pass_on_cancels(batch, cancels))
             try:
                 return await sent.outcome
@@ -304,10 +309,11 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-async def ensure_group(db: Any) -> None:
-    """The workers' consumer group on the batches stream, made once by whoever comes first."""
+async def ensure_group(db: Any, stream: str) -> None:
+    """The workers' consumer group on a batches stream, made once by whoever comes first
+    (before anything is added, so no batch is ever missed)."""
     try:
-        await db.xgroup_create(protocol.BATCHES, protocol.GROUP, id="0", mkstream=True)
+        await db.xgroup_create(stream, protocol.GROUP, id="0", mkstream=True)
     except ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise

@@ -1,11 +1,12 @@
 """The messages between the bot and its GPU workers, and where they go in Redis.
 
-`sdbot:batches` is a stream read by the workers' consumer group: one entry per batch the
-bot releases. A worker keeps its claim fresh while it runs (XCLAIM of its own entry), so an
-entry idle for longer than the lease belongs to a worker that died and another takes it
-(XAUTOCLAIM). `sdbot:events` carries progress and outcomes back; the bot reads it. Each
-worker's heartbeat is a hash that expires. Messages are JSON, bytes as base64; never
-pickle, so a worker can send nothing but data.
+`sdbot:batches:<model>` is a stream read by the consumer group of the workers that can
+load that model: one entry per batch the bot releases. A worker keeps its claim fresh
+while it runs (XCLAIM of its own entry), so an entry idle for longer than the lease
+belongs to a worker that died and another takes it (XAUTOCLAIM). `sdbot:events` carries
+progress and outcomes back; the bot reads it. Each worker's heartbeat is a hash that
+expires. Messages are JSON, bytes as base64; never pickle, so a worker can send nothing
+but data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from urllib.parse import urlsplit
 
 from engine.api.params import GeneratedImage, GenerationResult
 
-BATCHES = "sdbot:batches"
+BATCHES = "sdbot:batches"  # requests any worker can serve (a safety check)
+
+
+def model_stream(model: str) -> str:
+    """The batches for one model: read only by the workers that can load it, so a batch
+    never reaches a worker without its model."""
+    return f"{BATCHES}:{model}"
+
+
 EVENTS = "sdbot:events"
 GROUP = "workers"
 WORKERS = "sdbot:worker:"  # + name: a hash with the worker's models, state and speed

@@ -57,7 +57,8 @@ class FleetWorker:
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Take batches until `stop` is set: a batch a dead worker left first, then new ones."""
         stop = stop or asyncio.Event()
-        await ensure_group(self.db)
+        for stream in self.streams:
+            await ensure_group(self.db, stream)
         beating = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
@@ -71,37 +72,46 @@ class FleetWorker:
             with contextlib.suppress(RedisError):
                 await self.db.delete(protocol.WORKERS + self.name)
 
+    @property
+    def streams(self) -> list[str]:
+        """What this worker reads: the batches of each model it can load, and the rest."""
+        return [protocol.model_stream(m) for m in sorted(self.engine.config.models)] + [
+            protocol.BATCHES
+        ]
+
     async def _next(self) -> Any:
         try:
-            # A batch whose worker stopped renewing its claim (it died): this one takes it.
-            _, claimed, _ = await self.db.xautoclaim(
-                protocol.BATCHES, protocol.GROUP, self.name, int(self.lease * 1000), "0-0", 1
-            )
-            if claimed:
-                log.warning("took over batch entry %s from a worker that stopped", claimed[0][0])
-                return claimed[0]
+            for stream in self.streams:
+                # A batch whose worker stopped renewing its claim (it died): this one takes it.
+                _, claimed, _ = await self.db.xautoclaim(
+                    stream, protocol.GROUP, self.name, int(self.lease * 1000), "0-0", 1
+                )
+                if claimed:
+                    log.warning("took over %s %s from a worker that stopped", stream, claimed[0][0])
+                    return stream, *claimed[0]
             answer = await self.db.xreadgroup(
-                protocol.GROUP, self.name, {protocol.BATCHES: ">"}, count=1, block=1000
+                protocol.GROUP, self.name, dict.fromkeys(self.streams, ">"), count=1, block=1000
             )
         except (ConnectionError, OSError, RedisError) as error:
             log.warning("Redis unreachable (%s); trying again", error)
             await asyncio.sleep(2.0)
             return None
-        for _stream, entries in answer:
+        for stream, entries in answer:
             for entry in entries:
-                return entry
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                return name, *entry
         return None
 
-    async def _serve_entry(self, entry_id: bytes, fields: dict[Any, Any]) -> None:
+    async def _serve_entry(self, stream: str, entry_id: bytes, fields: dict[Any, Any]) -> None:
         try:
             request = protocol.field(fields, "request")
         except BadMessage as bad:
-            log.warning("dropped entry %s on %s: %s", entry_id, protocol.BATCHES, bad)
-            await self.db.xack(protocol.BATCHES, protocol.GROUP, entry_id)
+            log.warning("dropped entry %s on %s: %s", entry_id, stream, bad)
+            await self.db.xack(stream, protocol.GROUP, entry_id)
             return
         batch = request["batch"]
         self.busy = batch
-        renewing = asyncio.create_task(self._renew(entry_id))
+        renewing = asyncio.create_task(self._renew(stream, entry_id))
         started = time.monotonic()
         try:
             event = await self._run(request)
@@ -113,7 +123,7 @@ class FleetWorker:
         # The outcome is in Redis before the batch is acknowledged: a worker that dies in
         # between has its batch run again, and the bot keeps the first outcome it hears.
         await self._emit({**event, "batch": batch})
-        await self.db.xack(protocol.BATCHES, protocol.GROUP, entry_id)
+        await self.db.xack(stream, protocol.GROUP, entry_id)
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
         batch = request["batch"]
@@ -206,15 +216,13 @@ class FleetWorker:
                 log.warning("Redis unreachable with an outcome in hand (%s); retrying", error)
                 await asyncio.sleep(2.0)
 
-    async def _renew(self, entry_id: bytes) -> None:
+    async def _renew(self, stream: str, entry_id: bytes) -> None:
         """Keep the claim on the batch fresh while it runs: a claim left idle past the lease
         means this worker died."""
         while True:
             await asyncio.sleep(self.lease / 3)
             with contextlib.suppress(RedisError):
-                await self.db.xclaim(
-                    protocol.BATCHES, protocol.GROUP, self.name, 0, [entry_id], justid=True
-                )
+                await self.db.xclaim(stream, protocol.GROUP, self.name, 0, [entry_id], justid=True)
 
     async def _watch_cancel(self, batch: str, cancels: list[Any]) -> None:
         while True:

@@ -15,7 +15,7 @@ def build_engine(settings: Settings) -> EnginePort:
     if settings.queue_url is not None:
         from bot.fleet.adapter import RedisEngine  # redis-py only when it is used
 
-        return RedisEngine(settings.queue_url.get_secret_value())
+        return RedisEngine(settings.queue_url.get_secret_value(), list(settings.models))
     return local_engine(settings)
 
 
