@@ -284,7 +284,7 @@ class EngineWorker:
 
     def _run(self) -> None:
         if self.restarts:
-            self._after_death()
+            free_what_the_dead_held()
         request: _Request | None = None
         try:
             while (request := self._requests.get()) is not None:
@@ -325,13 +325,6 @@ class EngineWorker:
             self._served_seconds += time.monotonic() - started
         request.post(_settle, request.future, result, error)
 
-    def _after_death(self) -> None:
-        """Free what the dead thread's models held before loading them again."""
-        gc.collect()
-        torch = sys.modules.get("torch")  # never imported here for its own sake
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
     def _drain(self) -> None:
         while True:
             try:
@@ -351,6 +344,14 @@ def _post(
     # RuntimeError: the loop closed, so nobody is listening any more.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(report, progress, context=context)
+
+
+def free_what_the_dead_held() -> None:
+    """Free what a dead engine thread's models held before a new one loads them again."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported here for its own sake
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def quiet_libraries() -> None:

@@ -8,6 +8,7 @@ patching torch's answers; the Hugging Face cache by a cache folder laid out as t
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -153,7 +154,8 @@ def test_broken_set_ups_each_say_what_to_fix(good, tmp_path, capsys):
         "by dots: is it the client secret or the public key?): copy it again from the developer "
         "portal: your application, Bot, Reset Token",
     ]
-    assert f"✓ SDBOT_MODELS (file): sd1, file {header_only} (0.00 GiB)" in lines
+    digest = hashlib.sha256(header_only.read_bytes()).hexdigest()[:10]
+    assert f"✓ SDBOT_MODELS (file): sd1, file {header_only} (0.00 GiB), hash {digest}" in lines
     assert lines[-1] == f"6 of {len(lines) - 1} checks failed."
     assert list(tmp_path.glob("notes.txt/*")) == []
 
@@ -214,8 +216,9 @@ def test_a_single_file_takes_its_family_config_from_the_cache(good, tmp_path, hu
     hub_cache(SINGLE_FILE_CONFIGS["sdxl"], {"model_index.json": {}})
     settings = good(models={"xl": {"source": str(checkpoint)}}, default_model="xl")
     lines = report(settings, capsys)[1]
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]  # as A1111 shows it
     assert [line for line in lines if "(xl" in line] == [
-        f"✓ SDBOT_MODELS (xl): sdxl, file {checkpoint} (0.00 GiB)",
+        f"✓ SDBOT_MODELS (xl): sdxl, file {checkpoint} (0.00 GiB), hash {digest}",
         "✓ SDBOT_MODELS (xl.config): not set: diffusers takes "
         "stabilityai/stable-diffusion-xl-base-1.0's from the Hugging Face cache",
     ]

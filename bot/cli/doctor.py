@@ -68,7 +68,7 @@ def doctor_findings(settings: Settings) -> list[Finding]:
     findings.append(disk_finding(settings.data_dir))
     findings += database_findings(settings)
     for model in settings.model_specs().values():
-        findings += model_findings(model)
+        findings += model_findings(model, hashed=True)
     findings.append(passed("SDBOT_DEFAULT_MODEL", f"{settings.default_model} is configured"))
     findings += helper_findings(settings)
     findings += queue_findings(settings, workers=True)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from bot.fleet import protocol
 from bot.fleet.adapter import ensure_group
 from bot.fleet.protocol import BadMessage
+from bot.training.folders import TrainingFolders
 from engine.api.errors import EngineError, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob
 from engine.api.params import GenerationParams
@@ -168,13 +169,14 @@ class FleetWorker:
     async def _train(self, request: dict[str, Any], cancels: list[Any]) -> dict[str, Any]:
         job_id = int(request["job_id"])
         params = TrainingParams.from_dict(request["params"])
+        # This machine's folders, named as the bot names its own (bot/training/folders.py):
+        # nothing of a path comes from the message but the job id.
+        folders = TrainingFolders(self.workdir)
         job = TrainingJob(
             job_id,
             params,
-            str(self.workdir / "training" / str(job_id)),
-            str(self.workdir / "class-images" / params.model)
-            if params.prior_preservation
-            else None,
+            str(folders.workdir(job_id)),
+            str(folders.class_dir(params)) if params.prior_preservation else None,
             report=self._reporter(request["batch"], job_id),
             inputs=dict(request["inputs"]),
         )

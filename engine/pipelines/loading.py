@@ -6,7 +6,6 @@ Runs on the engine thread only.
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from diffusers import (
 )
 
 from engine.api.errors import ModelLoadError
+from engine.api.hashes import FileHashCache
 from engine.api.params import ModelInfo
 from engine.api.specs import (
     SINGLE_FILE_SUFFIXES,
@@ -82,24 +82,6 @@ class LoadedModel:
             load_seconds=self.load_seconds,
             model_hash=self.model_hash,
         )
-
-
-class FileHashCache:
-    """A1111's model hash (first 10 hex digits of the file's sha256), once per file version."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, int, int], str] = {}
-
-    def short_hash(self, path: Path) -> str:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in self._known:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            self._known[key] = digest.hexdigest()[:10]
-        return self._known[key]
 
 
 def detect_single_file_family(path: Path) -> ModelFamily:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.cli.checks.findings import GIB, Finding, failed, passed
 from bot.settings import Settings
+from engine.api.hashes import FileHashCache
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec, family_from_keys, looks_like_hub_id
 
 PIPELINE_FILES = ("model_index.json",)
@@ -95,11 +96,12 @@ def source_finding(
 
 
 def model_findings(
-    model: ModelSpec, *, console: bool = False, derived: bool = True
+    model: ModelSpec, *, console: bool = False, derived: bool = True, hashed: bool = False
 ) -> list[Finding]:
     """The model's source with its family, and whatever else it loads: a single file's
     configuration and, with `derived`, its inpainting checkpoint and ControlNets.
-    `console`: the model is `dream --model PATH`, fixed with --model and --config."""
+    `console`: the model is `dream --model PATH`, fixed with --model and --config.
+    `hashed`: a single file's A1111 model hash too (it reads the whole file: doctor only)."""
     name = model.name
     subject = "--model" if console else f"SDBOT_MODELS ({name})"
     found = source_finding(subject, model.source, subject if console else 'its "source"')
@@ -115,7 +117,11 @@ def model_findings(
                     + (subject if console else f'its "source" ({SOURCE_KINDS})'),
                 )
             ]
-        findings[0] = passed(subject, f"{family}, {found.detail}")
+        detail = f"{family}, {found.detail}"
+        if hashed and model.is_single_file:
+            # What A1111 writes as "Model hash", so an owner can match a member's PNG.
+            detail += f", hash {FileHashCache().short_hash(Path(model.source))}"
+        findings[0] = passed(subject, detail)
         if model.is_single_file:
             findings.append(_single_file_config(model, family.split(" ")[0], console=console))
     if not derived:
