@@ -420,3 +420,19 @@ async def test_a_model_only_one_worker_can_load_goes_only_to_that_worker(
             await bot.scheduler.stop(dispatcher, grace=5.0)
             await bot.scheduler.drain()
             await fleet.stop_all()
+
+
+async def test_redis_restarted_without_its_data_the_fleet_serves_again(fleet_bot, redis_server):
+    bot, fleet = fleet_bot
+    worker = await fleet.start("one")
+    first = Recorder()
+    await submit(bot, 10, first, steps=2)
+    await asyncio.wait_for(first.ended.wait(), DEADLINE)
+    redis_server.kill()  # streams, groups and heartbeats gone with it
+    redis_server.start()
+    again = Recorder()
+    ticket = await submit(bot, 11, again, steps=2)
+    await asyncio.wait_for(again.ended.wait(), DEADLINE)
+    assert again.outcomes
+    assert worker.served == 2
+    assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from bot.fleet import protocol
 from bot.fleet.adapter import ensure_group
@@ -93,6 +93,16 @@ class FleetWorker:
             answer = await self.db.xreadgroup(
                 protocol.GROUP, self.name, dict.fromkeys(self.streams, ">"), count=1, block=1000
             )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            # Redis restarted without its data: the groups are made again, from the start
+            # of each stream, so a batch the bot adds meanwhile is not missed.
+            log.warning("Redis lost the workers' group (%s); making it again", error)
+            with contextlib.suppress(RedisError):
+                for stream in self.streams:
+                    await ensure_group(self.db, stream)
+            return None
         except (ConnectionError, OSError, RedisError) as error:
             log.warning("Redis unreachable (%s); trying again", error)
             await asyncio.sleep(2.0)
