@@ -6,4 +6,5 @@
 - `bot.training`: /train jobs and the LoRAs members own.
 - `bot.community`: a server's rules, credits, members' defaults, the safety review.
 - `bot.cli`: the console (`python -m bot ...`), `doctor` and the ledger's books.
+- `bot.fleet`: GPU workers on other machines, over Redis Streams.
 """
