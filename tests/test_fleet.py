@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
+import os
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -436,3 +439,51 @@ async def test_redis_restarted_without_its_data_the_fleet_serves_again(fleet_bot
     assert again.outcomes
     assert worker.served == 2
     assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED
+
+
+async def console(settings: Settings, *argv: str) -> tuple[int, str, str]:
+    """`python -m bot ARGV` as an owner runs it, with these settings in its environment."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
+    assert settings.queue_url is not None
+    environment.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "SDBOT_QUEUE_URL": settings.queue_url.get_secret_value(),
+            "SDBOT_MODELS": json.dumps(
+                {name: {"source": spec.source} for name, spec in settings.model_specs().items()}
+            ),
+            "SDBOT_DEFAULT_MODEL": settings.default_model,
+            "SDBOT_DATA_DIR": str(settings.data_dir),
+            "SDBOT_DEVICE": "cpu",
+        }
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *argv,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), DEADLINE)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_console_is_served_by_the_fleet(fleet_bot, tmp_path):
+    _, fleet = fleet_bot
+    argv = ("dream", "a lighthouse", "--steps", "2", "--size", "64x64", "--out", str(tmp_path))
+    code, _, err = await console(fleet.settings, *argv)
+    assert code == 2, "no worker yet: one line, nothing made"
+    assert err.strip().splitlines()[-1] == (
+        "error: no GPU worker is running for SDBOT_QUEUE_URL: start one with python -m bot "
+        "worker, or give --model a path to run here"
+    )
+    worker = await fleet.start("one")
+    code, out, err = await console(fleet.settings, *argv)
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert worker.served == 1, "made by the worker, not by a local engine thread"
+    [picture] = await asyncio.to_thread(lambda: list(tmp_path.glob("*.png")))
+    assert line.startswith(str(picture))

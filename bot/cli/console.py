@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 from bot.generation.options import DreamOptions, resolve_options
-from bot.jobs.engines import local_engine
+from bot.jobs.engines import build_engine, local_engine
 from bot.settings import Settings
 from engine.api.errors import EngineError, ModelLoadError
 from engine.api.infotext import params_from_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, InvalidParams, ModelInfo, parse_size
+from engine.api.port import EnginePort
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec
 from engine.imaging.images import read_png_infotext
 from engine.worker import EngineWorker, quiet_libraries
@@ -88,13 +89,22 @@ def set_up_problems(
     return [finding.problem() for finding in findings if not finding.ok]
 
 
-async def _generate(engine: EngineWorker, params: GenerationParams) -> list[tuple[int, bytes]]:
-    engine.start()
-    try:
+async def _generate(engine: EnginePort, params: GenerationParams) -> list[tuple[int, bytes]]:
+    async with engine:
+        if not await engine.workers():  # a fleet with no GPU in it would wait forever
+            raise NoGpuWorker(NO_WORKER)
         [result] = await engine.generate([EngineJob(0, params)])
-    finally:
-        await engine.stop()
     return [(image.seed, image.png) for image in result.images]
+
+
+class NoGpuWorker(EngineError):
+    """SDBOT_QUEUE_URL is set and no worker is there: a set-up problem, not a failure."""
+
+
+NO_WORKER = (
+    "no GPU worker is running for SDBOT_QUEUE_URL: start one with python -m bot worker, "
+    "or give --model a path to run here"
+)
 
 
 def _seed_text(seed: int, params: GenerationParams, index: int) -> str:
@@ -149,12 +159,18 @@ def dream(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     quiet_libraries()
-    engine = local_engine(settings, models=specs)
+    # With SDBOT_QUEUE_URL, a configured model is served by the GPU workers, as the bot's
+    # jobs are (one command shows a fleet works); a model given as a path runs here.
+    fleet = settings.queue_url is not None and not console_model
+    engine = build_engine(settings) if fleet else local_engine(settings, models=specs)
     loading_log = logging.getLogger("engine.pipelines.loading")
     said = _SaidOnTheConsole()
     loading_log.addFilter(said)
     try:
         images = asyncio.run(_generate(engine, params))
+    except NoGpuWorker as error:
+        print(f"error: {error.user_message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except ModelLoadError as error:  # the console user is the owner: show the whole reason
         print(f"error: {error.detail}", file=sys.stderr)
         return EXIT_BAD_INPUT

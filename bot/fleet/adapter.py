@@ -243,12 +243,16 @@ class RedisEngine:
             await self._db.set(protocol.CANCELLED + batch, "1", ex=3600)
 
     async def _read_events(self, last: Any) -> None:
-        while True:
+        # The flag, not only the cancel: redis-py turns a cancel in the middle of a blocking
+        # read into a connection error, which would otherwise be waited out forever.
+        while not self._stopping:
             try:
                 answer = await self._redis.xread({protocol.EVENTS: last}, block=1000, count=100)
             except asyncio.CancelledError:
                 raise
             except (ConnectionError, OSError, RedisError) as error:
+                if self._stopping:
+                    return
                 log.warning("Redis unreachable while waiting for outcomes (%s)", error)
                 await asyncio.sleep(POLL_SECONDS * 4)
                 continue
