@@ -274,26 +274,27 @@ class RedisEngine:
             log.info("ignored an outcome for batch %s, which nobody waits for", event["batch"])
             return
         try:
-            self._apply(sent, event)
+            _apply(sent, event)
         except (BadMessage, KeyError, TypeError, ValueError) as bad:
             log.warning("ignored a malformed outcome for batch %s: %s", event["batch"], bad)
 
-    @staticmethod
-    def _apply(sent: _Sent, event: dict[str, Any]) -> None:
-        kind = event["kind"]
-        if kind == "progress":
-            report = sent.reports.get(int(event["job_id"]))
-            if report is not None:
-                report(sent.progress(**event["progress"]))
-        elif kind == "done":
-            sent.outcome.set_result(event["outcome"])
-        elif kind == "failed":
-            if event.get("cancelled"):
-                sent.outcome.set_exception(JobCancelled())
-            else:
-                sent.outcome.set_exception(EngineError(str(event["message"])))
+
+def _apply(sent: _Sent, event: dict[str, Any]) -> None:
+    """An outcome or a progress line, delivered to who waits for it."""
+    kind = event["kind"]
+    if kind == "progress":
+        report = sent.reports.get(int(event["job_id"]))
+        if report is not None:
+            report(sent.progress(**event["progress"]))
+    elif kind == "done":
+        sent.outcome.set_result(event["outcome"])
+    elif kind == "failed":
+        if event.get("cancelled"):
+            sent.outcome.set_exception(JobCancelled())
         else:
-            raise BadMessage(f"unknown event {kind!r}")
+            sent.outcome.set_exception(EngineError(str(event["message"])))
+    else:
+        raise BadMessage(f"unknown event {kind!r}")
 
 
 def worker_state(values: dict[str, str], now: float) -> WorkerState:
