@@ -224,18 +224,6 @@ class _LogLevelAlone(BaseSettings):
     model_config = SOURCES
 
     log_level: str = "INFO"
-    # GPU workers on other machines (bot/fleet): a Redis URL; empty, the bot's own thread.
-    queue_url: SecretStr | None = None
-
-    @field_validator("queue_url")
-    @classmethod
-    def _usable_queue_url(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is None or not url.get_secret_value():
-            return None
-        problem = queue_url_problem(url.get_secret_value())
-        if problem is not None:
-            raise ValueError(problem)
-        return url
 
 
 def debugging() -> bool:

@@ -122,6 +122,15 @@ def test_malformed_json_is_one_line_and_exit_2_then_a_traceback_at_debug(owner, 
     assert "Traceback (most recent call last):" in err
 
 
+def test_a_queue_url_without_a_password_is_one_line_naming_the_setting(owner, console):
+    code, out, err = console("worker", SDBOT_QUEUE_URL="redis://gpu-box:6379/0")
+    assert (code, out) == (2, [])
+    assert len(err) == 1
+    assert err[0].startswith("Setting SDBOT_QUEUE_URL: ")
+    assert "reaches gpu-box without a password" in err[0]
+    assert written(owner) == []
+
+
 def test_default_model_not_configured_names_the_setting(owner, console):
     code, _, err = console(
         "dream", "a cat", SDBOT_MODELS='{"mine": {"source": "/models/mine.safetensors"}}'
