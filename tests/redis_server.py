@@ -51,10 +51,6 @@ def redis_server_executable(timeout: float = VERSION_TIMEOUT) -> str | None:
     return path
 
 
-def redis_available(timeout: float = VERSION_TIMEOUT) -> bool:
-    return redis_server_executable(timeout) is not None
-
-
 def require_redis_server(timeout: float = VERSION_TIMEOUT) -> str:
     """The redis-server to run; without one the test skips, or fails under CI=true."""
     executable = redis_server_executable(timeout)

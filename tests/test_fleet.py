@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
-import os
 import socket
 import sys
 import threading
@@ -29,42 +27,13 @@ from bot.client.runner import build_bot
 from bot.fleet import protocol
 from bot.fleet.adapter import RedisEngine
 from bot.fleet.worker import FleetWorker
-from bot.jobs.contracts import JobOutcome
 from bot.jobs.engines import local_engine
 from bot.settings import Settings
 from data.jobs import JobStatus
 from engine.api.errors import EngineError
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait for what another thread or process does; DEADLINE only tells a hang."""
-    async with asyncio.timeout(DEADLINE):
-        while not predicate():  # noqa: ASYNC110 (nothing on this loop is told)
-            await asyncio.sleep(0.02)
-
-
-class Recorder:
-    """Stands where the Discord presenter does: what each member would have been told."""
-
-    def __init__(self) -> None:
-        self.outcomes: list[JobOutcome] = []
-        self.failures: list[tuple[int, str]] = []
-        self.steps: list[int] = []
-        self.ended = asyncio.Event()
-
-    def progress(self, job_id: int, progress: Any) -> None:
-        self.steps.append(progress.step)
-
-    async def succeeded(self, outcome: JobOutcome) -> int | None:
-        self.outcomes.append(outcome)
-        self.ended.set()
-        return None
-
-    async def failed(self, job: Any, message: str, refunded: int) -> None:
-        self.failures.append((job.id, message))
-        self.ended.set()
+from tests.fleet_helpers import Recorder, bot_environment, until
 
 
 class Fleet:
@@ -443,20 +412,9 @@ async def test_redis_restarted_without_its_data_the_fleet_serves_again(fleet_bot
 
 async def console(settings: Settings, *argv: str) -> tuple[int, str, str]:
     """`python -m bot ARGV` as an owner runs it, with these settings in its environment."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
     assert settings.queue_url is not None
-    environment.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "SDBOT_QUEUE_URL": settings.queue_url.get_secret_value(),
-            "SDBOT_MODELS": json.dumps(
-                {name: {"source": spec.source} for name, spec in settings.model_specs().items()}
-            ),
-            "SDBOT_DEFAULT_MODEL": settings.default_model,
-            "SDBOT_DATA_DIR": str(settings.data_dir),
-            "SDBOT_DEVICE": "cpu",
-        }
-    )
+    models = {name: spec.source for name, spec in settings.model_specs().items()}
+    environment = bot_environment(settings.queue_url.get_secret_value(), models, settings.data_dir)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -5,8 +5,6 @@ process imports torch and diffusers)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,44 +16,11 @@ from bot.client.runner import build_bot
 from data.jobs import JobStatus
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.outcomes: list[Any] = []
-        self.failures: list[str] = []
-        self.steps: list[int] = []
-        self.ended = asyncio.Event()
-
-    def progress(self, job_id: int, progress: Any) -> None:
-        self.steps.append(progress.step)
-
-    async def succeeded(self, outcome: Any) -> int | None:
-        self.outcomes.append(outcome)
-        self.ended.set()
-        return None
-
-    async def failed(self, job: Any, message: str, refunded: int) -> None:
-        self.failures.append(message)
-        self.ended.set()
+from tests.fleet_helpers import ROOT, Recorder, bot_environment, until
 
 
 def worker_process(url: str, model: Path, data: Path, name: str) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
-    environment.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(ROOT),
-            "SDBOT_QUEUE_URL": url,
-            "SDBOT_MODELS": json.dumps({"tiny": {"source": str(model)}}),
-            "SDBOT_DEFAULT_MODEL": "tiny",
-            "SDBOT_DATA_DIR": str(data),
-            "SDBOT_DEVICE": "cpu",
-            "SDBOT_WORKER_LEASE_SECONDS": "2",
-        }
-    )
+    environment = bot_environment(url, {"tiny": str(model)}, data, worker_lease_seconds="2")
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "worker", "--name", name],
         cwd=ROOT,
@@ -64,12 +29,6 @@ def worker_process(url: str, model: Path, data: Path, name: str) -> subprocess.P
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-async def until(predicate: Callable[[], Any]) -> None:
-    async with asyncio.timeout(DEADLINE):
-        while not await predicate():  # noqa: ASYNC110 (other processes do the work)
-            await asyncio.sleep(0.1)
 
 
 async def test_a_worker_process_killed_mid_batch_loses_nothing(

@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -322,7 +322,3 @@ async def ensure_group(db: Any, stream: str) -> None:
     except ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise
-
-
-def progress_message(progress: Any) -> dict[str, Any]:
-    return asdict(progress)

@@ -10,11 +10,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, NewType
 
-from engine.api.jobs import EngineJob, TrainingJob
 from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER
 from engine.api.specs import ModelSpec
-from engine.api.training_params import TrainingParams, training_price_units
+from engine.api.training_params import TrainingParams
 
 DREAM = "dream"
 TRAIN = "train"
@@ -86,18 +85,6 @@ def price_units(params: GenerationParams) -> float:
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
     return pixels * steps / STANDARD_STEPS * params.count
-
-
-def work_units(work: EngineJob | TrainingJob) -> float:
-    """Standard images' worth of a queued job, for wait estimates."""
-    if isinstance(work, TrainingJob):
-        return training_price_units(work.params)
-    return price_units(work.params)
-
-
-def shown_params(work: EngineJob | TrainingJob) -> GenerationParams:
-    """How a queued job reads in /queue: a training job as its name, method and steps."""
-    return work.params if isinstance(work, EngineJob) else training_as_shown(work.params)
 
 
 def training_as_shown(training: TrainingParams) -> GenerationParams:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from bot.jobs.queue import QueuedJob
 from data.credits import CreditPolicy
 from data.jobs import Job, QueueCaps
 from engine.api.params import GenerationParams, Progress
@@ -105,17 +104,6 @@ class Gate(Protocol):
         """JobRefused or InvalidParams say why not."""
 
 
-class Trainer(Protocol):
-    """Runs and restores /train jobs (bot/training/service.py); the dispatcher hands them over."""
-
-    async def run(self, entry: QueuedJob) -> None: ...
-
-    async def restore(self, job: Job) -> None: ...
-
-    async def discard(self, job_id: int) -> None:
-        """A training cancelled while queued: its checkpoints (from a paused run) go."""
-
-
 class AdapterResolver(Protocol):
     """Finds the LoRA and embedding files a prompt names (bot/training/loras.py)."""
 
@@ -145,7 +133,7 @@ class QueueEntry:
     position: int  # 0 = running
     params: GenerationParams
     wait_seconds: float | None
-    training: bool = False  # `params` then only describe it (shown_params)
+    training: bool = False  # `params` then only describe it (its handler's `shown`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,69 @@
+"""What the GPU-worker tests share: a stand-in for the member's presenter, a wait on work
+done elsewhere, and the environment `python -m bot` is started with."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import DEADLINE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    """Stands where the Discord presenter does: what the member would have been told."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+        self.failures: list[tuple[int, str]] = []
+        self.steps: list[int] = []
+        self.ended = asyncio.Event()
+
+    def progress(self, job_id: int, progress: Any) -> None:
+        self.steps.append(progress.step)
+
+    async def succeeded(self, outcome: Any) -> int | None:
+        self.outcomes.append(outcome)
+        self.ended.set()
+        return None
+
+    async def failed(self, job: Any, message: str, refunded: int) -> None:
+        self.failures.append((job.id, message))
+        self.ended.set()
+
+
+async def until(predicate: Callable[[], Any]) -> None:
+    """Wait for what another thread or process does (`predicate` may be async); DEADLINE
+    only tells a hang."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            held = predicate()
+            if await held if asyncio.iscoroutine(held) else held:
+                return
+            await asyncio.sleep(0.05)
+
+
+def bot_environment(
+    url: str, models: dict[str, str], data_dir: Path, **settings: str
+) -> dict[str, str]:
+    """This process's environment without its SDBOT_ settings, plus these: a fleet member
+    pointing at `url`, serving `models` (name: source), offline, on the CPU."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
+    environment.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT),
+            "SDBOT_QUEUE_URL": url,
+            "SDBOT_MODELS": json.dumps({name: {"source": src} for name, src in models.items()}),
+            "SDBOT_DEFAULT_MODEL": next(iter(models)),
+            "SDBOT_DATA_DIR": str(data_dir),
+            "SDBOT_DEVICE": "cpu",
+            **{f"SDBOT_{key.upper()}": value for key, value in settings.items()},
+        }
+    )
+    return environment
