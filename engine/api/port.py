@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, Self
 
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GenerationResult, ModelInfo
@@ -28,7 +28,6 @@ class WorkerState:
     seen_seconds_ago: float  # 0 for the bot's own engine thread
 
 
-@runtime_checkable
 class EnginePort(Protocol):
     @property
     def running(self) -> bool:
