@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from bot.fleet.protocol import queue_url_problem
 from data.credits import CreditPolicy
+from engine.api.memory import MemorySetting
 from engine.api.specs import ModelFamily, ModelSpec
 
 ENV_PREFIX = "SDBOT_"
@@ -51,6 +52,12 @@ class ModelSettings(BaseModel):
     controlnets: dict[str, str] = Field(
         default_factory=dict, description="ControlNet sources by control type, e.g. canny"
     )
+    vae: str | None = Field(
+        default=None, description="A VAE to decode with, e.g. an fp16-safe one for SDXL"
+    )
+    memory: MemorySetting | None = Field(
+        default=None, description="This model's memory mode; empty follows SDBOT_MEMORY"
+    )
 
     def to_spec(self, name: str) -> ModelSpec:
         return ModelSpec(
@@ -63,6 +70,8 @@ class ModelSettings(BaseModel):
             note=self.note,
             inpaint_source=self.inpaint_source,
             controlnets=dict(self.controlnets),
+            vae=self.vae,
+            memory=self.memory,
         )
 
 
@@ -99,6 +108,10 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: DType = "auto"
     noise: Literal["cpu", "gpu"] = "cpu"
+    # How much of a model stays on the GPU (engine/api/memory.py); auto picks from the card.
+    memory: MemorySetting = "auto"
+    # torch.compile of the UNet's repeated blocks, warmed up at start (CUDA only).
+    compile: bool = False
     progress_interval: float = Field(default=2.0, ge=0.0)
     max_batch: int = Field(default=1, ge=1, le=16)
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
@@ -121,6 +134,8 @@ class Settings(BaseSettings):
     upscale_tile_overlap: int = Field(default=64, ge=0)
     max_upscale_pixels: int = Field(default=2048 * 2048, gt=0)
     upscaler: str | None = None
+    # A folder of LoRA files (kohya / A1111 .safetensors) every member may use by <lora:name:w>.
+    lora_dir: Path | None = None
     # Attachments are untrusted: refused over these before they are downloaded or decoded.
     max_attachment_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_attachment_pixels: int = Field(default=6144 * 6144, gt=0)

@@ -64,6 +64,10 @@ class ModelSpec:
     inpaint_source: str | None = None
     # ControlNet models for this base model, by control type (canny, depth, ...).
     controlnets: dict[str, str] = field(default_factory=dict)
+    # A VAE to decode with (Hub id, folder or single file), e.g. an fp16-safe SDXL VAE.
+    vae: str | None = None
+    # This model's memory mode (engine/api/memory.py); None follows SDBOT_MEMORY.
+    memory: str | None = None
 
     @property
     def is_single_file(self) -> bool:

@@ -1,0 +1,98 @@
+"""Memory modes: how much of a model sits on the GPU while it works. No torch here, so
+settings, `doctor` and the tests of `auto`'s choice import it on any machine.
+
+The modes follow A1111's `--medvram`/`--lowvram` and diffusers' offloading guide
+(https://huggingface.co/docs/diffusers/optimization/memory):
+
+- `high`: every model of the pipeline resident on the GPU (fastest);
+- `medium`: diffusers' model CPU offload, each whole model (text encoder, UNet, VAE) moved
+  to the GPU only while it runs, and the VAE decoding one image at a time (slicing);
+- `low`: sequential CPU offload, layer by layer (slowest, for 4-6 GB cards), attention
+  computed in slices and the VAE decoded in tiles.
+
+`auto` picks from the card's total memory and the model's family, once per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from engine.api.specs import ModelFamily
+
+MemoryMode = Literal["high", "medium", "low"]
+MemorySetting = Literal["auto", "high", "medium", "low"]
+MEMORY_MODES: tuple[MemoryMode, ...] = get_args(MemoryMode)
+# Lower first: the order an out-of-memory batch walks down.
+_LOWER: dict[MemoryMode, MemoryMode | None] = {"high": "medium", "medium": "low", "low": None}
+
+GIB = 1024**3
+
+# The card memory (GiB) from which a family runs in each mode, resident weights in fp16
+# plus the activations of a batch of one at the native size, with headroom for the
+# allocator: SD 1.5 needs ~2.5 GB resident and ~4 GB at 512x512; SDXL ~7 GB resident and
+# ~11 GB at 1024x1024 (diffusers' memory guide; A1111's wiki on --medvram for SDXL on 8 GB).
+_HIGH_FROM_GIB: dict[ModelFamily, float] = {"sd1": 6.0, "sd2": 8.0, "sdxl": 12.0}
+_MEDIUM_FROM_GIB: dict[ModelFamily, float] = {"sd1": 3.0, "sd2": 4.0, "sdxl": 6.0}
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """What a mode turns on. Slicing and tiling change no result beyond float noise."""
+
+    mode: MemoryMode
+    model_offload: bool = False
+    sequential_offload: bool = False
+    vae_slicing: bool = False
+    attention_slicing: bool = False
+    # Training: recompute activations in the backward pass instead of keeping them.
+    gradient_checkpointing: bool = False
+
+    @property
+    def offloaded(self) -> bool:
+        return self.model_offload or self.sequential_offload
+
+
+def plan_for(mode: MemoryMode) -> MemoryPlan:
+    if mode == "high":
+        return MemoryPlan("high")
+    if mode == "medium":
+        return MemoryPlan(
+            "medium", model_offload=True, vae_slicing=True, gradient_checkpointing=True
+        )
+    return MemoryPlan(
+        "low",
+        sequential_offload=True,
+        vae_slicing=True,
+        attention_slicing=True,
+        gradient_checkpointing=True,
+    )
+
+
+def auto_mode(family: ModelFamily, total_bytes: int | None) -> MemoryMode:
+    """The mode `auto` picks on a card with `total_bytes` of memory; None (no CUDA card: the
+    CPU or Apple's unified memory) keeps everything where it is, since offloading to the
+    CPU saves nothing there."""
+    if total_bytes is None:
+        return "high"
+    gib = total_bytes / GIB
+    if gib >= _HIGH_FROM_GIB[family]:
+        return "high"
+    if gib >= _MEDIUM_FROM_GIB[family]:
+        return "medium"
+    return "low"
+
+
+def resolve_mode(
+    setting: MemorySetting, family: ModelFamily, total_bytes: int | None
+) -> MemoryMode:
+    """The owner's mode, or `auto`'s choice. Offloading needs a CUDA card: elsewhere a
+    configured `medium`/`low` still slices and tiles, and loads nothing twice."""
+    if setting == "auto":
+        return auto_mode(family, total_bytes)
+    return setting
+
+
+def lower_mode(mode: MemoryMode) -> MemoryMode | None:
+    """The next mode down after an out-of-memory error; None at `low`."""
+    return _LOWER[mode]
