@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     upscale_tile_overlap: int = Field(default=64, ge=0)
     max_upscale_pixels: int = Field(default=2048 * 2048, gt=0)
     upscaler: str | None = None
+    # Vary (Region) from words: a text-prompted segmentation model (CLIPSeg), Hub id or folder.
+    segmenter: str | None = None
     # A folder of LoRA files (kohya / A1111 .safetensors) every member may use by <lora:name:w>.
     lora_dir: Path | None = None
     # Attachments are untrusted: refused over these before they are downloaded or decoded.

@@ -49,6 +49,12 @@ class EngineConfig:
     # A safety checker (Hub id or folder) run on every batch's images before they leave the
     # engine thread, so they cross to the event loop once with their verdicts.
     safety_checker: str | None = None
+    # Memory mode for every model without its own (engine/api/memory.py), and whether the
+    # UNet's repeated blocks are compiled (CUDA only), warmed up when a model loads.
+    memory: str = "auto"
+    compile: bool = False
+    # A text-prompted segmentation model (CLIPSeg) for masks described in words.
+    segmenter: str | None = None
 
 
 @dataclass(slots=True)

@@ -32,5 +32,8 @@ def local_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
             upscale_tile=settings.upscale_tile,
             upscale_tile_overlap=settings.upscale_tile_overlap,
             safety_checker=settings.safety_checker or None,
+            memory=settings.memory,
+            compile=settings.compile,
+            segmenter=settings.segmenter or None,
         )
     )
