@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 
 from engine.api.errors import EngineError, EngineStopped, OutOfMemory
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.api.memory import MemorySetting
 from engine.api.params import GenerationResult, ModelInfo
 from engine.api.port import WorkerState
 from engine.api.specs import ModelSpec
@@ -51,7 +52,7 @@ class EngineConfig:
     safety_checker: str | None = None
     # Memory mode for every model without its own (engine/api/memory.py), and whether the
     # UNet's repeated blocks are compiled (CUDA only), warmed up when a model loads.
-    memory: str = "auto"
+    memory: MemorySetting = "auto"
     compile: bool = False
     # A text-prompted segmentation model (CLIPSeg) for masks described in words.
     segmenter: str | None = None
@@ -97,7 +98,7 @@ class EngineWorker:
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._cache: Any = None  # engine.pipelines.loading.ModelCache, created on the thread
+        self._cache: Any = None  # engine.pipelines.model_cache.ModelCache, created on the thread
         self._safety: Any = None  # engine.pipelines.safety.SafetyCheckers, created on the thread
         self.restarts = 0  # threads started after one died
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
@@ -250,43 +251,25 @@ class EngineWorker:
     def _models(self) -> Any:
         if self._cache is None:
             # Imported and probed here, on the engine thread: nothing else touches CUDA.
-            from engine.pipelines.loading import ModelCache, pick_device, pick_dtype
+            from engine.pipelines.loading import pick_device, pick_dtype
+            from engine.pipelines.model_cache import ModelCache
 
-            device = pick_device(self.config.device)
-            self._cache = ModelCache(
-                self.config.models, device, pick_dtype(self.config.dtype, device)
-            )
+            config = self.config
+            device = pick_device(config.device)
+            dtype = pick_dtype(config.dtype, device)
+            self._cache = ModelCache(config.models, device, dtype, config.memory, config.compile)
         return self._cache
 
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
-        import torch
+        from engine.pipelines.memory import with_oom_fallback
 
-        from engine.pipelines.conditioned import generate_conditioned
-        from engine.pipelines.lora import adapters_for
-        from engine.pipelines.txt2img import generate_batch
-        from engine.pipelines.upscale import UpscaleConfig
-
-        first = jobs[0].params
-        loaded = self._models().get(first.model)
-        config = self.config
-        try:
-            with torch.inference_mode(), adapters_for(loaded, first):
-                if first.mode != "txt2img" or first.control_type is not None:
-                    upscale = UpscaleConfig(
-                        config.upscaler, config.upscale_tile, config.upscale_tile_overlap
-                    )
-                    results = generate_conditioned(
-                        loaded, jobs, config.preview_interval, config.noise, upscale
-                    )
-                else:
-                    results = generate_batch(loaded, jobs, config.preview_interval, config.noise)
-            source = config.safety_checker
-            return with_verdicts(results, partial(self._check_safety, source) if source else None)
-        except torch.OutOfMemoryError:
-            log.warning("out of memory on jobs %s", [job.job_id for job in jobs])
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise OutOfMemory() from None
+        cache = self._models()
+        loaded = cache.get(jobs[0].params.model)
+        results = with_oom_fallback(
+            jobs, partial(run_batch, loaded, self.config), cache.lower_memory
+        )
+        source = self.config.safety_checker
+        return with_verdicts(results, partial(self._check_safety, source) if source else None)
 
     def _run(self) -> None:
         if self.restarts:
@@ -350,6 +333,29 @@ def _post(
     # RuntimeError: the loop closed, so nobody is listening any more.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(report, progress, context=context)
+
+
+def run_batch(
+    loaded: Any, config: EngineConfig, jobs: Sequence[EngineJob]
+) -> list[GenerationResult]:
+    """One batch through the pipeline its mode needs, with its LoRAs applied for it alone."""
+    import torch
+
+    from engine.pipelines.conditioned import generate_conditioned
+    from engine.pipelines.lora import adapters_for
+    from engine.pipelines.txt2img import generate_batch
+    from engine.pipelines.upscale import UpscaleConfig
+
+    first = jobs[0].params
+    with torch.inference_mode(), adapters_for(loaded, first):
+        if first.mode != "txt2img" or first.control_type is not None:
+            upscale = UpscaleConfig(
+                config.upscaler, config.upscale_tile, config.upscale_tile_overlap
+            )
+            return generate_conditioned(
+                loaded, jobs, config.preview_interval, config.noise, upscale
+            )
+        return generate_batch(loaded, jobs, config.preview_interval, config.noise)
 
 
 def free_what_the_dead_held() -> None:

@@ -32,8 +32,10 @@ GIB = 1024**3
 # plus the activations of a batch of one at the native size, with headroom for the
 # allocator: SD 1.5 needs ~2.5 GB resident and ~4 GB at 512x512; SDXL ~7 GB resident and
 # ~11 GB at 1024x1024 (diffusers' memory guide; A1111's wiki on --medvram for SDXL on 8 GB).
-_HIGH_FROM_GIB: dict[ModelFamily, float] = {"sd1": 6.0, "sd2": 8.0, "sdxl": 12.0}
-_MEDIUM_FROM_GIB: dict[ModelFamily, float] = {"sd1": 3.0, "sd2": 4.0, "sdxl": 6.0}
+# Set a little under the labels of the cards they are meant for: a "12 GB" card reports
+# about 11.8 GiB.
+_HIGH_FROM_GIB: dict[ModelFamily, float] = {"sd1": 5.5, "sd2": 7.0, "sdxl": 11.0}
+_MEDIUM_FROM_GIB: dict[ModelFamily, float] = {"sd1": 2.5, "sd2": 3.5, "sdxl": 5.5}
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,6 +185,8 @@ class ModelInfo:
     dtype: str
     load_seconds: float
     model_hash: str | None
+    # The memory mode it runs in (engine/api/memory.py), as `auto` picked or the owner set.
+    memory: str = "high"
 
 
 @dataclass(frozen=True, slots=True)

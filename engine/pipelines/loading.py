@@ -5,7 +5,6 @@ Runs on the engine thread only.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DiffusionPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -22,6 +22,7 @@ from diffusers import (
 
 from engine.api.errors import ModelLoadError
 from engine.api.hashes import FileHashCache
+from engine.api.memory import MemoryPlan, MemorySetting, plan_for, resolve_mode
 from engine.api.params import ModelInfo
 from engine.api.specs import (
     SINGLE_FILE_SUFFIXES,
@@ -68,6 +69,10 @@ class LoadedModel:
     derived: dict[str, Any] = field(default_factory=dict)
     # The LoRAs and embeddings applied for the generation in progress (engine/pipelines/lora.py).
     active: Any = None
+    # Its memory mode's switches (engine/pipelines/memory.py) and the device it runs on,
+    # which an offloaded pipeline's `device` (the CPU, where its weights rest) does not say.
+    plan: MemoryPlan = field(default_factory=lambda: plan_for("high"))
+    device: torch.device | None = None
 
     def __post_init__(self) -> None:
         if self.base_scheduler_config is None:
@@ -77,10 +82,11 @@ class LoadedModel:
         return ModelInfo(
             name=self.spec.name,
             family=self.family,
-            device=str(self.pipe.device),
+            device=str(self.device or self.pipe.device),
             dtype=str(self.pipe.dtype).removeprefix("torch."),
             load_seconds=self.load_seconds,
             model_hash=self.model_hash,
+            memory=self.plan.mode,
         )
 
 
@@ -128,11 +134,23 @@ def _load_single_file(
             "in SDBOT_MODELS",
         )
     family = spec.family or detect_single_file_family(path)
-    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family)}
+    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family), **_vae(spec, dtype)}
     if spec.config:
         kwargs["config"] = spec.config
     pipe = _pipeline_class(family).from_single_file(str(path), **kwargs)
     return pipe, hashes.short_hash(path)
+
+
+def _vae(spec: ModelSpec, dtype: torch.dtype) -> dict[str, Any]:
+    """The model's own VAE replaced by the configured one (an fp16-safe SDXL VAE, or the
+    VAE a checkpoint's author recommends), as A1111's SD VAE setting does."""
+    if spec.vae is None:
+        return {}
+    path = Path(spec.vae).expanduser()
+    if spec.vae.lower().endswith(SINGLE_FILE_SUFFIXES):
+        return {"vae": AutoencoderKL.from_single_file(str(path), dtype=dtype)}
+    location = str(path) if path.is_dir() else spec.vae
+    return {"vae": AutoencoderKL.from_pretrained(location, dtype=dtype)}
 
 
 def _fp16_only(folder: Path) -> bool:
@@ -146,7 +164,7 @@ def _fp16_only(folder: Path) -> bool:
 def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
     folder = Path(spec.source).expanduser()
     family = spec.family or spec.guessed_family()
-    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family)}
+    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family), **_vae(spec, dtype)}
     if folder.is_dir():
         if _fp16_only(folder):
             kwargs["variant"] = "fp16"
@@ -174,8 +192,12 @@ def load_model(
     device: torch.device,
     dtype: torch.dtype,
     hashes: FileHashCache | None = None,
+    memory: MemorySetting = "auto",
 ) -> LoadedModel:
-    """Load a Hub id, a local diffusers folder or a single checkpoint file onto `device`."""
+    """Load a Hub id, a local diffusers folder or a single checkpoint file onto `device`,
+    placed as its memory mode (the model's own, else `memory`) says."""
+    from engine.pipelines.memory import card_memory, place
+
     started = time.perf_counter()
     model_hash: str | None = None
     try:
@@ -187,7 +209,11 @@ def load_model(
             raise ModelLoadError(
                 spec.name, f"{type(pipe).__name__} is not a Stable Diffusion text-to-image model"
             )
-        pipe.to(device)
+        family = family_of(pipe)
+        card = card_memory(device)
+        setting: MemorySetting = spec.memory or memory  # type: ignore[assignment]
+        plan = plan_for(resolve_mode(setting, family, card))
+        place(pipe, plan, device, family)
     except ModelLoadError as error:
         log.error("%s", error.detail)
         raise
@@ -199,15 +225,20 @@ def load_model(
         raise ModelLoadError(spec.name, reason, public=False) from error
     pipe.set_progress_bar_config(disable=True)
     seconds = time.perf_counter() - started
+    card_text = f"{card / 2**30:.1f} GiB card" if card else "no CUDA card"
     log.info(
-        "loaded model %s (%s) on %s/%s in %.1fs",
+        "loaded model %s (%s) on %s/%s in %.1fs, memory mode %s (%s: %s, %s)",
         spec.name,
         type(pipe).__name__,
         device,
         dtype,
         seconds,
+        plan.mode,
+        setting,
+        card_text,
+        family,
     )
-    return LoadedModel(spec, pipe, family_of(pipe), model_hash, seconds)
+    return LoadedModel(spec, pipe, family, model_hash, seconds, plan=plan, device=device)
 
 
 def load_unet(
@@ -330,40 +361,3 @@ def explain_load_failure(
 def _short_reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-class ModelCache:
-    """Keeps the most recently used model loaded; switching models frees the previous one.
-
-    One resident model is the safe default for a gaming GPU: an SD1.5 pipeline in fp16 takes
-    about 2.5 GB of VRAM and an SDXL one about 7 GB.
-    """
-
-    def __init__(self, specs: dict[str, ModelSpec], device: torch.device, dtype: torch.dtype):
-        self.specs = specs
-        self.device = device
-        self.dtype = dtype
-        self._hashes = FileHashCache()
-        self._loaded: LoadedModel | None = None
-
-    @property
-    def loaded(self) -> LoadedModel | None:
-        return self._loaded
-
-    def get(self, name: str) -> LoadedModel:
-        if self._loaded is not None and self._loaded.spec.name == name:
-            return self._loaded
-        spec = self.specs.get(name)
-        if spec is None:
-            raise ModelLoadError(name, "no model of that name is configured")
-        self.release()
-        self._loaded = load_model(spec, self.device, self.dtype, self._hashes)
-        return self._loaded
-
-    def release(self) -> None:
-        if self._loaded is None:
-            return
-        self._loaded = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()

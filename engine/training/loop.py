@@ -19,6 +19,7 @@ from torch.nn import functional
 from engine.api.errors import JobCancelled
 from engine.api.training_params import TrainingParams, TrainingProgress
 from engine.pipelines.loading import LoadedModel
+from engine.pipelines.memory import training_optimizer
 from engine.training.checkpoint import Checkpoint
 from engine.training.dataset import Latents, ReportFn
 from engine.training.methods import Method
@@ -65,11 +66,12 @@ class TrainingLoop:
         self.examples = examples
         self.priors = priors
         self.checkpoint = checkpoint
-        self.device: torch.device = pipe.device
+        # The UNet's device: an offloaded pipeline's own `device` is the CPU it rests on.
+        self.device: torch.device = loaded.device or pipe.device
         self.noise_scheduler = DDPMScheduler.from_config(loaded.base_scheduler_config)
         self.prediction = self.noise_scheduler.config.prediction_type
-        self.optimizer = torch.optim.AdamW(
-            method.trainable(), lr=params.learning_rate, weight_decay=ADAM_WEIGHT_DECAY
+        self.optimizer = training_optimizer(
+            method.trainable(), params.learning_rate, ADAM_WEIGHT_DECAY, loaded.plan
         )
         cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if pipe.unet.dtype == torch.bfloat16 else torch.float16
@@ -88,7 +90,10 @@ class TrainingLoop:
         with torch.no_grad():
             for tensor, saved in zip(self.method.trainable(), state["trainable"], strict=True):
                 tensor.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_kind", "AdamW") == type(self.optimizer).__name__:
+            self.optimizer.load_state_dict(state["optimizer"])
+        # else: resumed under another memory mode (another worker's card): the weights carry
+        # on, the optimizer's moments start again.
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.loss = float(state["loss"])
@@ -101,6 +106,7 @@ class TrainingLoop:
                 "loss": self.loss,
                 "trainable": [tensor.detach().cpu() for tensor in self.method.trainable()],
                 "optimizer": self.optimizer.state_dict(),
+                "optimizer_kind": type(self.optimizer).__name__,
                 "scaler": self.scaler.state_dict(),
             }
         )

@@ -39,6 +39,7 @@ import torch
 from engine.api.errors import EngineError
 from engine.api.training_params import TrainingParams, TrainingResult, sanitize_name
 from engine.pipelines.loading import LoadedModel
+from engine.pipelines.memory import TrainingPlacement
 from engine.training.checkpoint import CHECKPOINT_FILE, Checkpoint, job_fingerprint
 from engine.training.dataset import ReportFn, encode_images, ensure_class_images
 from engine.training.loop import TrainingLoop
@@ -71,22 +72,26 @@ def train(
         if params.prior_preservation:
             assert class_images_dir is not None
             class_pngs = ensure_class_images(loaded, params, class_images_dir, report, cancel)
-        examples = encode_images(loaded, images, params.resolution)
-        priors = encode_images(loaded, class_pngs, params.resolution) if class_pngs else None
-        method: Method = (
-            LoraMethod(loaded, params)
-            if params.method == "lora"
-            else EmbeddingMethod(loaded, params)
-        )
-        with method.attached():
-            checkpoint = Checkpoint(
-                workdir / CHECKPOINT_FILE, job_fingerprint(loaded, params, images)
+        placement = TrainingPlacement(loaded.pipe, loaded.plan, _device(loaded), loaded.family)
+        with placement:
+            examples = encode_images(loaded, images, params.resolution)
+            priors = encode_images(loaded, class_pngs, params.resolution) if class_pngs else None
+            method: Method = (
+                LoraMethod(loaded, params)
+                if params.method == "lora"
+                else EmbeddingMethod(loaded, params)
             )
-            trainer = TrainingLoop(loaded, params, method, examples, priors, checkpoint)
-            resumed_from = trainer.resume()
-            final_loss = trainer.run(report, cancel)
-            metadata = training_metadata(loaded, params, len(images))
-            path = method.save(workdir / params.file_name, metadata)
+            with method.attached():
+                if params.method == "lora":  # an embedding trains through the text encoder
+                    placement.unet_only()
+                checkpoint = Checkpoint(
+                    workdir / CHECKPOINT_FILE, job_fingerprint(loaded, params, images)
+                )
+                trainer = TrainingLoop(loaded, params, method, examples, priors, checkpoint)
+                resumed_from = trainer.resume()
+                final_loss = trainer.run(report, cancel)
+                metadata = training_metadata(loaded, params, len(images))
+                path = method.save(workdir / params.file_name, metadata)
     seconds = time.perf_counter() - started
     log.info(
         "trained %s %s on %s: %d steps (resumed at %d) in %.1fs, loss %.4f",
@@ -99,6 +104,10 @@ def train(
         final_loss,
     )
     return TrainingResult(path, metadata, seconds, final_loss, resumed_from)
+
+
+def _device(loaded: LoadedModel) -> torch.device:
+    return loaded.device or loaded.pipe.device
 
 
 def _check_request(
