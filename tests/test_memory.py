@@ -254,7 +254,8 @@ def losses(loaded: Any, tmp_path: Path, photos: list[bytes], plan: MemoryPlan) -
     seen: list[float] = []
 
     def report(progress: TrainingProgress) -> None:
-        seen.append(progress.loss)
+        if progress.loss is not None:
+            seen.append(progress.loss)
 
     p = replace(training_params(steps=4), checkpoint_every=100)
     workdir = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh run, not a resumed one
