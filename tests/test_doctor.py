@@ -32,6 +32,7 @@ from bot.cli.doctor import (
     torch_findings,
 )
 from bot.settings import Settings
+from engine.api.specs import ModelSpec
 
 BOT_ID = "123456789012345678"
 TOKEN = base64.urlsafe_b64encode(BOT_ID.encode()).decode().rstrip("=") + ".GaBcDe." + "x" * 38
@@ -324,3 +325,26 @@ def test_doctor_from_the_console_exits_1_on_a_failure(good, tmp_path, monkeypatc
         "✗ SDBOT_DISCORD_TOKEN",
     ]
     assert doctor_findings(good())[0].line().startswith("✓ Python: 3.")
+
+
+def test_the_memory_mode_each_model_would_run_in(monkeypatch):
+    from bot.cli.checks.machine import memory_finding
+
+    specs = {
+        "sd15": ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        "sdxl": ModelSpec("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+        "mine": ModelSpec("mine", "/models/mine.safetensors", memory="low"),
+    }
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=0: (7 * GIB, int(7.8 * GIB)))
+    assert memory_finding("auto", "auto", specs).line() == (
+        "✓ SDBOT_MEMORY=auto: on a 7.8 GiB card: mine low, sd15 high, sdxl medium"
+    )
+    assert memory_finding("medium", "cuda:0", specs).line() == (
+        "✓ SDBOT_MEMORY=medium: on a 7.8 GiB card: mine low, sd15 medium, sdxl medium"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert memory_finding("auto", "auto", specs).line() == (
+        "✓ SDBOT_MEMORY=auto: on no CUDA card (offloading needs one; modes only slice and "
+        "tile): mine low, sd15 high, sdxl high"
+    )

@@ -19,7 +19,12 @@ import platform
 
 from bot.cli.checks.discord_token import token_finding
 from bot.cli.checks.findings import Finding, passed
-from bot.cli.checks.machine import device_finding, torch_findings
+from bot.cli.checks.machine import (
+    device_finding,
+    memory_finding,
+    optimizer_finding,
+    torch_findings,
+)
 from bot.cli.checks.models import SINGLE_FILE_CONFIGS, helper_findings, model_findings
 from bot.cli.checks.queue import queue_findings
 from bot.cli.checks.storage import database_findings, disk_finding, folder_finding
@@ -62,6 +67,8 @@ def doctor_findings(settings: Settings) -> list[Finding]:
     findings += machine
     if machine[0].ok:  # without torch there is no device to ask about
         findings.append(device_finding(settings.device, describe=True))
+        findings.append(memory_finding(settings.memory, settings.device, settings.model_specs()))
+        findings.append(optimizer_finding())
     findings.append(folder_finding("SDBOT_DATA_DIR", settings.data_dir))
     if settings.database_path is not None:
         findings.append(folder_finding("SDBOT_DATABASE_PATH", settings.database_path.parent))

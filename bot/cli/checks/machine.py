@@ -11,6 +11,8 @@ import re
 from importlib import metadata
 
 from bot.cli.checks.findings import GIB, Finding, failed, passed
+from engine.api.memory import MemorySetting, resolve_mode
+from engine.api.specs import ModelSpec
 
 # An SD1.5 pipeline in fp16 takes about 2.5 GB of VRAM: less free than that cannot load one.
 MIN_FREE_VRAM = 2.5 * GIB
@@ -113,3 +115,29 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def memory_finding(setting: MemorySetting, device: str, models: dict[str, ModelSpec]) -> Finding:
+    """The memory mode each model would run in on this machine's card: what `auto` picks
+    from the card's total memory and the model's family, or what the owner set."""
+    import torch
+
+    total: int | None = None
+    card = "no CUDA card (offloading needs one; modes only slice and tile)"
+    if torch.cuda.is_available() and not device.startswith(("cpu", "mps")):
+        index = int(device.partition(":")[2] or 0)
+        total = int(torch.cuda.mem_get_info(index)[1])
+        card = f"a {total / GIB:.1f} GiB card"
+    modes = ", ".join(
+        f"{name} {resolve_mode(spec.memory or setting, spec.guessed_family(), total)}"  # type: ignore[arg-type]
+        for name, spec in sorted(models.items())
+    )
+    return passed(f"SDBOT_MEMORY={setting}", f"on {card}: {modes}")
+
+
+def optimizer_finding() -> Finding:
+    """8-bit AdamW for training on small cards, where bitsandbytes installs."""
+    version = _version("bitsandbytes")
+    if version is None:
+        return passed("8-bit AdamW", "bitsandbytes is not installed: /train uses 32-bit AdamW")
+    return passed("8-bit AdamW", f"bitsandbytes {version}, used in memory modes medium and low")
