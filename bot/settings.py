@@ -31,6 +31,7 @@ ENV_PREFIX = "SDBOT_"
 # auto, cpu, mps, cuda or cuda:N (a card of several).
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 DType = Literal["auto", "float16", "bfloat16", "float32"]
+MAX_BATCH_JOBS = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -113,7 +114,9 @@ class Settings(BaseSettings):
     # torch.compile of the UNet's repeated blocks, warmed up at start (CUDA only).
     compile: bool = False
     progress_interval: float = Field(default=2.0, ge=0.0)
-    max_batch: int = Field(default=1, ge=1, le=16)
+    # Jobs of different members run as one batch: auto, as many images as the GPU holds
+    # (bot/generation/batching.py); a number, at most that many jobs.
+    max_batch: int | Literal["auto"] = "auto"
     max_prompt_length: int = Field(default=1500, ge=1, le=6000)
     prompt_syntax: Literal["a1111", "subprompt", "auto"] = "auto"
     price_per_image: float = Field(default=1.0, ge=0.0)
@@ -173,6 +176,20 @@ class Settings(BaseSettings):
         if problem is not None:
             raise ValueError(problem)
         return url
+
+    @field_validator("max_batch", mode="before")
+    @classmethod
+    def _auto_or_jobs(cls, value: object) -> object:
+        # One sentence for both spellings of a mistake, not one per member of the union.
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = 0
+        if not 1 <= number <= MAX_BATCH_JOBS:
+            raise ValueError(f"must be auto or a number of jobs from 1 to {MAX_BATCH_JOBS}")
+        return number
 
     @field_validator("log_level")
     @classmethod

@@ -25,8 +25,8 @@ from typing import Any, Self, TypeVar
 
 from engine.api.errors import EngineError, EngineStopped, OutOfMemory
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
-from engine.api.memory import MemorySetting
-from engine.api.params import GenerationResult, ModelInfo
+from engine.api.memory import MemorySetting, batch_images, resolve_mode
+from engine.api.params import GenerationParams, GenerationResult, ModelInfo
 from engine.api.port import WorkerState
 from engine.api.specs import ModelSpec
 
@@ -106,6 +106,9 @@ class EngineWorker:
         self._serving: _Request | None = None  # what the thread is doing now
         self.served = 0  # requests served, and the seconds they took (for /workers)
         self._served_seconds = 0.0
+        # The CUDA card's total memory, probed on the engine thread when models are first
+        # asked for (None: none, or not probed yet); read by `batch_images` on the loop.
+        self.card_bytes: int | None = None
 
     @property
     def running(self) -> bool:
@@ -190,6 +193,20 @@ class EngineWorker:
         ]
         return await self.call(partial(self._generate, threaded))
 
+    def batch_images(self, params: GenerationParams) -> int | None:
+        """How many images like these one batch can hold on this card; None before the
+        card is known or without one (the queue then batches nothing)."""
+        spec = self.config.models.get(params.model)
+        if spec is None or self.card_bytes is None:
+            return None
+        loaded = self._cache.loaded if self._cache is not None else None
+        family = spec.family or spec.guessed_family()
+        setting: Any = spec.memory or self.config.memory
+        mode = resolve_mode(setting, family, self.card_bytes)
+        if loaded is not None and loaded.spec.name == params.model:
+            family, mode = loaded.family, loaded.plan.mode  # as loaded, or lowered since
+        return batch_images(family, mode, self.card_bytes, params.width, params.height)
+
     async def workers(self) -> list[WorkerState]:
         busy = self._serving is not None
         speed = self._served_seconds / self.served if self.served else None
@@ -252,12 +269,14 @@ class EngineWorker:
         if self._cache is None:
             # Imported and probed here, on the engine thread: nothing else touches CUDA.
             from engine.pipelines.loading import pick_device, pick_dtype
+            from engine.pipelines.memory import card_memory
             from engine.pipelines.model_cache import ModelCache
 
             config = self.config
             device = pick_device(config.device)
             dtype = pick_dtype(config.dtype, device)
             self._cache = ModelCache(config.models, device, dtype, config.memory, config.compile)
+            self.card_bytes = card_memory(device)
         return self._cache
 
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:

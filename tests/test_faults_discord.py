@@ -348,6 +348,7 @@ async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_ser
     engine_worker = sim.bot.engine
     first_thread = engine_worker._thread
     sim.bot.scheduler.queue.max_batch = 2
+    sim.bot.scheduler.queue.fits = None  # on a CPU, auto batches nothing
     # Carol's job waits on the held engine while Alice's and Bob's queue up behind it, to
     # run as one batch.
     carol, alice, bob = sim.member("carol"), sim.member("alice"), sim.member("bob")

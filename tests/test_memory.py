@@ -290,3 +290,19 @@ def test_medium_trains_with_8bit_adam_on_the_curve_of_high(tiny_sd1: Path, tmp_p
     assert high[0] == pytest.approx(medium[0], rel=1e-4)  # before any update: the same
     # 8-bit moments quantize the updates: the curve follows, within a few percent.
     assert np.allclose(high, medium, rtol=0.05)
+
+
+def test_the_engine_answers_how_many_images_its_card_batches(tiny_sd1: Path) -> None:
+    specs = {
+        "sd15": ModelSpec("sd15", str(tiny_sd1)),
+        "xl": ModelSpec("xl", "stabilityai/stable-diffusion-xl-base-1.0"),
+        "lean": ModelSpec("lean", str(tiny_sd1), memory="low"),
+    }
+    engine = EngineWorker(EngineConfig(specs, device="cpu"))
+    at_512 = tiny_params(model="sd15", width=512, height=512)
+    assert engine.batch_images(at_512) is None  # the card is not known before a model loads
+    engine.card_bytes = int(7.8 * GIB)
+    assert engine.batch_images(at_512) == 6
+    assert engine.batch_images(replace(at_512, model="xl", width=1024, height=1024)) == 1
+    assert engine.batch_images(replace(at_512, model="lean")) == 1
+    assert engine.batch_images(replace(at_512, model="unknown")) is None

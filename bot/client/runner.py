@@ -16,6 +16,7 @@ from bot.community.policy import CommunityPolicy
 from bot.community.prefs import PreferenceService
 from bot.community.safety import SafetyReview
 from bot.generation.actions import ResultActions
+from bot.generation.batching import ImageBudget
 from bot.generation.handler import GenerationHandler
 from bot.generation.imaging import ImageRequests
 from bot.generation.options import STANDARD_JOB
@@ -26,7 +27,7 @@ from bot.jobs.inputs import InputStore
 from bot.jobs.kinds import JobKind
 from bot.jobs.queue import JobQueue
 from bot.jobs.scheduler import Scheduler
-from bot.settings import Settings
+from bot.settings import MAX_BATCH_JOBS, Settings
 from bot.training.folders import TrainingFolders
 from bot.training.handler import TrainingHandler
 from bot.training.loras import LoraLibrary
@@ -75,7 +76,7 @@ def build_bot(
     )
     scheduler = Scheduler(
         jobs,
-        JobQueue(max_batch=settings.max_batch),
+        job_queue(settings, engine),
         {JobKind.GENERATE: images, JobKind.TRAIN: trainer},
         engine,
         idle_wait,
@@ -144,3 +145,11 @@ def run_bot(settings: Settings) -> int:
         )
         return EXIT_CONFIG
     return 0
+
+
+def job_queue(settings: Settings, engine: EnginePort) -> JobQueue:
+    """SDBOT_MAX_BATCH: auto batches as many images as the engine's card holds; a number
+    caps the jobs per batch, as before."""
+    if settings.max_batch == "auto":
+        return JobQueue(max_batch=MAX_BATCH_JOBS, fits=ImageBudget(engine))
+    return JobQueue(max_batch=settings.max_batch)

@@ -21,7 +21,13 @@ from bot.fleet import protocol
 from bot.fleet.protocol import BadMessage
 from engine.api.errors import EngineError, EngineStopped, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
-from engine.api.params import GeneratedImage, GenerationResult, ModelInfo, Progress
+from engine.api.params import (
+    GeneratedImage,
+    GenerationParams,
+    GenerationResult,
+    ModelInfo,
+    Progress,
+)
 from engine.api.port import WorkerState
 from engine.api.training_params import TrainingProgress, TrainingResult
 
@@ -130,6 +136,10 @@ class RedisEngine:
             return len([key async for key in self._db.scan_iter(match=protocol.WORKERS + "*")])
         except RedisError:
             return 0  # Redis is down: nothing is released until it answers again
+
+    def batch_images(self, params: GenerationParams) -> int | None:
+        # Workers' cards differ and are not advertised yet: batches as SDBOT_MAX_BATCH says.
+        return None
 
     async def workers(self) -> list[WorkerState]:
         """Each live worker, from its heartbeat: models, whether it runs a batch, speed."""

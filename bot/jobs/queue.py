@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.jobs.kinds import JobKind, Work
@@ -28,9 +28,14 @@ class QueuedJob:
         self.batch_key = self.engine_job.batch_key()
 
 
+# Whether these works may run as one batch (the engine's memory budget); None: any number.
+Fits = Callable[[Sequence[Work]], bool]
+
+
 class JobQueue:
-    def __init__(self, max_batch: int = 1) -> None:
+    def __init__(self, max_batch: int = 1, fits: Fits | None = None) -> None:
         self.max_batch = max_batch
+        self.fits = fits
         self._lines: dict[int, deque[QueuedJob]] = {}
         self._turns: deque[int] = deque()  # members with waiting jobs, next to serve first
         self._changed = asyncio.Event()
@@ -93,7 +98,7 @@ class JobQueue:
 
     async def take_batch(self) -> list[QueuedJob]:
         """Wait for a job, then take the next member's job and compatible ones of the members
-        after them in turn (one each), up to `max_batch`."""
+        after them in turn (one each), up to `max_batch` jobs and what `fits` allows."""
         while not self._turns:
             self._changed.clear()
             await self._changed.wait()
@@ -102,6 +107,10 @@ class JobQueue:
         for user in list(self._turns):
             if len(batch) >= self.max_batch:
                 break
-            if user != head.user_id and self._lines[user][0].batch_key == head.batch_key:
+            candidate = self._lines[user][0]
+            if user == head.user_id or candidate.batch_key != head.batch_key:
+                continue
+            works = [job.engine_job for job in (*batch, candidate)]
+            if self.fits is None or self.fits(works):
                 batch.append(self._pop_front(user))
         return batch

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from engine.api.specs import ModelFamily
+from engine.api.specs import NATIVE_SIZE, ModelFamily
 
 MemoryMode = Literal["high", "medium", "low"]
 MemorySetting = Literal["auto", "high", "medium", "low"]
@@ -98,3 +98,30 @@ def resolve_mode(
 def lower_mode(mode: MemoryMode) -> MemoryMode | None:
     """The next mode down after an out-of-memory error; None at `low`."""
     return _LOWER[mode]
+
+
+# What batching costs, for `batch_images`: the weights that stay on the card while the UNet
+# runs (fp16: SD 1.5's UNet, text encoder and VAE ~2.6 GB, SDXL's ~7 GB; offloaded, the UNet
+# alone), one decode's peak (SDXL's VAE decodes in float32), and each image's activations at
+# the native size with CFG (diffusers' SDPA). Estimates from diffusers' published figures,
+# rounded up; a batch that does not fit after all is split by the out-of-memory retry.
+_RESIDENT_GIB: dict[ModelFamily, float] = {"sd1": 2.6, "sd2": 2.9, "sdxl": 7.0}
+_UNET_GIB: dict[ModelFamily, float] = {"sd1": 1.7, "sd2": 1.8, "sdxl": 5.1}
+_DECODE_GIB: dict[ModelFamily, float] = {"sd1": 1.0, "sd2": 1.5, "sdxl": 3.5}
+_PER_IMAGE_GIB: dict[ModelFamily, float] = {"sd1": 0.5, "sd2": 0.9, "sdxl": 2.5}
+MAX_BATCH_IMAGES = 16
+_USABLE = 0.9  # the allocator's own overhead and fragmentation
+
+
+def batch_images(
+    family: ModelFamily, mode: MemoryMode, total_bytes: int | None, width: int, height: int
+) -> int:
+    """How many images of this size one UNet batch can hold on this card; 1 without a
+    CUDA card (a CPU gains little from batching) or in `low` (layer by layer)."""
+    if total_bytes is None or mode == "low":
+        return 1
+    resident = _RESIDENT_GIB[family] if mode == "high" else _UNET_GIB[family]
+    native_w, native_h = NATIVE_SIZE[family]
+    per_image = _PER_IMAGE_GIB[family] * (width * height) / (native_w * native_h)
+    free = total_bytes / GIB * _USABLE - resident - _DECODE_GIB[family]
+    return max(1, min(MAX_BATCH_IMAGES, int(free / per_image)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, Self
 
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
-from engine.api.params import GenerationResult, ModelInfo
+from engine.api.params import GenerationParams, GenerationResult, ModelInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,10 @@ class EnginePort(Protocol):
         """Wait until the engine can take one more batch; returns what gives the slot back.
         The scheduler holds a slot for each batch it runs, so batches are released in the
         queue's fair order exactly as fast as the engine (or the fleet) frees up."""
+
+    def batch_images(self, params: GenerationParams) -> int | None:
+        """How many images like these (model, size) one batch may hold, from the card's
+        memory; None when the engine has no opinion, and the queue batches nothing."""
 
     async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
         """One result per job, in order, for a batch of compatible jobs (same batch key).
