@@ -54,6 +54,8 @@ class EngineConfig:
     # UNet's repeated blocks are compiled (CUDA only), warmed up when a model loads.
     memory: MemorySetting = "auto"
     compile: bool = False
+    # Loaded when the thread starts, before any job (the default model, when compiling).
+    warm_models: tuple[str, ...] = ()
     # A text-prompted segmentation model (CLIPSeg) for masks described in words.
     segmenter: str | None = None
 
@@ -196,16 +198,8 @@ class EngineWorker:
     def batch_images(self, params: GenerationParams) -> int | None:
         """How many images like these one batch can hold on this card; None before the
         card is known or without one (the queue then batches nothing)."""
-        spec = self.config.models.get(params.model)
-        if spec is None or self.card_bytes is None:
-            return None
         loaded = self._cache.loaded if self._cache is not None else None
-        family = spec.family or spec.guessed_family()
-        setting: Any = spec.memory or self.config.memory
-        mode = resolve_mode(setting, family, self.card_bytes)
-        if loaded is not None and loaded.spec.name == params.model:
-            family, mode = loaded.family, loaded.plan.mode  # as loaded, or lowered since
-        return batch_images(family, mode, self.card_bytes, params.width, params.height)
+        return images_per_batch(self.config, loaded, self.card_bytes, params)
 
     async def workers(self) -> list[WorkerState]:
         busy = self._serving is not None
@@ -293,6 +287,7 @@ class EngineWorker:
     def _run(self) -> None:
         if self.restarts:
             free_what_the_dead_held()
+        warm_up(self._models, self.config.warm_models)
         request: _Request | None = None
         try:
             while (request := self._requests.get()) is not None:
@@ -352,6 +347,32 @@ def _post(
     # RuntimeError: the loop closed, so nobody is listening any more.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(report, progress, context=context)
+
+
+def warm_up(models: Callable[[], Any], names: Sequence[str]) -> None:
+    """Load (and compile) the configured models before the first job, so the first member
+    does not wait for torch.compile; a model that fails is tried again by its first job."""
+    for name in names:
+        try:
+            models().get(name)
+        except Exception:  # the job that needs it reports the failure to its member
+            log.exception("warming up model %s failed", name)
+
+
+def images_per_batch(
+    config: EngineConfig, loaded: Any, card_bytes: int | None, params: GenerationParams
+) -> int | None:
+    """`EngineWorker.batch_images`: from the model's family and memory mode (as loaded, or
+    lowered since; else as it would load) and the card's memory."""
+    spec = config.models.get(params.model)
+    if spec is None or card_bytes is None:
+        return None
+    family = spec.family or spec.guessed_family()
+    setting: Any = spec.memory or config.memory
+    mode = resolve_mode(setting, family, card_bytes)
+    if loaded is not None and loaded.spec.name == params.model:
+        family, mode = loaded.family, loaded.plan.mode
+    return batch_images(family, mode, card_bytes, params.width, params.height)
 
 
 def run_batch(

@@ -306,3 +306,13 @@ def test_the_engine_answers_how_many_images_its_card_batches(tiny_sd1: Path) -> 
     assert engine.batch_images(replace(at_512, model="xl", width=1024, height=1024)) == 1
     assert engine.batch_images(replace(at_512, model="lean")) == 1
     assert engine.batch_images(replace(at_512, model="unknown")) is None
+
+
+async def test_models_to_warm_are_loaded_before_the_first_job(tiny_sd1: Path) -> None:
+    specs = {"tiny": ModelSpec("tiny", str(tiny_sd1))}
+    engine = EngineWorker(EngineConfig(specs, device="cpu", warm_models=("missing", "tiny")))
+    async with engine:
+        # The first request is served after the warm-up: the model is there already, and a
+        # model that failed to warm up ("missing") stopped nothing.
+        name = await engine.call(lambda: engine._cache.loaded.spec.name)
+    assert name == "tiny"

@@ -34,6 +34,7 @@ def local_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
             safety_checker=settings.safety_checker or None,
             memory=settings.memory,
             compile=settings.compile,
+            warm_models=(settings.default_model,) if settings.compile else (),
             segmenter=settings.segmenter or None,
         )
     )
