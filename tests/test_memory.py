@@ -122,6 +122,10 @@ def test_a_per_model_mode_turns_on_its_switches(tiny_sd1: Path) -> None:
     default = load_model(ModelSpec("tiny", str(tiny_sd1)), CPU, torch.float32, memory="auto")
     assert default.plan.mode == "high"
     assert not default.pipe.vae.use_slicing
+    # Outside `low`, attention is torch's scaled_dot_product_attention (flash or
+    # memory-efficient kernels where the device has them), which slicing would replace.
+    processors = {type(p).__name__ for p in default.pipe.unet.attn_processors.values()}
+    assert processors == {"AttnProcessor2_0"}
 
 
 # -- VAE tiling past 1.5x the native side ------------------------------------------------
