@@ -35,7 +35,6 @@ from engine.api.params import (
     MIN_CLIP_SKIP,
     InvalidParams,
 )
-from engine.api.training_params import sanitize_name
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
@@ -154,8 +153,10 @@ class Dream(commands.Cog):
 
 
 def with_lora_tag(prompt: str, name: str, weight: float) -> str:
-    """The prompt with A1111's tag for the LoRA, so rerolls and the PNG carry it too."""
-    return f"{prompt} <lora:{sanitize_name(name)}:{weight:g}>"
+    """The prompt with A1111's tag for the LoRA, so rerolls and the PNG carry it too. The
+    name as chosen (a folder file keeps its case and spaces, as A1111's tags name files);
+    only what would end the tag early is taken out."""
+    return f"{prompt} <lora:{name.replace(':', '').replace('>', '').strip()}:{weight:g}>"
 
 
 async def setup(bot: SDBot) -> None:

@@ -1,7 +1,10 @@
-"""/loras: what a member trained, and what others shared in this server."""
+"""/loras: what a member trained, what others shared in this server, and the owner's
+LoRA folder."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,11 +12,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.contracts import JobRefused
+from bot.training.loras import FOLDER_OWNER
+from bot.training.outcomes import a1111_name
 from cogs.ui.options import MAX_CHOICES
 from engine.api.params import InvalidParams
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
+    from data.loras import Lora
+
+MESSAGE_LIMIT = 2000
 
 
 async def own_lora_autocomplete(
@@ -37,21 +45,19 @@ class Loras(commands.Cog):
     def __init__(self, bot: SDBot) -> None:
         self.bot = bot
 
-    @loras_group.command(name="list", description="Yours, and those shared in this server")
+    @loras_group.command(name="list", description="Yours, those shared here, the LoRA folder's")
     async def list_loras(self, interaction: discord.Interaction) -> None:
-        usable = await self.bot.library.usable(interaction.user.id, interaction.guild_id)
-        if not usable:
+        library = self.bot.library
+        usable = await library.usable(interaction.user.id, interaction.guild_id)
+        broken = [entry for entry in await library.folder_files() if not entry.usable]
+        if not usable and not broken:
             await interaction.response.send_message(
                 "Nothing yet: `/train` teaches the model a face, a pet or a style.", ephemeral=True
             )
             return
-        lines = []
-        for lora in usable:
-            mine = lora.owner_id == interaction.user.id
-            whose = ("shared" if lora.shared else "private") if mine else f"by <@{lora.owner_id}>"
-            use = f"<lora:{lora.name}:0.8>" if lora.method == "lora" else lora.token
-            lines.append(f"**{lora.name}** · {lora.method} · `{use}` · {lora.base_model} · {whose}")
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        lines = [_line(lora, interaction.user.id) for lora in usable]
+        lines += [f"~~{entry.name}~~ · {entry.problem}" for entry in broken]
+        await interaction.response.send_message(_fitted(lines), ephemeral=True)
 
     @loras_group.command(name="rename", description="Rename one of yours")
     @app_commands.autocomplete(name=own_lora_autocomplete)
@@ -97,12 +103,60 @@ class Loras(commands.Cog):
             return f"**{lora.name}** is shared: members of this server can use and list it."
         return f"**{lora.name}** is private again."
 
+    @loras_group.command(name="download", description="One of yours, for A1111, Forge or ComfyUI")
+    @app_commands.autocomplete(name=own_lora_autocomplete)
+    async def download(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64]
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            lora, path = await self.bot.library.a1111_file(interaction.user.id, name)
+        except (JobRefused, InvalidParams) as refused:
+            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
+            return
+        file_name = a1111_name(lora)
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        limit = interaction.filesize_limit  # a boosted server's is larger than a DM's
+        if size > limit:
+            await interaction.followup.send(
+                f"❌ `{file_name}` is {size / 1024**2:.1f} MB, over Discord's "
+                f"{limit / 1024**2:.0f} MB upload limit here; the bot's owner can give it to you.",
+                ephemeral=True,
+            )
+            return
+        data = await asyncio.to_thread(path.read_bytes)
+        await interaction.followup.send(
+            f"`{file_name}` for A1111, Forge and ComfyUI.",
+            file=discord.File(io.BytesIO(data), filename=file_name),
+            ephemeral=True,
+        )
+
     async def _answer(self, interaction: discord.Interaction, work: object) -> None:
         try:
             text = await work  # type: ignore[misc]
         except (JobRefused, InvalidParams) as refused:
             text = f"❌ {refused}"
         await interaction.response.send_message(text, ephemeral=True)
+
+
+def _line(lora: Lora, user_id: int) -> str:
+    use = f"<lora:{lora.name}:0.8>" if lora.method == "lora" else lora.token
+    if lora.owner_id == FOLDER_OWNER:
+        return f"**{lora.name}** · LoRA folder · `{use}` · {lora.base_model}"
+    mine = lora.owner_id == user_id
+    whose = ("shared" if lora.shared else "private") if mine else f"by <@{lora.owner_id}>"
+    return f"**{lora.name}** · {lora.method} · `{use}` · {lora.base_model} · {whose}"
+
+
+def _fitted(lines: list[str]) -> str:
+    """As many lines as one message holds (Discord: 2000 characters), and how many more."""
+    shown: list[str] = []
+    for index, line in enumerate(lines):
+        more = f"\n… and {len(lines) - index} more"
+        if sum(len(x) + 1 for x in shown) + len(line) + len(more) > MESSAGE_LIMIT:
+            return "\n".join(shown) + more
+        shown.append(line)
+    return "\n".join(shown)
 
 
 async def setup(bot: SDBot) -> None:

@@ -7,6 +7,7 @@ button), and the result is posted as a new message and sent to the member by DM.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTACHMENTS = 10  # Discord's slash commands take a fixed list of options
+DM_FILE_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES  # a DM's upload limit: 10 MiB
 CANCEL_TEMPLATE = r"sd:traincancel:(?P<job>[0-9]{1,20})"
 
 
@@ -187,7 +189,9 @@ class TrainingPresenter(LiveMessage):
                 )
             except discord.HTTPException as error:  # no right to post here: the DM has it
                 log.info("training job %s: could not post in its channel (%s)", self.job_id, error)
-        await self._dm(text, _sample_files(outcome))
+        copy_line, copy_files = await _a1111_attachment(outcome)
+        dm_text = f"{text}\n{copy_line}" if copy_line else text
+        await self._dm(dm_text, _sample_files(outcome) + copy_files)
         return sent.id if sent is not None else None
 
     async def failed(self, job: Job, message: str, refunded: int) -> None:
@@ -216,6 +220,31 @@ def _done_text(outcome: TrainedOutcome) -> str:
         f"`/dream prompt: {outcome.usage}`\n"
         f"It is private; `/loras share {outcome.lora.name}` lets this server use it."
     )
+
+
+async def _a1111_attachment(outcome: TrainedOutcome) -> tuple[str, list[discord.File]]:
+    """The DM's file in A1111's format, or why it is not attached (Discord's upload limit
+    for a DM: boosts raise only a server's). The channel never gets it: it is private."""
+    path = outcome.a1111_file
+    if path is None:
+        return "", []
+    name, lora = outcome.a1111_name, outcome.lora
+    if lora.method == "lora":
+        where = f"put it in `models/Lora` (ComfyUI: `models/loras`), use `<lora:{lora.name}:0.8>`"
+    else:
+        where = f"put it in `embeddings` (ComfyUI: `models/embeddings`), write `{lora.token}`"
+    size = await asyncio.to_thread(lambda: path.stat().st_size)
+    if size > DM_FILE_LIMIT:
+        return (
+            f"The file for A1111, Forge and ComfyUI ({size / 1024**2:.1f} MB) is over Discord's "
+            f"{DM_FILE_LIMIT // 1024**2} MB limit for a DM, so it is not attached; the bot's "
+            "owner can give it to you.",
+            [],
+        )
+    data = await asyncio.to_thread(path.read_bytes)
+    return f"`{name}` is attached for A1111, Forge and ComfyUI: {where}.", [
+        discord.File(io.BytesIO(data), filename=name)
+    ]
 
 
 def _sample_files(outcome: TrainedOutcome) -> list[discord.File]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
+import os
 import socket
 import sys
 import threading
@@ -18,22 +20,27 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as redis
+import torch
 from PIL import Image
 from pydantic import ValidationError
 
 from bot.__main__ import main
 from bot.cli.doctor import doctor_findings, startup_problems
 from bot.client.runner import build_bot
-from bot.fleet import protocol
+from bot.fleet import files, protocol
 from bot.fleet.adapter import RedisEngine
 from bot.fleet.worker import FleetWorker
 from bot.jobs.engines import local_engine
 from bot.settings import Settings
 from data.jobs import JobStatus
 from engine.api.errors import EngineError
+from engine.api.specs import ModelSpec
+from engine.imaging.images import read_png_infotext
+from engine.pipelines.loading import load_model
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
 from tests.fleet_helpers import Recorder, bot_environment, until
+from tests.kohya_files import addnet_hash, kohya_state, write_kohya
 
 
 class Fleet:
@@ -85,12 +92,17 @@ class Fleet:
 
 
 @pytest.fixture
+def fleet_settings(make_settings: Callable[..., Settings], redis_server: Any) -> Settings:
+    return make_settings(queue_url=redis_server.url)
+
+
+@pytest.fixture
 async def fleet_bot(
-    make_settings: Callable[..., Settings], redis_server: Any
+    fleet_settings: Settings, redis_server: Any
 ) -> AsyncIterator[tuple[Any, Fleet]]:
     """The bot's objects, as `python -m bot` builds them with SDBOT_QUEUE_URL, without
     Discord; its dispatcher running, and a fleet to start workers in."""
-    settings = make_settings(queue_url=redis_server.url)
+    settings = fleet_settings
     bot = build_bot(settings)
     assert isinstance(bot.engine, RedisEngine)
     fleet = Fleet(settings, redis_server.url, lease=1.0)
@@ -311,6 +323,7 @@ async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
     assert outcome.lora.name == "rex"
     size = await asyncio.to_thread(lambda: Path(outcome.lora.path).stat().st_size)
     assert size > 0, "the trained file is on the bot's disk"
+    assert outcome.a1111_file is not None, "and its copy for A1111"
     assert outcome.samples, "its sample images came back too"
     assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED
 
@@ -445,3 +458,78 @@ async def test_the_console_is_served_by_the_fleet(fleet_bot, tmp_path):
     assert worker.served == 1, "made by the worker, not by a local engine thread"
     [picture] = await asyncio.to_thread(lambda: list(tmp_path.glob("*.png")))
     assert line.startswith(str(picture))
+
+
+class TestLoraFilesTravelWithTheirJobs:
+    @pytest.fixture
+    def fleet_settings(self, make_settings, redis_server, tmp_path, tiny_sd1) -> Settings:
+        folder = tmp_path / "lora-folder"
+        folder.mkdir()
+        loaded = load_model(ModelSpec("tiny", str(tiny_sd1)), torch.device("cpu"), torch.float32)
+        write_kohya(folder / "detail.safetensors", kohya_state(loaded.pipe))
+        return make_settings(queue_url=redis_server.url, lora_dir=folder)
+
+    async def test_sent_once_by_content_and_kept_by_the_worker(self, fleet_bot, redis_server):
+        bot, fleet = fleet_bot
+        worker = await fleet.start("one")
+        path = bot.settings.lora_dir / "detail.safetensors"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        plain, tagged, again = Recorder(), Recorder(), Recorder()
+        for user, observer, prompt in [
+            (10, plain, "a cat"),
+            (10, tagged, "a cat <lora:detail:0.8>"),
+            (11, again, "a cat <lora:detail:0.8>"),
+        ]:
+            await submit(bot, user, observer, prompt=prompt, seed=3, steps=2)
+            await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+        assert not plain.failures + tagged.failures + again.failures
+        [base, used, reused] = [r.outcomes[0].images[0].png for r in (plain, tagged, again)]
+        assert pixels(base) != pixels(used)
+        assert pixels(used) == pixels(reused)
+        assert f'Lora hashes: "detail: {addnet_hash(path)}"' in read_png_infotext(used)
+
+        assert bot.engine.files.uploads == 1, "the bot sent the file once"
+        assert worker.files.fetches == 1, "the worker fetched it once and kept it"
+        kept = worker.files.folder / f"{digest}.safetensors"
+        assert kept.read_bytes() == path.read_bytes()
+        db: Any = redis.Redis.from_url(redis_server.url)
+        entries = await db.xrange(protocol.model_stream("tiny"))
+        requests = [protocol.loads(fields[b"request"]) for _, fields in entries]
+        named = [job["params"]["loras"] for request in requests for job in request["jobs"]]
+        by_content = [["detail", f"sha256:{digest}.safetensors", 0.8]]
+        assert named == [[], by_content, by_content]
+        assert str(bot.settings.lora_dir) not in str(requests), "no path of the bot's disk"
+        assert await db.ttl(files.FILES + digest) > 0, "kept in Redis for a while, not forever"
+        await db.aclose()
+
+
+async def test_a_worker_uses_no_path_and_checks_what_it_fetches(
+    redis_server, tmp_path, monkeypatch
+):
+    db: Any = redis.Redis.from_url(redis_server.url)
+    cache = files.FileCache(tmp_path / "worker")
+    with pytest.raises(protocol.BadMessage, match="named by a path"):
+        await cache.local(db, tiny_params(loras=(("x", "/etc/passwd", 1.0),)))
+    missing = f"sha256:{'0' * 64}.safetensors"
+    with pytest.raises(EngineError, match="could not get the file of LoRA or embedding x"):
+        await cache.local(db, tiny_params(loras=(("x", missing, 1.0),)))
+    forged = hashlib.sha256(b"the real one").hexdigest()
+    await db.rpush(files.FILES + forged, b"something else")
+    with pytest.raises(EngineError, match="could not get the file"):
+        await cache.local(db, tiny_params(embeddings=(("zwx", f"sha256:{forged}"),)))
+    assert not any((tmp_path / "worker").iterdir()), "nothing unchecked is kept"
+
+    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)  # a file in many chunks
+    original = tmp_path / "big.safetensors"
+    original.write_bytes(os.urandom(4500))
+    sender = files.FileSender()
+    shared = await sender.shared(db, tiny_params(loras=(("big", str(original), 1.0),)))
+    local = await cache.local(db, shared)
+    [(_, kept, _)] = local.loras
+    assert await asyncio.to_thread(Path(kept).read_bytes) == original.read_bytes()
+    assert await db.llen(files.FILES + hashlib.sha256(original.read_bytes()).hexdigest()) == 5
+    await db.aclose()
+
+
+def pixels(png: bytes) -> bytes:
+    return Image.open(io.BytesIO(png)).tobytes()

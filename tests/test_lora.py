@@ -13,20 +13,23 @@ import torch
 from safetensors.torch import save_file
 
 from engine.api.errors import EngineError
+from engine.api.hashes import FileHashCache, embedding_infotext, lora_hashes, lora_infotext
 from engine.api.infotext import unquote
+from engine.api.lora_files import (
+    LoraFileError,
+    check_family,
+    check_loadable,
+    lora_family,
+    read_header,
+)
 from engine.api.lora_tags import merged_weights, parse_lora_tags
 from engine.api.params import InvalidParams
 from engine.api.specs import ModelSpec
 from engine.pipelines.loading import LoadedModel, load_model
-from engine.pipelines.lora import (
-    AdapterCache,
-    embedding_infotext,
-    lora_hashes,
-    lora_infotext,
-    lora_short_hash,
-)
+from engine.pipelines.lora import AdapterCache
 from engine.pipelines.prompts import PromptEncoder
 from engine.training.methods import LORA_TARGETS, write_safetensors
+from tests.kohya_files import addnet_hash, kohya_state, write_kohya
 
 CPU = torch.device("cpu")
 
@@ -117,8 +120,9 @@ def test_lora_hashes_are_a1111s(tmp_path):
     data = plain.read_bytes()
     header = int.from_bytes(data[:8], "little")
     expected = hashlib.sha256(data[8 + header :]).hexdigest()[:12]
-    assert lora_short_hash(plain) == expected
-    assert lora_short_hash(ours) == expected  # read from sshs_model_hash, same value
+    hashes = FileHashCache()
+    assert hashes.lora_short_hash(plain) == expected
+    assert hashes.lora_short_hash(ours) == expected  # its header does not change it
     line = lora_infotext([("rex", plain), ("my:dog,2", ours)])
     assert line == f'Lora hashes: "rex: {expected}, mydog2: {expected}"'
     assert unquote(line.removeprefix("Lora hashes: ")) == f"rex: {expected}, mydog2: {expected}"
@@ -202,7 +206,7 @@ def test_a_broken_lora_file_is_an_engine_error(loaded, tmp_path):
     save_file({"nonsense": torch.ones(1)}, str(broken))
     base = render(loaded)
     applying = AdapterCache(loaded.pipe).applied([(broken, 1.0)])
-    with pytest.raises(EngineError, match="LoRA broken"), applying:
+    with pytest.raises(EngineError, match="LoRA broken could not be loaded"), applying:
         pass
     assert np.array_equal(render(loaded), base)
 
@@ -267,3 +271,119 @@ def test_sdxl_embeddings_load_into_both_encoders(tiny_sdxl, tmp_path):
         assert np.abs(render(loaded, prompt) - base).max() > 1e-4
     assert len(pipe.tokenizer) == len(pipe.tokenizer_2) == 520
     assert np.array_equal(render(loaded, "a zwxrex dog"), base)
+
+
+# -- Files as members download them (kohya / A1111, LyCORIS) -------------------------------
+
+
+def test_a_kohya_lora_with_locon_and_text_encoder_layers_applies(loaded, tmp_path):
+    path = write_kohya(tmp_path / "detail.safetensors", kohya_state(loaded.pipe, locon=True))
+    header = read_header(path)
+    check_loadable(header)
+    assert header.metadata["ss_output_name"] == "detail"
+    base = render(loaded)
+    cache = AdapterCache(loaded.pipe)
+    with cache.applied([(path, 0.8)], names={path: "detail"}):
+        used = render(loaded)
+        assert set(loaded.pipe.get_list_adapters()) == {"unet", "text_encoder"}
+    with cache.applied([(path, 0.0)]):
+        assert np.array_equal(render(loaded), base)
+    assert np.abs(used - base).max() > 1e-3
+    assert np.array_equal(render(loaded), base)
+    assert FileHashCache().lora_short_hash(path) == addnet_hash(path)
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
+@pytest.mark.filterwarnings("ignore:Adapter .* was active which is now deleted")
+def test_an_sdxl_lora_on_an_sd1_model_fails_in_one_sentence(loaded, tiny_sdxl, tmp_path):
+    xl = load_model(ModelSpec("xl", str(tiny_sdxl)), CPU, torch.float32)
+    # Without metadata and with unet layers only: nothing tells its family before loading.
+    path = write_kohya(tmp_path / "xl.safetensors", kohya_state(xl.pipe, text=False))
+    assert lora_family(read_header(path)) is None
+    good = make_lora(loaded, tmp_path / "good.safetensors", seed=1)
+    base = render(loaded)
+    cache = AdapterCache(loaded.pipe)
+    applying = cache.applied([(good, 1.0), (path, 1.0)], names={path: "xlstyle"})
+    with pytest.raises(EngineError) as failed, applying:
+        pass
+    assert failed.value.user_message == (
+        "The LoRA xlstyle could not be loaded: it was made for another kind of model "
+        "(SD 1.x, SD 2.x and SDXL do not mix)."
+    )
+    assert np.array_equal(render(loaded), base), "the LoRA loaded before it is off too"
+    # A file that says what it is for is refused before diffusers is asked.
+    xl_state = kohya_state(xl.pipe, text=False)
+    said = write_kohya(tmp_path / "said.safetensors", xl_state, ss_base_model_version="sdxl_v1")
+    checked = AdapterCache(loaded.pipe, family="sd1", model="tiny")
+    with pytest.raises(EngineError) as refused, checked.applied([(said, 1.0)]):
+        pass
+    assert (
+        refused.value.user_message == "The LoRA said is for SDXL models; tiny is an SD 1.x model."
+    )
+    with cache.applied([(good, 1.0)]):  # and the next generation's LoRA still applies
+        assert np.abs(render(loaded) - base).max() > 1e-3
+
+
+def _saved(path: Path, tensors: dict[str, torch.Tensor], **metadata: str) -> Path:
+    save_file(tensors, str(path), metadata=metadata or None)
+    return path
+
+
+def test_what_a_file_says_of_its_family(loaded, tiny_sdxl, tmp_path):
+    xl = load_model(ModelSpec("xl", str(tiny_sdxl)), CPU, torch.float32)
+    sd1 = kohya_state(loaded.pipe, text=False)
+    cases = {
+        "kohya-xl": (sd1, {"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl"),
+        "kohya-v2": (sd1, {"ss_v2": "True", "ss_base_model_version": "sd_v2"}, "sd2"),
+        "kohya-v1": (sd1, {"ss_base_model_version": "sd_v1"}, "sd1"),
+        "modelspec": (sd1, {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}, "sdxl"),
+        "te2": (kohya_state(xl.pipe), {}, "sdxl"),
+        "plain": (sd1, {}, None),
+    }
+    for name, (state, metadata, family) in cases.items():
+        path = write_kohya(tmp_path / f"{name}.safetensors", state, **metadata)
+        assert lora_family(read_header(path)) == family, name
+    width = {
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (
+            torch.zeros(4, 2048, dtype=torch.float16)
+        )
+    }
+    real_xl = _saved(tmp_path / "wide.safetensors", width)
+    assert lora_family(read_header(real_xl)) == "sdxl"  # SDXL's 2048-wide text context
+    with pytest.raises(LoraFileError, match=r"is for SDXL models; tiny is an SD 1\.x model"):
+        check_family(read_header(real_xl), "sd1", "tiny")
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        (["lora_unet_a.hada_w1_a", "lora_unet_a.hada_w1_b"], "is a LyCORIS LoHa file"),
+        (["lora_unet_a.lokr_w1", "lora_unet_a.lokr_w2"], "is a LyCORIS LoKr file"),
+        (["lora_unet_a.lora_down.weight", "lora_unet_a.dora_scale"], "is a DoRA file"),
+        (["emb_params"], "is an embedding, not a LoRA"),
+        (["model.diffusion_model.x.weight"], "is not a LoRA this bot can read"),
+    ],
+)
+def test_kinds_diffusers_cannot_apply_are_named(tmp_path, keys, reason):
+    path = _saved(tmp_path / "x.safetensors", {key: torch.ones(2, 2) for key in keys})
+    with pytest.raises(LoraFileError, match=reason):
+        check_loadable(read_header(path))
+
+
+def test_damaged_files_are_told_apart_without_reading_their_tensors(tmp_path):
+    good = _saved(tmp_path / "good.safetensors", {"lora_unet_a.lora_down.weight": torch.ones(4)})
+    data = good.read_bytes()
+    broken = {
+        "short": b"\x01\x02",
+        "random": os.urandom(4096),
+        "huge-header": (2**62).to_bytes(8, "little") + b"{}",
+        "truncated": data[:-3],
+        "not-json": len(b"{nope").to_bytes(8, "little") + b"{nope" + b"\0" * 16,
+    }
+    for name, content in broken.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(LoraFileError) as refused:
+            read_header(path)
+        assert refused.value.sentence(name).startswith(f"The LoRA {name} is "), name
+    assert read_header(good).data_start == 8 + int.from_bytes(data[:8], "little")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load as safetensors_load
 
 from data.jobs import JobStatus
 from engine.api.infotext import parse_infotext
+from engine.api.lora_files import a1111_copy
 from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
@@ -57,6 +61,11 @@ async def trained(sim: Any, member: Any, name: str = "rex", **options: Any) -> A
     return bot_messages(sim, f"**{name}** is ready")[-1]
 
 
+def copy_hash(data: bytes) -> str:
+    """A1111's LoRA hash of a file's bytes: the sha256 of what follows its JSON header."""
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
+
+
 def private_answer(result: Any) -> str:
     if result.ephemeral:
         return result.response.content
@@ -81,11 +90,31 @@ async def test_train_shows_progress_posts_samples_and_dms_the_owner(sim):
     assert "done in" in progress.content
     [dm] = alice.user.dm_channel.history()
     assert "**rex** is ready" in dm.content
+    # The file for A1111, Forge and ComfyUI comes by DM only (it is private), named as
+    # A1111 will call it; the samples' infotext names its A1111 hash.
+    assert "`rex.safetensors` is attached for A1111, Forge and ComfyUI" in dm.content
+    assert [a.filename for a in dm.attachments][-1] == "rex.safetensors"
+    assert "rex.safetensors" not in [a.filename for a in done.attachments]
+    copy = await dm.attachments[-1].read()
+    assert copy_hash(copy) == sample.values["Lora hashes"].removeprefix("rex: ")
+    assert all(key.startswith("lora_unet_") for key in safetensors_load(copy))
     assert await balance(sim, alice) < before, "training is priced per step"
     lora = await sim.bot.training.loras.owned(alice.id, "rex")
     assert lora is not None
     assert lora.token == "zwxrex"
     assert lora.metadata  # base model, steps, rank, images... in the file and the row
+
+
+async def test_a_copy_over_discords_dm_limit_is_not_attached_and_the_dm_says_so(sim, monkeypatch):
+    import importlib
+
+    # The module the bot loaded as an extension (discord.py does not bind it on `cogs`).
+    monkeypatch.setattr(importlib.import_module("cogs.train"), "DM_FILE_LIMIT", 1024)
+    alice = sim.member("alice")
+    await trained(sim, alice)
+    [dm] = alice.user.dm_channel.history()
+    assert "MB limit for a DM, so it is not attached" in dm.content
+    assert [a.filename for a in dm.attachments] == ["rex-sample-1.png", "rex-sample-2.png"]
 
 
 async def test_a_trained_lora_is_private_until_shared(sim):
@@ -123,8 +152,18 @@ async def test_loras_rename_and_delete(sim):
     assert renamed.response.content.startswith("Renamed to **rex-two**")
     old = await alice.slash(sim.channel, "dream", prompt="a dog <lora:rex:1>", steps=1)
     assert "no LoRA called 'rex'" in private_answer(old)
+    got = await alice.slash(sim.channel, "loras download", name="rex-two")
+    sent = got.response  # the first followup after a deferral replaces "thinking…"
+    assert got.ephemeral
+    assert sent.content == "`rex-two.safetensors` for A1111, Forge and ComfyUI."
+    assert [a.filename for a in sent.attachments] == ["rex-two.safetensors"]
+    theirs = await sim.member("bob").slash(sim.channel, "loras download", name="rex-two")
+    assert theirs.response.content == "❌ You have no LoRA called rex-two."
+    lora = await sim.bot.training.loras.owned(alice.id, "rex-two")
     deleted = await alice.slash(sim.channel, "loras delete", name="rex-two")
     assert deleted.response.content == "Deleted **rex-two**."
+    files = [Path(lora.path), a1111_copy(Path(lora.path))]
+    assert not any(path.is_file() for path in files), "its A1111 copy went with it"
     missing = await alice.slash(sim.channel, "loras delete", name="rex-two")
     assert missing.response.content == "❌ You have no LoRA called rex-two."
 
@@ -230,6 +269,11 @@ async def test_an_embedding_is_used_by_writing_its_token(sim):
     await wait_until(sim.env, lambda: has_result(used))
     values = parse_infotext(read_png_infotext(await used.response.attachments[0].read())).values
     assert values["TI hashes"].startswith("zwxfluff: ")
+    [dm] = alice.user.dm_channel.history()
+    assert dm.attachments[-1].filename == "zwxfluff.safetensors"  # A1111's name is the token
+    copy = await dm.attachments[-1].read()
+    assert list(safetensors_load(copy)) == ["emb_params"]
+    assert values["TI hashes"] == f"zwxfluff: {hashlib.sha256(copy).hexdigest()[:12]}"
     # Someone else's private embedding is just a word to them: no file is applied.
     theirs = await bob.slash(sim.channel, "dream", prompt="a photo of zwxfluff dog", steps=1)
     await wait_until(sim.env, lambda: has_result(theirs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from dataclasses import replace
@@ -15,12 +16,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.api.errors import EngineError, JobCancelled
+from engine.api.hashes import FileHashCache
+from engine.api.lora_files import a1111_copy, lora_family, read_header
 from engine.api.specs import ModelSpec
 from engine.api.training_params import TrainingParams, TrainingProgress, make_training_params
 from engine.pipelines.loading import LoadedModel, load_model
 from engine.pipelines.lora import AdapterCache, read_metadata
 from engine.training.methods import LORA_TARGETS
 from engine.training.trainer import CHECKPOINT_FILE, train
+from tests.kohya_files import addnet_hash
 from tests.test_lora import render
 
 CPU = torch.device("cpu")
@@ -256,3 +260,82 @@ def test_an_embedding_token_the_model_knows_is_refused(loaded, photos, tmp_path)
     loaded.pipe.tokenizer.add_tokens(["zwxknown"])  # a fresh fixture per test: no clean-up
     with pytest.raises(EngineError, match="already a word"):
         run(loaded, params(method="embedding", token="zwxknown"), photos, tmp_path)
+
+
+# -- The copies for A1111, Forge and ComfyUI ------------------------------------------------
+
+
+def test_a_loras_a1111_copy_loads_through_diffusers_kohya_conversion(loaded, photos, tmp_path):
+    p = params()
+    base = render(loaded, p.instance_prompt)
+    result = run(loaded, p, photos, tmp_path)
+    copy = a1111_copy(result.path)
+    assert copy.name == "rex.a1111.safetensors"
+    state = load_file(str(copy))
+    assert all(key.startswith("lora_unet_") for key in state)
+    assert {key.split(".", 1)[1] for key in state} == {
+        "lora_down.weight",
+        "lora_up.weight",
+        "alpha",
+    }
+    assert {value.dtype for value in state.values()} == {torch.float16}
+    assert {float(v) for k, v in state.items() if k.endswith(".alpha")} == {8.0}
+    metadata = read_metadata(copy)
+    assert metadata["ss_network_dim"] == metadata["ss_network_alpha"] == "8"
+    assert metadata["ss_network_module"] == "networks.lora"
+    assert metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["ss_output_name"] == "rex"
+    # Images made here name the copy's A1111 hash: the file that exists outside this bot.
+    assert FileHashCache().lora_short_hash(result.path) == addnet_hash(copy)
+
+    unet = with_checkpoint_weights(loaded, p, tmp_path)  # the peft original
+    peft_original = render(loaded, p.instance_prompt)
+    with torch.no_grad():  # as the copy stores it: fp16, kohya's usual precision
+        for name, param in unet.named_parameters():
+            if ".lora_" in name:
+                param.copy_(param.half().float())
+    peft_in_fp16 = render(loaded, p.instance_prompt)
+    unet.unload_lora()
+
+    loaded.pipe.load_lora_weights(str(copy), adapter_name="a1111")
+    from_copy = render(loaded, p.instance_prompt)
+    loaded.pipe.unload_lora_weights()
+    np.testing.assert_allclose(from_copy, peft_in_fp16, atol=1e-5)
+    np.testing.assert_allclose(from_copy, peft_original, atol=2e-3)
+    assert np.abs(from_copy - base).max() > 1e-3
+
+
+def test_an_embeddings_a1111_copy_is_kohyas_emb_params(loaded, photos, tmp_path):
+    p = params(method="embedding", token="zwxrex", steps=3)
+    prompt = "a photo of zwxrex"
+    result = run(loaded, p, photos, tmp_path)
+    copy = a1111_copy(result.path)
+    [(key, vectors)] = load_file(str(copy)).items()
+    assert (key, vectors.shape, vectors.dtype) == ("emb_params", (1, 32), torch.float16)
+    original = load_file(str(result.path))["zwxrex"]
+    torch.testing.assert_close(vectors.float(), original, atol=1e-3, rtol=1e-3)
+    assert (
+        FileHashCache().embedding_short_hash(result.path)
+        == (hashlib.sha256(copy.read_bytes()).hexdigest()[:12])
+    )
+    cache = AdapterCache(loaded.pipe)
+    with cache.applied(embeddings=[(result.path, "zwxrex")]):
+        ours = render(loaded, prompt)
+    with cache.applied(embeddings=[(copy, "zwxrex")]):  # diffusers reads it as A1111 does
+        theirs = render(loaded, prompt)
+    np.testing.assert_allclose(theirs, ours, atol=2e-3)
+
+
+def test_an_sdxl_loras_copy_loads_and_says_it_is_sdxl(tiny_sdxl, photos, tmp_path):
+    loaded = load_model(ModelSpec("xl", str(tiny_sdxl)), CPU, torch.float32)
+    p = params(model="xl", steps=2)
+    result = run(loaded, p, photos, tmp_path)
+    copy = a1111_copy(result.path)
+    assert read_metadata(copy)["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert lora_family(read_header(copy)) == "sdxl"
+    cache = AdapterCache(loaded.pipe)
+    with cache.applied([(result.path, 1.0)]):
+        ours = render(loaded, p.instance_prompt)
+    with cache.applied([(copy, 1.0)]):
+        theirs = render(loaded, p.instance_prompt)
+    np.testing.assert_allclose(theirs, ours, atol=2e-3)

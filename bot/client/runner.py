@@ -30,6 +30,7 @@ from bot.jobs.scheduler import Scheduler
 from bot.settings import MAX_BATCH_JOBS, Settings
 from bot.training.folders import TrainingFolders
 from bot.training.handler import TrainingHandler
+from bot.training.lora_folder import LoraFolder
 from bot.training.loras import LoraLibrary
 from bot.training.service import TrainingService
 from data.credits import CreditRepository
@@ -81,7 +82,9 @@ def build_bot(
         engine,
         idle_wait,
     )
-    library = LoraLibrary(settings.model_specs(), loras)
+    # The owner's folder of downloaded LoRA files, usable by everyone (SDBOT_LORA_DIR).
+    folder = LoraFolder(settings.lora_dir) if settings.lora_dir is not None else None
+    library = LoraLibrary(settings.model_specs(), loras, folder)
     dreams = DreamService(
         settings, jobs, credit_book, scheduler, images, gate=community, adapters=library
     )

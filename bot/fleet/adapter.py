@@ -9,18 +9,21 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from bot.fleet import protocol
+from bot.fleet.files import FileSender
 from bot.fleet.protocol import BadMessage
 from engine.api.errors import EngineError, EngineStopped, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
+from engine.api.lora_files import a1111_copy
 from engine.api.params import (
     GeneratedImage,
     GenerationParams,
@@ -33,6 +36,7 @@ from engine.api.training_params import TrainingProgress, TrainingResult
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 UNREACHABLE = "The GPU workers cannot be reached right now."
 # How often the bot looks for a freed or newly started worker, and for cancels to pass on.
 POLL_SECONDS = 0.5
@@ -63,6 +67,7 @@ class RedisEngine:
         self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
         self._started = False
         self._stopping = False
+        self.files = FileSender()  # the LoRA and embedding files batches need
 
     @property
     def running(self) -> bool:
@@ -153,11 +158,16 @@ class RedisEngine:
     # -- the port -----------------------------------------------------------------------
 
     async def generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        # LoRA and embedding files go by content, never by a path on this disk (files.py).
+        shared = [
+            await self._redis_answering("a LoRA file", partial(self.files.shared, self._db, p))
+            for p in (job.params for job in jobs)
+        ]
         request = {
             "kind": "generate",
             "jobs": [
-                {"job_id": job.job_id, "params": job.params.to_dict(), "inputs": job.inputs}
-                for job in jobs
+                {"job_id": job.job_id, "params": params.to_dict(), "inputs": job.inputs}
+                for job, params in zip(jobs, shared, strict=True)
             ],
         }
         reports = {job.job_id: job.report for job in jobs}
@@ -178,6 +188,8 @@ class RedisEngine:
         )
         # The trained file comes back with the outcome: nothing assumes a shared disk.
         path = Path(job.workdir) / "trained.safetensors"
+        if outcome.get("a1111_file"):  # its copy for A1111 first, as the engine writes them
+            await asyncio.to_thread(_write, a1111_copy(path), outcome["a1111_file"])
         await asyncio.to_thread(_write, path, outcome["file"])
         result = TrainingResult(
             path,
@@ -233,15 +245,13 @@ class RedisEngine:
 
     async def _add(self, stream: str, fields: dict[str, str]) -> None:
         """XADD, waiting out a Redis that is down: the job waits with it, nothing is lost."""
-        while True:
-            try:
-                await self._db.xadd(stream, fields, maxlen=protocol.STREAM_LENGTH, approximate=True)
-                return
-            except (ConnectionError, OSError, RedisError) as error:
-                if self._stopping:
-                    raise EngineStopped() from None
-                log.warning("Redis refused a batch (%s); trying again", error)
-                await asyncio.sleep(POLL_SECONDS * 4)
+        await self._redis_answering(
+            "a batch",
+            lambda: self._db.xadd(stream, fields, maxlen=protocol.STREAM_LENGTH, approximate=True),
+        )
+
+    async def _redis_answering(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        return await _waiting_out_redis(what, work, lambda: self._stopping)
 
     async def _pass_on_cancels(self, batch: str, cancels: Sequence[Any]) -> None:
         """A member's cancel (the scheduler sets the job's event) reaches the worker, which
@@ -305,6 +315,19 @@ def _apply(sent: _Sent, event: dict[str, Any]) -> None:
             sent.outcome.set_exception(EngineError(str(event["message"])))
     else:
         raise BadMessage(f"unknown event {kind!r}")
+
+
+async def _waiting_out_redis(
+    what: str, work: Callable[[], Awaitable[T]], stopping: Callable[[], bool]
+) -> T:
+    while True:
+        try:
+            return await work()
+        except (ConnectionError, OSError, RedisError) as error:
+            if stopping():
+                raise EngineStopped() from None
+            log.warning("Redis refused %s (%s); trying again", what, error)
+            await asyncio.sleep(POLL_SECONDS * 4)
 
 
 def worker_state(values: dict[str, str], now: float) -> WorkerState:

@@ -24,10 +24,12 @@ from redis.exceptions import RedisError, ResponseError
 
 from bot.fleet import protocol
 from bot.fleet.adapter import ensure_group
+from bot.fleet.files import FileCache
 from bot.fleet.protocol import BadMessage
 from bot.training.folders import TrainingFolders
 from engine.api.errors import EngineError, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob
+from engine.api.lora_files import a1111_copy
 from engine.api.params import GenerationParams
 from engine.api.training_params import TrainingParams
 from engine.worker import EngineWorker
@@ -48,6 +50,7 @@ class FleetWorker:
         self.engine = engine
         self.name = name
         self.workdir = workdir  # training checkpoints and class images, on this machine
+        self.files = FileCache(workdir / "adapters")  # the LoRA files batches named
         self.lease = lease
         self.busy = ""
         self.served = 0
@@ -160,7 +163,8 @@ class FleetWorker:
             jobs = [
                 EngineJob(
                     int(job["job_id"]),
-                    GenerationParams.from_dict(job["params"]),
+                    # Its LoRA and embedding files, named by content: this machine's copies.
+                    await self.files.local(self.db, GenerationParams.from_dict(job["params"])),
                     report=self._reporter(batch, int(job["job_id"])),
                     inputs=dict(job["inputs"]),
                 )
@@ -193,8 +197,10 @@ class FleetWorker:
         cancels.append(job.cancel)
         outcome = await self.engine.train(job)
         result = outcome.result
+        copy = a1111_copy(Path(result.path))  # the file for A1111, Forge and ComfyUI
         return {
             "file": await asyncio.to_thread(Path(result.path).read_bytes),
+            "a1111_file": await asyncio.to_thread(_read_if_there, copy),
             "metadata": result.metadata,
             "seconds": result.seconds,
             "final_loss": result.final_loss,
@@ -264,6 +270,10 @@ class FleetWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(protocol.HEARTBEAT_SECONDS):
                     await stop.wait()
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
 
 
 def default_name() -> str:

@@ -24,6 +24,7 @@ from data.jobs import Job, JobImage, JobRepository
 from data.loras import DuplicateName, Lora, LoraRepository
 from engine.api.errors import EngineError, JobCancelled
 from engine.api.jobs import TrainingJob, TrainingOutcome
+from engine.api.lora_files import a1111_copy
 from engine.api.params import GeneratedImage, GenerationParams
 from engine.api.port import EnginePort
 from engine.api.training_params import NAME_MAX, TrainingParams, training_price_units
@@ -205,8 +206,10 @@ class TrainingHandler:
         self, job_id: int, outcome: TrainingOutcome, target: Path
     ) -> list[tuple[GeneratedImage, Path]]:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(outcome.result.path, target.with_suffix(".part"))
-        os.replace(target.with_suffix(".part"), target)
+        copy = a1111_copy(Path(outcome.result.path))
+        if copy.is_file():  # the file A1111 loads, sent to the member; before ours, as written
+            _copy_atomically(copy, a1111_copy(target))
+        _copy_atomically(Path(outcome.result.path), target)
         folder = self.images_dir / str(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -233,6 +236,12 @@ class TrainingHandler:
         ran = (job.finished_at or job.created_at) - (job.started_at or job.created_at)
         params = TrainingParams.from_dict(job.params)
         return post_trained(TrainedOutcome(job, params, lora, samples, ran, math.nan, 0))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    partial = target.with_name(target.name + ".part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 def post_trained(outcome: TrainedOutcome) -> Post:

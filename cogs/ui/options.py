@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import discord
 from discord import app_commands
 
+from bot.training.loras import FOLDER_OWNER
 from engine.api.params import check_size, parse_size
 from engine.api.samplers import SAMPLERS, SCHEDULES
 from engine.api.specs import ModelSpec
@@ -95,18 +96,25 @@ async def preset_autocomplete(
 async def usable_lora_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
-    """The member's own LoRAs, then those shared in this server (for /dream)."""
+    """The member's own LoRAs, then those shared in this server, then the owner's folder
+    of downloaded files (for /dream)."""
     bot: SDBot = interaction.client  # type: ignore[assignment]
     usable = await bot.library.usable(interaction.user.id, interaction.guild_id)
     typed = current.strip().lower()
     choices = []
     for lora in usable:
-        if lora.method != "lora" or typed not in lora.name:
+        if lora.method != "lora" or typed not in lora.name.lower():  # folder files: any case
             continue
-        whose = "yours" if lora.owner_id == interaction.user.id else "shared"
+        whose = _whose(lora.owner_id, interaction.user.id)
         label = f"{lora.name} ({whose}, {lora.class_word or 'no class'}, {lora.base_model})"
         choices.append(app_commands.Choice(name=label[:100], value=lora.name))
     return choices[:MAX_CHOICES]
+
+
+def _whose(owner_id: int, member_id: int) -> str:
+    if owner_id == member_id:
+        return "yours"
+    return "LoRA folder" if owner_id == FOLDER_OWNER else "shared"
 
 
 SAMPLER_CHOICES = [app_commands.Choice(name=name, value=name) for name in SAMPLERS]

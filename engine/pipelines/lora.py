@@ -1,12 +1,12 @@
-"""LoRAs and embeddings at generation time: A1111's `<lora:name:weight>` tags, applying
-files to the loaded pipeline for one generation, and what infotext records of them.
+"""LoRAs at generation time: applying a batch's files to the loaded pipeline for one
+generation, and what infotext records of them.
 
 Engine thread only (it changes the pipeline). Loaded LoRAs stay in the UNet/text encoder as
 disabled peft adapters, cached by file version, so using one again costs only
 `set_adapters`; outside `applied()` every adapter is disabled and the pipeline computes
-exactly what it computes without them. Embeddings are loaded for the one generation and
-unloaded afterwards: a token left in the tokenizer would change how other members'
-prompts are split.
+exactly what it computes without them. The files are diffusers' own, and kohya / A1111's
+(`lora_unet_...`, LyCORIS LoCon), which diffusers' `load_lora_weights` converts itself.
+Embeddings are in engine/pipelines/embeddings.py.
 """
 
 from __future__ import annotations
@@ -16,90 +16,24 @@ import hashlib
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import torch
-
 from engine.api.errors import EngineError
-from engine.api.infotext import quote
+from engine.api.hashes import FileHashCache, embedding_hashes, lora_hashes
+from engine.api.lora_files import SAFETENSORS, LoraFileError, check_family, read_header
 from engine.api.lora_tags import parse_lora_tags
 from engine.api.params import GenerationParams
+from engine.api.specs import ModelFamily
+from engine.pipelines.embeddings import loaded_embeddings
 from engine.pipelines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 4  # LoRAs kept loaded; SD1.5 rank-8 LoRAs are ~6 MB each in VRAM
 ADAPTERS = "adapters"  # the AdapterCache's key among a loaded model's derived objects
-
-
-# -- Infotext ---------------------------------------------------------------------------------
-
-
-def lora_short_hash(path: Path) -> str:
-    """A1111's LoRA hash: the first 12 hex digits of the sha256 of a .safetensors file's
-    tensor data (the header excluded; kohya's "addnet" hash), or of a whole other file.
-    Files that carry it in their header (`sshs_model_hash`, as ours do) are not re-read."""
-    if path.suffix.lower() == ".safetensors":
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            stored = (handle.metadata() or {}).get("sshs_model_hash")
-        if stored:
-            return stored[:12]
-        with path.open("rb") as handle:
-            header = int.from_bytes(handle.read(8), "little")
-            handle.seek(8 + header)
-            return _sha256_of(handle)[:12]
-    with path.open("rb") as handle:
-        return _sha256_of(handle)[:12]
-
-
-def embedding_short_hash(path: Path) -> str:
-    """A1111's embedding hash ("TI hashes"): the first 12 hex digits of the file's sha256."""
-    with path.open("rb") as handle:
-        return _sha256_of(handle)[:12]
-
-
-def _sha256_of(handle: Any) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(1 << 20):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _hash_list(items: Sequence[tuple[str, str]]) -> str:
-    # A1111 drops `:` and `,` from the names, which would break its own parsing.
-    return ", ".join(
-        f"{name.replace(':', '').replace(',', '')}: {digest}" for name, digest in items
-    )
-
-
-def lora_hashes(loras: Sequence[tuple[str, Path]]) -> str:
-    """The value of A1111's `Lora hashes` key: `name: 1234567890ab, other: ...`. Pass it
-    unquoted as `build_infotext(..., extra={"Lora hashes": value})`, which quotes it."""
-    return _hash_list([(name, lora_short_hash(path)) for name, path in loras])
-
-
-def embedding_hashes(embeddings: Sequence[tuple[str, Path]]) -> str:
-    """The value of A1111's `TI hashes` key (1.6+) for the embeddings a prompt used."""
-    return _hash_list([(name, embedding_short_hash(path)) for name, path in embeddings])
-
-
-def lora_infotext(loras: Sequence[tuple[str, Path]]) -> str:
-    """`Lora hashes: "name: 1234567890ab, other: ..."`, as A1111 writes it after `RNG` and
-    before `Version` on the parameters line (its extra_generation_params). The weights are
-    not here: A1111 keeps the `<lora:name:weight>` tags in the infotext's prompt."""
-    return f"Lora hashes: {quote(lora_hashes(loras))}" if loras else ""
-
-
-def embedding_infotext(embeddings: Sequence[tuple[str, Path]]) -> str:
-    """`TI hashes: "token: 1234567890ab"` for the embeddings a prompt used (A1111 1.6+)."""
-    return f"TI hashes: {quote(embedding_hashes(embeddings))}" if embeddings else ""
-
-
-# -- Applying files to the pipeline ----------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +76,23 @@ class AdapterCache:
     One per loaded model (the worker keeps it with the model and drops it when the model is
     released). It checks the pipeline's own list of adapters before reusing one, so
     whatever removed adapters behind its back (training unloads them all) costs only a
-    reload.
+    reload. It keeps the files' A1111 hashes too, computed once per file version.
     """
 
-    def __init__(self, pipe: Any, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        capacity: int = DEFAULT_CAPACITY,
+        family: ModelFamily | None = None,
+        model: str = "this model",
+    ) -> None:
+        """`family`, `model`: the loaded model's, to refuse a LoRA whose file says it is
+        for another family in one sentence, before diffusers is asked."""
         self.pipe = pipe
         self.capacity = capacity
+        self.family = family
+        self.model = model
+        self.hashes = FileHashCache()
         self._loaded: OrderedDict[str, _FileVersion] = OrderedDict()
         self.loads = 0  # how many files were read; the tests check the cache works
 
@@ -156,48 +101,59 @@ class AdapterCache:
         self,
         loras: Sequence[tuple[Path, float]] = (),
         embeddings: Sequence[tuple[Path, str]] = (),
+        names: Mapping[Path, str] | None = None,
     ) -> Iterator[Applied]:
         """LoRA files at their weights and embeddings under their tokens, for one generation.
 
         A weight of 0 leaves the UNet's output exactly as without the LoRA. Raises
-        EngineError naming the file's stem when a file cannot be loaded.
+        EngineError naming the LoRA (by `names`, else the file's stem) when a file cannot
+        be loaded; the pipeline is then as it was.
         """
-        by_name: dict[str, float] = {}
-        for path, weight in loras:  # the same file twice: its deltas add up
-            name = self._adapter(path)
-            by_name[name] = by_name.get(name, 0.0) + weight
-        names, weights = list(by_name), list(by_name.values())
-        self._evict(keep=set(names))  # never one this generation needs, even past capacity
-        try:
-            if names:
+        try:  # a file that fails after another loaded leaves that one disabled too
+            by_name: dict[str, float] = {}
+            for path, weight in loras:  # the same file twice: its deltas add up
+                name = self._adapter(path, (names or {}).get(path, path.stem))
+                by_name[name] = by_name.get(name, 0.0) + weight
+            adapters, weights = list(by_name), list(by_name.values())
+            self._evict(keep=set(adapters))  # never one this generation needs
+            if adapters:
                 self.pipe.enable_lora()
-                self.pipe.set_adapters(names, weights)
+                self.pipe.set_adapters(adapters, weights)
             with loaded_embeddings(self.pipe, embeddings) as tokens:
                 yield Applied(self.pipe, tokens)
         finally:
             if self._loaded:
                 self.pipe.disable_lora()
 
-    def _adapter(self, path: Path) -> str:
+    def _adapter(self, path: Path, shown: str) -> str:
         version = _FileVersion.of(path)
         name = version.adapter_name
         if name in self._loaded and name in self._present():
             self._loaded.move_to_end(name)
             return name
         self._loaded.pop(name, None)
+        self._check(path, shown)
         try:
             with warnings.catch_warnings():
                 # peft warns whenever a second adapter joins the first: that is the point here.
                 warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
                 self.pipe.load_lora_weights(str(path), adapter_name=name)
         except Exception as error:  # diffusers and peft raise many types for a bad file
-            log.exception("loading LoRA %s failed", path)
+            log.warning("loading LoRA %s failed: %s", path, str(error)[:500])
             with contextlib.suppress(Exception):
                 self.pipe.delete_adapters([name])
-            raise EngineError(f"LoRA {path.stem} could not be loaded.") from error
+            raise EngineError(load_failure(shown, error)) from error
         self.loads += 1
         self._loaded[name] = version
         return name
+
+    def _check(self, path: Path, shown: str) -> None:
+        if self.family is None or path.suffix.lower() != SAFETENSORS:
+            return
+        try:
+            check_family(read_header(path), self.family, self.model)
+        except LoraFileError as problem:  # another family's, or not a safetensors file at all
+            raise EngineError(problem.sentence(shown)) from None
 
     def _present(self) -> set[str]:
         return {name for names in self.pipe.get_list_adapters().values() for name in names}
@@ -220,121 +176,22 @@ class AdapterCache:
             self.pipe.unload_lora_weights()
 
 
-def _token_pairs(pipe: Any) -> list[tuple[Any, Any]]:
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    return pairs
-
-
-@dataclass(frozen=True, slots=True)
-class _Vocabulary:
-    """One tokenizer and text encoder's vocabulary as it was before embeddings were loaded.
-
-    transformers resizes the embedding table by swapping the weight's storage in place, to
-    the tokenizer's length, which is not always the size the model shipped with (the tiny
-    test models' tables are larger), and writes into it when no resize is needed. So the
-    storage, its rows past the tokenizer's and the sizes are kept and put back: a reference
-    and a few rows, not a copy of the table.
-    """
-
-    tokenizer: Any
-    encoder: Any
-    added_ids: frozenset[int]
-    table: torch.nn.Embedding
-    data: torch.Tensor
-    rows: int
-    padding_idx: int | None
-    vocab_size: int
-    tail_start: int
-    tail: torch.Tensor
-
-    @classmethod
-    def of(cls, tokenizer: Any, encoder: Any) -> _Vocabulary:
-        table = encoder.get_input_embeddings()
-        data = table.weight.data
-        start = min(len(tokenizer), data.shape[0])
-        return cls(
-            tokenizer,
-            encoder,
-            frozenset(tokenizer.added_tokens_decoder),
-            table,
-            data,
-            table.num_embeddings,
-            table.padding_idx,
-            encoder.config.vocab_size,
-            start,
-            data[start:].clone(),
-        )
-
-    def restore(self, pipe: Any) -> None:
-        added = [
-            entry.content
-            for index, entry in self.tokenizer.added_tokens_decoder.items()
-            if index not in self.added_ids and not entry.special
-        ]
-        if added:
-            pipe.unload_textual_inversion(
-                added, tokenizer=self.tokenizer, text_encoder=self.encoder
-            )
-        self.encoder.set_input_embeddings(self.table)
-        self.table.weight.data = self.data
-        self.data[self.tail_start :] = self.tail
-        self.table.num_embeddings = self.rows
-        self.table.padding_idx = self.padding_idx
-        self.encoder.config.vocab_size = self.vocab_size
-
-
-@contextlib.contextmanager
-def loaded_embeddings(pipe: Any, embeddings: Sequence[tuple[Path, str]]) -> Iterator[list[str]]:
-    """Textual-inversion files loaded under their tokens; taken out again afterwards.
-
-    Takes diffusers' `{token: tensor}`, A1111's files, and SDXL's `{clip_l, clip_g}` pairs.
-    Afterwards the tokenizers and text encoders are exactly as before (see _Vocabulary).
-    """
-    if not embeddings:
-        yield []
-        return
-    before = [_Vocabulary.of(tokenizer, encoder) for tokenizer, encoder in _token_pairs(pipe)]
-    try:
-        for path, token in embeddings:
-            _load_embedding(pipe, path, token)
-        yield [token for _, token in embeddings]
-    finally:
-        for vocabulary in before:
-            vocabulary.restore(pipe)
-
-
-def _load_embedding(pipe: Any, path: Path, token: str) -> None:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            with safetensors.safe_open(str(path), framework="pt") as handle:
-                keys = set(handle.keys())
-            if {"clip_l", "clip_g"} <= keys and getattr(pipe, "text_encoder_2", None) is not None:
-                _load_sdxl_embedding(pipe, path, token)
-                return
-        pipe.load_textual_inversion(str(path), token=token)
-    except Exception as error:  # diffusers raises ValueError, KeyError, OSError...
-        log.exception("loading embedding %s failed", path)
-        raise EngineError(f"Embedding {token} could not be loaded.") from error
-
-
-def _load_sdxl_embedding(pipe: Any, path: Path, token: str) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    for key, (tokenizer, encoder) in zip(("clip_l", "clip_g"), _token_pairs(pipe), strict=True):
-        vectors = state[key]
-        tokens = [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
-        pipe.load_textual_inversion(
-            vectors, token=tokens, tokenizer=tokenizer, text_encoder=encoder
-        )
+def load_failure(name: str, error: Exception) -> str:
+    """One sentence for the member on why diffusers would not load a LoRA file."""
+    text = str(error)
+    if "size mismatch" in text:
+        # A layer of another width: an SDXL LoRA on an SD 1.x model, or the other way round.
+        reason = "it was made for another kind of model (SD 1.x, SD 2.x and SDXL do not mix)"
+    elif "not found in the base model" in text:
+        reason = "none of its layers are in this model"
+    else:
+        reason = "its file is not a LoRA format this bot can read"
+    return f"The LoRA {name} could not be loaded: {reason}."
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The header metadata of a LoRA or embedding file (ours under `sdbot.`)."""
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    return read_header(path).metadata
 
 
 # -- One generation's adapters ---------------------------------------------------------------
@@ -352,15 +209,17 @@ class ActiveAdapters:
         return self.applied.expand(prompt)
 
 
-def adapter_infotext(params: GenerationParams) -> dict[str, str]:
+def adapter_infotext(
+    params: GenerationParams, cache: FileHashCache | None = None
+) -> dict[str, str]:
     """A1111's `Lora hashes` and `TI hashes` for a job's adapters (empty without any)."""
     extra = {}
     if params.loras:
-        extra["Lora hashes"] = lora_hashes([(name, Path(path)) for name, path, _ in params.loras])
+        named = [(name, Path(path)) for name, path, _ in params.loras]
+        extra["Lora hashes"] = lora_hashes(named, cache)
     if params.embeddings:
-        extra["TI hashes"] = embedding_hashes(
-            [(token, Path(path)) for token, path in params.embeddings]
-        )
+        tokens = [(token, Path(path)) for token, path in params.embeddings]
+        extra["TI hashes"] = embedding_hashes(tokens, cache)
     return extra
 
 
@@ -377,11 +236,13 @@ def adapters_for(loaded: LoadedModel, params: GenerationParams) -> Iterator[None
         return
     cache = loaded.derived.get(ADAPTERS)
     if cache is None:
-        cache = loaded.derived[ADAPTERS] = AdapterCache(loaded.pipe)
+        cache = AdapterCache(loaded.pipe, family=loaded.family, model=loaded.spec.name)
+        loaded.derived[ADAPTERS] = cache
     loras = [(Path(path), weight) for _, path, weight in params.loras]
+    names = {Path(path): name for name, path, _ in reversed(params.loras)}  # the first's name
     embeddings = [(Path(path), token) for token, path in params.embeddings]
-    with cache.applied(loras, embeddings) as applied:
-        loaded.active = ActiveAdapters(applied, adapter_infotext(params))
+    with cache.applied(loras, embeddings, names) as applied:
+        loaded.active = ActiveAdapters(applied, adapter_infotext(params, cache.hashes))
         try:
             yield
         finally:

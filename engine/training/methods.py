@@ -9,7 +9,9 @@
   an fp16 GPU pipeline, too). Saved as `{token: (1, width)}`, what diffusers'
   `load_textual_inversion` and A1111 read.
 
-Both files carry metadata in their safetensors header and A1111's hash of their tensors.
+Both files carry metadata in their safetensors header and A1111's hash of their tensors,
+and each has a copy in A1111's format beside it (engine/training/export.py), whose hash
+the file names for infotext.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from engine.api.hashes import A1111_HASH_KEY
 from engine.api.training_params import TrainingParams
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.prompts import Chunk, PromptEncoder, frame_chunk
@@ -147,6 +150,8 @@ class LoraMethod:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
+        from engine.training.export import write_lora_copy  # it imports this module
+
         pipe: Any = self.loaded.pipe
         state = get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER_NAME)
         state = convert_state_dict_to_diffusers(state)
@@ -163,7 +168,10 @@ class LoraMethod:
             tensors = safetensors.torch.load_file(str(written))
             with safetensors.safe_open(str(written), framework="pt") as handle:
                 header = dict(handle.metadata() or {})
-        write_safetensors(path, tensors, {**header, **metadata})
+        # The A1111 copy first: a file of ours on disk means its copy is there too.
+        alpha = float(self.config.lora_alpha)
+        copy_hash = write_lora_copy(path, tensors, metadata, self.params.rank, alpha)
+        write_safetensors(path, tensors, {**header, **metadata, A1111_HASH_KEY: copy_hash})
         return path
 
 
@@ -245,9 +253,14 @@ class EmbeddingMethod:
         return Conditioning(self.text_encoder(ids).last_hidden_state)
 
     def save(self, path: Path, metadata: dict[str, str]) -> Path:
+        from engine.training.export import write_embedding_copy  # it imports this module
+
         # `{token: (vectors, width)}`: what diffusers' load_textual_inversion and A1111 read.
         vectors = self.vector.detach().float().cpu().contiguous()
-        write_safetensors(path, {self.params.token: vectors}, metadata)
+        copy_hash = write_embedding_copy(path, vectors, metadata)
+        write_safetensors(
+            path, {self.params.token: vectors}, {**metadata, A1111_HASH_KEY: copy_hash}
+        )
         return path
 
 
