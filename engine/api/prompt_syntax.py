@@ -4,7 +4,9 @@ the optimized fork's weighted sub-prompts (engine/pipelines/prompts.py turns the
 The parsing half of the prompt encoder lives here so that the event loop can check a
 prompt's numbers before a job is charged: a weight of `1e400` reads as infinity and turns
 the picture to noise, so every weight is bounded when the job is submitted, with an answer
-that names it.
+that names it, in every text prompt editing can make of the prompt and in its AND weights
+(engine/api/prompt_schedule.py reads those); and a number A1111 itself fails on is refused,
+since the infotext would then give a member nothing A1111 can generate from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+
+from engine.api.prompt_schedule import SubPrompt, readings, split_and, when_problem
 
 # How prompt text is read: A1111's emphasis syntax, the optimized fork's `text:weight`
 # sub-prompts, or whichever one the text unambiguously uses.
@@ -29,12 +33,15 @@ BREAK = "BREAK"
 # Odd, but prompts are pasted from A1111, so we keep its results.
 _BREAK_WEIGHT = -1.0
 
-# One token of A1111's attention syntax per match, in A1111's order of preference.
+# One token of A1111's attention syntax per match, in A1111's order of preference. The
+# weight is A1111's `[+-]?[.\d]+`, so `(cat:1.2.3)` is one token here as there: A1111 then
+# fails on float("1.2.3"), and the submit check refuses it (unreadable_weight) rather than
+# write an infotext A1111 cannot generate from.
 _ATTENTION_RE = re.compile(
     r"""
       \\(?P<escaped>[()\[\]\\]?)        # \( \) \[ \] \\ stand for themselves; a lone \ for nothing
     | (?P<open>[(\[])
-    | :\s*(?P<weight>[+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # `:1.3)` closes a round bracket
+    | :\s*(?P<weight>[+-]?[.\d]+)\s*\)   # `:1.3)` closes a round bracket
     | (?P<close>[)\]])
     | (?P<text>[^\\()\[\]:]+|:)
     """,
@@ -69,22 +76,39 @@ def parse_attention(text: str) -> list[Fragment]:
 
     Brackets left open at the end are closed there, unmatched closing brackets are text, and
     `(word:abc)` keeps `:abc` as text with the bracket's 1.1. Where A1111 fails on a weight
-    it cannot read (`(word:1.2.3)`) we read it as text the same way, instead of failing.
+    it cannot read (`(word:1.2.3)`, refused at submit) the engine reads `:1.2.3` as text
+    with the bracket's 1.1, as this bot always has, so a stored job still runs.
     """
+    return _parse_attention(text)[0]
+
+
+def unreadable_weight(text: str) -> str | None:
+    """The first `(word:weight)` weight A1111 would fail on (`1.2.3`, `.`), as written."""
+    return _parse_attention(text)[1]
+
+
+def _parse_attention(text: str) -> tuple[list[Fragment], str | None]:
     pieces: list[_Piece] = []
     round_opened: list[int] = []
     square_opened: list[int] = []
+    unreadable: str | None = None
 
     for match in _ATTENTION_RE.finditer(text):
         token = match.group(0)
+        weight = match.group("weight")
         if match.group("escaped") is not None:
             pieces.append(_Piece(match.group("escaped"), 1.0))
         elif token == "(":
             round_opened.append(len(pieces))
         elif token == "[":
             square_opened.append(len(pieces))
-        elif match.group("weight") is not None and round_opened:
-            _scale_from(pieces, round_opened.pop(), float(match.group("weight")))
+        elif weight is not None and round_opened:
+            value = _float_or_none(weight)
+            if value is None:
+                unreadable = unreadable or weight
+                _append_text(pieces, token[: token.rindex(")")])
+                value = ROUND_MULTIPLIER
+            _scale_from(pieces, round_opened.pop(), value)
         elif token == ")" and round_opened:
             _scale_from(pieces, round_opened.pop(), ROUND_MULTIPLIER)
         elif token == "]" and square_opened:
@@ -100,7 +124,15 @@ def parse_attention(text: str) -> list[Fragment]:
 
     if not pieces:
         pieces.append(_Piece("", 1.0))
-    return [Fragment(piece.text, piece.weight) for piece in _merge_equal_weights(pieces)]
+    fragments = [Fragment(piece.text, piece.weight) for piece in _merge_equal_weights(pieces)]
+    return fragments, unreadable
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _scale_from(pieces: list[_Piece], start: int, multiplier: float) -> None:
@@ -133,6 +165,7 @@ def _merge_equal_weights(pieces: list[_Piece]) -> list[_Piece]:
 # text) and followed by a number that ends at a space or at the end, as the fork reads it.
 _WEIGHT_COLON_RE = re.compile(r"(?<=[^\d\s]):[-+]?(?:\d+\.?\d*|\.\d+)(?= |\Z)")
 _A1111_MARKS = frozenset("()[]\\")
+_AND_RE = re.compile(r"\bAND\b")
 
 
 def split_subprompts(text: str) -> list[tuple[str, float]]:
@@ -175,8 +208,9 @@ def _weight(text: str) -> float:
 
 def uses_subprompt_syntax(text: str) -> bool:
     """Whether `text` can only be meant as weighted sub-prompts: two or more of them, every
-    colon followed by a number, and none of A1111's brackets or escapes."""
-    if _A1111_MARKS.intersection(text):
+    colon followed by a number, and none of A1111's brackets, escapes or ANDs (`a cat:0.5 AND
+    a dog:0.5` is A1111's composable syntax)."""
+    if _A1111_MARKS.intersection(text) or _AND_RE.search(text):
         return False
     if len(_WEIGHT_COLON_RE.findall(text)) != text.count(":"):
         return False
@@ -196,9 +230,12 @@ def resolve_syntax(text: str, syntax: str) -> str:
 
 
 def weight_problem(text: str, syntax: str, what: str = "prompt") -> str | None:
-    """What is wrong with the first weight in `text` that is not a finite number within the
-    bound, read as the engine will read it (`syntax` as the job has it); None if nothing.
-    A1111's weights are bounded as they reach the embeddings, nested brackets multiplied.
+    """What is wrong with the first number in `text` that A1111 cannot read or that is not a
+    finite weight within the bound, read as the engine will read it (`syntax` as the job has
+    it); None if nothing. A1111's weights are bounded as they reach the embeddings, nested
+    brackets multiplied, in every text an edit or alternation can make of the prompt; the
+    prompt's AND weights too. Only the prompt is split at AND: A1111 reads the negative prompt
+    as one text.
 
     A sentence, not an exception: engine/api/params.py raises it as InvalidParams, and imports
     this module (so this one cannot import that).
@@ -206,17 +243,55 @@ def weight_problem(text: str, syntax: str, what: str = "prompt") -> str | None:
     if resolve_syntax(text, syntax) == "subprompt":
         weighted, _ = _weighted_parts(text)
         weights = [(_number(written), f"{part.strip()}:{written}") for part, written in weighted]
-    else:
+        return _bound_problem(weights, what)
+    parts = split_and(text) if what == "prompt" else [SubPrompt(text, 1.0)]
+    if len(parts) > 1 or parts[0].weight_text is not None:
+        and_weights = [(part.weight, f"{part.text.strip()}:{part.weight_text}") for part in parts]
+        problem = _bound_problem(and_weights, what)
+        if problem is not None:
+            return problem
+    for part in parts:
+        problem = _edit_problem(part.text, what) or _attention_problem(part.text, what)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _edit_problem(text: str, what: str) -> str | None:
+    when = when_problem(text)
+    if when is None:
+        return None
+    return f"The step {_shown(when)} of a prompt edit in the {what} is not a number of steps."
+
+
+def _attention_problem(text: str, what: str) -> str | None:
+    for reading in readings(text):
+        unreadable = unreadable_weight(reading)
+        if unreadable is not None:
+            return (
+                f"The weight {_shown(unreadable)} in the {what} is not a number A1111 can read; "
+                "write it as (word:1.2)."
+            )
         weights = [
             (fragment.weight, f"{fragment.text.strip()} at {fragment.weight:g}")
-            for fragment in parse_attention(text)
+            for fragment in parse_attention(reading)
             if not fragment.is_break
         ]
+        problem = _bound_problem(weights, what)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _bound_problem(weights: list[tuple[float, str]], what: str) -> str | None:
     for weight, written in weights:
         if not math.isfinite(weight) or abs(weight) > MAX_PROMPT_WEIGHT:
-            shown = written if len(written) <= 40 else written[:20] + "…" + written[-10:]
             return (
-                f"A weight in the {what} ({shown}) must be a number between "
+                f"A weight in the {what} ({_shown(written)}) must be a number between "
                 f"-{MAX_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g}."
             )
     return None
+
+
+def _shown(written: str) -> str:
+    return written if len(written) <= 40 else written[:20] + "…" + written[-10:]

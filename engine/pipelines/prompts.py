@@ -12,6 +12,9 @@ Two syntaxes:
   encodes each sub-prompt on its own and sums the conditionings, weighted and normalized by
   the sum of the weights.
 
+Prompt editing, alternation and AND are read before this (engine/pipelines/
+scheduled_conditioning.py): each text a schedule holds is encoded here like any prompt.
+
 Runs on the engine thread (the encoders live on the GPU); the parsing half needs no torch.
 """
 
