@@ -8,6 +8,11 @@ engine works, a 10 ms ticker on the event loop records how late it wakes up.
     python bench/overhead.py                 # tiny model, then full-size SD 1.5 at 256x256
     python bench/overhead.py --only tiny     # seconds
     python bench/overhead.py --only full --steps 10 --repeats 3
+    python bench/overhead.py --only flux     # tiny FLUX.1 dev (also: sd3, flux-schnell)
+
+The SD 3 and FLUX runs use the tiny random models of engine/pipelines/tiny_families.py: a
+full-size FLUX.1 transformer (12B parameters) does not fit a CPU benchmark; on a GPU
+machine bench/gpu.py measures step times.
 
 Targets: ratio <= 1.05, event-loop lag p99 <= 50 ms.
 """
@@ -24,6 +29,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     EulerAncestralDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -41,8 +48,10 @@ from bench.common import Waiter, running_service
 from bot.generation.service import DreamService
 from bot.logs import configure_logging
 from bot.settings import Settings
+from engine.api.families import FAMILIES
 from engine.api.params import GenerationParams
 from engine.pipelines.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
+from engine.pipelines.tiny_families import FLOW_FAMILIES, save_tiny_family
 from engine.worker import EngineConfig, EngineWorker
 
 TICK = 0.010
@@ -128,27 +137,36 @@ async def ticker(lags: list[float], stop: asyncio.Event) -> None:
         lags.append(max(0.0, loop.time() - expected))
 
 
-def load_plain(folder: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+def load_plain(folder: Path) -> Any:
+    pipe = DiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    # The same sampler as the job ("Euler a"), whatever scheduler the model was saved with.
-    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    if isinstance(pipe, StableDiffusionPipeline):
+        # The same sampler as the job ("Euler a"), whatever scheduler the model was saved with.
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
-def plain_call(pipe: StableDiffusionPipeline, params: GenerationParams) -> float:
-    assert params.sampler == "Euler a"
+def plain_call(pipe: Any, params: GenerationParams, family: str = "sd1") -> float:
+    """The call a diffusers user makes for the same image: SD 3 and FLUX with their own
+    flow-matching Euler, FLUX without a negative prompt, T5 at the family's length."""
+    row = FAMILIES[family]  # type: ignore[index]
+    assert params.sampler == row.sampler
+    options: dict[str, Any] = {}
+    if row.negative_prompt:
+        options["negative_prompt"] = params.negative
+    if row.flow:
+        options["max_sequence_length"] = row.prompt_tokens
     started = time.perf_counter()
     with torch.inference_mode():
         pipe(
             prompt=params.prompt,
-            negative_prompt=params.negative,
             width=params.width,
             height=params.height,
             num_inference_steps=params.steps,
             guidance_scale=params.cfg,
             generator=torch.Generator().manual_seed(params.seed),
             output_type="pil",
+            **options,
         )
     return time.perf_counter() - started
 
@@ -177,7 +195,9 @@ async def job_call(service: DreamService, params: GenerationParams, lags: list[f
     return elapsed
 
 
-async def measure(folder: Path, params: GenerationParams, repeats: int, data: Path) -> Figures:
+async def measure(
+    folder: Path, params: GenerationParams, repeats: int, data: Path, family: str = "sd1"
+) -> Figures:
     settings = Settings(
         _env_file=None,
         data_dir=data,
@@ -193,9 +213,10 @@ async def measure(folder: Path, params: GenerationParams, repeats: int, data: Pa
         # what this measures (the bot's own overhead).
         plain_pipe = await engine.call(partial(load_plain, folder))
         await job_call(service, params, [])  # warm-up: loads the model in the engine
-        await engine.call(partial(plain_call, plain_pipe, params))
+        plain = partial(plain_call, plain_pipe, params, family)
+        await engine.call(plain)
         for _ in range(repeats):
-            figures.plain.append(await engine.call(partial(plain_call, plain_pipe, params)))
+            figures.plain.append(await engine.call(plain))
             figures.engine.append(await job_call(service, params, figures.lags))
     return figures
 
@@ -218,7 +239,7 @@ def report(name: str, params: GenerationParams, figures: Figures) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["tiny", "full"])
+    parser.add_argument("--only", choices=["tiny", "full", *FLOW_FAMILIES])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
@@ -245,6 +266,9 @@ async def main() -> None:
                 params,
                 await measure(folder, params, args.repeats or 15, root / "data-tiny"),
             )
+        for family in FLOW_FAMILIES:
+            if args.only in (None, family):
+                await measure_flow(family, root, args.steps, args.repeats)
         if args.only in (None, "full"):
             started = time.perf_counter()
             folder = save_sd15_architecture(root / "sd15")
@@ -267,6 +291,27 @@ async def main() -> None:
                 params,
                 await measure(folder, params, args.repeats or 3, root / "data-full"),
             )
+
+
+async def measure_flow(family: str, root: Path, steps: int | None, repeats: int | None) -> None:
+    """A tiny model of a flow-matching family, at its own defaults (no negative for FLUX)."""
+    row = FAMILIES[family]  # type: ignore[index]
+    folder = save_tiny_family(root / family, row.name)
+    negative = "blurry" if row.negative_prompt else ""
+    params = GenerationParams(
+        "a lighthouse at dusk",
+        negative,
+        1,
+        steps or row.steps,
+        row.cfg,
+        64,
+        64,
+        row.sampler,
+        1,
+        family,
+    )
+    figures = await measure(folder, params, repeats or 15, root / f"data-{family}", family)
+    report(f"tiny {row.label}", params, figures)
 
 
 if __name__ == "__main__":

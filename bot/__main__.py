@@ -12,6 +12,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -19,13 +20,30 @@ from pydantic_settings import SettingsError
 from bot.settings import ENV_PREFIX, Settings, debugging, explain_settings_error
 
 EXIT_CONFIG = 2
+# The families engine/pipelines/tiny.py and tiny_families.py build (SD 2.x has no tiny one).
+SELFTEST_FAMILIES = ("sd1", "sdxl", "sd3", "flux", "flux-schnell")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="start the Discord bot (the default)")
-    commands.add_parser("selftest", help="check the install with a tiny model, no download")
+    selftest = commands.add_parser(
+        "selftest", help="check the install with a tiny model, no download"
+    )
+    selftest.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="keep the tiny model in this new folder (a --model for dream, no download)",
+    )
+    selftest.add_argument(
+        "--family",
+        choices=SELFTEST_FAMILIES,
+        default="sd1",
+        help="the kind of tiny model: " + ", ".join(SELFTEST_FAMILIES) + " (default sd1)",
+    )
     commands.add_parser("doctor", help="check the set-up, one line per check (no network)")
     worker = commands.add_parser(
         "worker", help="serve the bot's jobs on this machine's GPU (needs SDBOT_QUEUE_URL)"
@@ -122,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "selftest":
         from bot.cli.console import selftest
 
-        return selftest(settings)
+        return selftest(settings, args.save, args.family)
     if args.command == "dream":
         from bot.cli.console import dream
 

@@ -24,7 +24,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from bot.fleet.protocol import queue_url_problem
 from data.credits import CreditPolicy
 from engine.api.memory import MemorySetting
-from engine.api.specs import ModelFamily, ModelSpec
+from engine.api.params import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
+from engine.api.specs import ModelFamily, ModelSpec, Quantization
 
 ENV_PREFIX = "SDBOT_"
 
@@ -59,6 +60,17 @@ class ModelSettings(BaseModel):
     memory: MemorySetting | None = Field(
         default=None, description="This model's memory mode; empty follows SDBOT_MEMORY"
     )
+    transformer: str | None = Field(
+        default=None,
+        description="SD 3 / FLUX: a .safetensors or .gguf file replacing the transformer",
+    )
+    quantize: Quantization | None = Field(
+        default=None, description="SD 3 / FLUX: nf4 quantizes the transformer (CUDA only)"
+    )
+    # What a job gets when the member says nothing (an 8-step merge, a turbo model);
+    # empty: the family's own (engine/api/families.py).
+    default_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    default_cfg: float | None = Field(default=None, ge=MIN_CFG, le=MAX_CFG)
 
     def to_spec(self, name: str) -> ModelSpec:
         return ModelSpec(
@@ -73,6 +85,10 @@ class ModelSettings(BaseModel):
             controlnets=dict(self.controlnets),
             vae=self.vae,
             memory=self.memory,
+            transformer=self.transformer,
+            quantize=self.quantize,
+            default_steps=self.default_steps,
+            default_cfg=self.default_cfg,
         )
 
 

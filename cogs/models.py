@@ -1,5 +1,6 @@
-"""/models: the models members may use here, with their default sizes and notes; and, for
-admins, /workers: the GPUs serving the bot."""
+"""/models: the models members may use here, with their default sizes, their family's
+defaults and what it cannot do (FLUX has no negative prompt), and notes; and, for admins,
+/workers: the GPUs serving the bot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from engine.api.families import lacks, summary
 from engine.api.port import WorkerState
+from engine.api.specs import ModelSpec
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
@@ -30,10 +33,8 @@ class Models(commands.Cog):
         for name, spec in sorted(self.bot.models.items()):
             if not policy.model_allowed(name):
                 continue
-            width, height = spec.size_default()
             default = " (default)" if name == policy.default_model else ""
-            note = f": {spec.note}" if spec.note else ""
-            lines.append(f"**{name}**{default}, {width}x{height}{note}")
+            lines.append(f"**{name}**{default}, {model_line(spec)}")
         text = "\n".join(lines) or "No model is allowed on this server."
         await interaction.response.send_message(text[:MESSAGE_LIMIT], ephemeral=True)
 
@@ -45,6 +46,20 @@ class Models(commands.Cog):
         lines = [worker_line(worker) for worker in await self.bot.engine.workers()]
         text = "\n".join(lines) or NO_WORKER
         await interaction.response.send_message(text[:MESSAGE_LIMIT], ephemeral=True)
+
+
+def model_line(spec: ModelSpec) -> str:
+    """`1024x1024 (FLUX.1 dev: 28 steps, distilled CFG 3.5, Euler only; no negative prompt,
+    ...): the owner's note`. SD 1.x, 2.x and XL take every option at A1111's defaults, so
+    only a family that differs says how."""
+    width, height = spec.size_default()
+    row = spec.family_row()
+    own_defaults = spec.default_steps is not None or spec.default_cfg is not None
+    family = ""
+    if lacks(row) or row.samplers or own_defaults:
+        family = f" ({summary(row, spec.steps_default(), spec.cfg_default())})"
+    note = f": {spec.note}" if spec.note else ""
+    return f"{width}x{height}{family}{note}"
 
 
 def worker_line(worker: WorkerState) -> str:

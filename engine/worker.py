@@ -274,6 +274,7 @@ class EngineWorker:
         return self._cache
 
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        from engine.pipelines.batches import run_batch, with_verdicts
         from engine.pipelines.memory import with_oom_fallback
 
         cache = self._models()
@@ -375,29 +376,6 @@ def images_per_batch(
     return batch_images(family, mode, card_bytes, params.width, params.height)
 
 
-def run_batch(
-    loaded: Any, config: EngineConfig, jobs: Sequence[EngineJob]
-) -> list[GenerationResult]:
-    """One batch through the pipeline its mode needs, with its LoRAs applied for it alone."""
-    import torch
-
-    from engine.pipelines.conditioned import generate_conditioned
-    from engine.pipelines.lora import adapters_for
-    from engine.pipelines.txt2img import generate_batch
-    from engine.pipelines.upscale import UpscaleConfig
-
-    first = jobs[0].params
-    with torch.inference_mode(), adapters_for(loaded, first):
-        if first.mode != "txt2img" or first.control_type is not None:
-            upscale = UpscaleConfig(
-                config.upscaler, config.upscale_tile, config.upscale_tile_overlap
-            )
-            return generate_conditioned(
-                loaded, jobs, config.preview_interval, config.noise, upscale
-            )
-        return generate_batch(loaded, jobs, config.preview_interval, config.noise)
-
-
 def free_what_the_dead_held() -> None:
     """Free what a dead engine thread's models held before a new one loads them again."""
     gc.collect()
@@ -418,23 +396,3 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
-
-
-def with_verdicts(
-    results: list[GenerationResult], check: Callable[[list[bytes]], list[bool]] | None
-) -> list[GenerationResult]:
-    """The batch's images with the safety checker's verdicts (`check`: the configured one,
-    or None). A checker that fails here leaves them unmarked: the bot then asks on its own
-    (check_safety), and tells the member the check could not run if it fails again."""
-    pngs = [image.png for result in results for image in result.images]
-    if check is None or not pngs:
-        return results
-    try:
-        flags = iter(check(pngs))
-    except Exception:
-        log.exception("the safety checker failed with the batch; the bot asks again")
-        return results
-    return [
-        replace(result, images=[replace(image, nsfw=next(flags)) for image in result.images])
-        for result in results
-    ]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.api.infotext import params_from_infotext
@@ -128,3 +129,70 @@ def test_console_credits_and_db_check(tmp_path):
     broken = run_bot("db", "check", cwd=tmp_path, **env)
     assert broken.returncode == 1
     assert broken.stdout.strip() == "user 1234: balance 5 but the ledger sums to 75"
+
+
+# -- SD 3 and FLUX.1 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_selftest_of_each_new_family(tmp_path, family):
+    done = run_bot("selftest", "--family", family, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK build ")
+    assert f"({family}, 64x64, 4 steps" in done.stdout
+
+
+def test_selftest_refuses_an_unknown_family_before_loading_anything(tmp_path):
+    done = run_bot("selftest", "--family", "sd4", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "invalid choice: 'sd4'" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_flow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from engine.pipelines.tiny_families import save_tiny_family
+
+    root = tmp_path_factory.mktemp("flow-models")
+    return {family: save_tiny_family(root / f"tiny-{family}", family) for family in ("sd3", "flux")}
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "written"),
+    [
+        ("flux", ["--cfg", "3"], "CFG scale: 1, Distilled CFG Scale: 3, Seed: 9"),
+        ("sd3", ["--cfg", "4.5", "--negative", "blurry"], "CFG scale: 4.5, Seed: 9"),
+    ],
+)
+def test_dream_on_a_new_family_writes_pngs_a1111_and_forge_read(
+    tmp_path, tiny_flow, family, options, written
+):
+    out = tmp_path / "out"
+    model = str(tiny_flow[family])
+    args = ("dream", "a red (cube:1.2)", "--model", model, "--seed", "9", "--steps", "2")
+    done = run_bot(*args, "--size", "64x64", *options, "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.strip().splitlines()
+    infotext = read_png_infotext(Path(line.split("\t")[0]).read_bytes())
+    assert infotext is not None
+    assert written in infotext
+    assert "Sampler: Euler, Schedule type: Automatic" in infotext
+    params = params_from_infotext(infotext)
+    assert (params.prompt, params.seed, params.steps, params.model) == (
+        "a red (cube:1.2)",
+        9,
+        2,
+        f"tiny-{family}",
+    )
+
+
+def test_dream_refuses_what_flux_cannot_do_with_exit_2(tmp_path, tiny_flow):
+    model = str(tiny_flow["flux"])
+    done = run_bot("dream", "a cat", "--model", model, "--negative", "blurry", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: FLUX.1 dev has no negative prompt (its guidance is distilled into the model, so "
+        "nothing runs against one): leave it empty and say in the prompt what you want."
+    )
+    done = run_bot("dream", "a cat", "--model", model, "--size", "72x64", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "multiples of 16 for FLUX.1 dev models" in done.stderr

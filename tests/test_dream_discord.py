@@ -71,7 +71,7 @@ async def test_dream_posts_images_with_embed_and_infotext(sim):
             64,
             64,
             "DPM++ 2M",
-            "tiny",
+            "tiny-sd1",  # the checkpoint's name, as A1111 writes it: the model's folder
         )
         assert params.schedule == "Karras"
 
@@ -197,16 +197,16 @@ async def test_model_that_fails_to_load_tells_the_member_and_the_bot_goes_on(sim
 async def test_engine_out_of_memory_fails_only_that_job(sim, monkeypatch):
     import torch
 
-    import engine.pipelines.txt2img
+    import engine.pipelines.batches
 
-    real = engine.pipelines.txt2img.generate_batch
+    real = engine.pipelines.batches.generate_batch
 
     def out_of_memory(loaded, jobs, *args):
         if jobs[0].params.prompt == "too big":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(loaded, jobs, *args)
 
-    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", out_of_memory)
+    monkeypatch.setattr(engine.pipelines.batches, "generate_batch", out_of_memory)
     alice = sim.member("alice")
     result = await alice.slash(sim.channel, "dream", prompt="too big", steps=1)
     await wait_until(sim.env, lambda: ephemeral_followups(result))

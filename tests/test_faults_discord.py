@@ -334,9 +334,9 @@ async def test_a_lock_that_outlasts_even_the_failure_leaves_the_job_for_the_next
 async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_serves(
     sim, monkeypatch, caplog
 ):
-    import engine.pipelines.txt2img
+    import engine.pipelines.batches
 
-    real = engine.pipelines.txt2img.generate_batch
+    real = engine.pipelines.batches.generate_batch
 
     def dies(loaded: Any, jobs: Any, *args: Any) -> Any:
         if jobs[0].params.prompt == "the last straw":
@@ -344,7 +344,7 @@ async def test_the_engine_thread_dying_fails_its_batch_once_and_a_new_thread_ser
             raise SystemExit("a library gave up the thread")
         return real(loaded, jobs, *args)
 
-    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", dies)
+    monkeypatch.setattr(engine.pipelines.batches, "generate_batch", dies)
     engine_worker = sim.bot.engine
     first_thread = engine_worker._thread
     sim.bot.scheduler.queue.max_batch = 2

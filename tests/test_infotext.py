@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from engine.api.infotext import build_infotext, params_from_infotext, parse_infotext, quote
+import pytest
+from packaging import version as packaging_version
+
+from engine.api.infotext import (
+    build_infotext,
+    checkpoint_name,
+    configured_model,
+    params_from_infotext,
+    parse_infotext,
+    quote,
+    version,
+)
 from engine.api.params import GenerationParams, InvalidParams
+from engine.api.specs import ModelSpec
 from tests.factories import standard_params
+
+OURS = f", Version: {version()}"  # what every infotext of ours ends with
 
 
 def params(**overrides) -> GenerationParams:
@@ -23,7 +37,7 @@ def test_written_like_a1111():
         "a (red:1.2) fox\n"
         "Negative prompt: blurry\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, "
-        "Size: 512x512, Model hash: 6ce0161689, Model: sd15"
+        "Size: 512x512, Model hash: 6ce0161689, Model: sd15" + OURS
     )
 
 
@@ -33,7 +47,7 @@ def test_variation_and_clip_skip_written_where_a1111_writes_them():
         "a cat\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 42, "
         "Size: 512x512, Model hash: 6ce0161689, Model: sd15, Variation seed: 100, "
-        "Variation seed strength: 0.3, Clip skip: 2"
+        "Variation seed strength: 0.3, Clip skip: 2" + OURS
     )
     # The job's own variation seed when the image's is not given.
     assert "Variation seed: 99," in build_infotext(p, seed=42, model_hash=None)
@@ -47,13 +61,13 @@ def test_unused_options_are_not_written():
     for key in ("Variation", "Clip skip", "Prompt syntax"):
         assert key not in text
     subprompts = build_infotext(params(prompt_syntax="subprompt"), seed=1, model_hash=None)
-    assert subprompts.endswith(", Model: sd15, Prompt syntax: subprompt")
+    assert subprompts.endswith(", Model: sd15, Prompt syntax: subprompt" + OURS)
 
 
 def test_no_negative_line_and_no_hash_when_unknown():
     assert build_infotext(params(), seed=1, model_hash=None) == (
         "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1, "
-        "Size: 512x512, Model: sd15"
+        "Size: 512x512, Model: sd15" + OURS
     )
 
 
@@ -167,3 +181,170 @@ def test_parses_variation_seeds_written_by_a1111():
 def test_bad_infotext_raises_invalid_params(text, message):
     with pytest.raises(InvalidParams, match=message):
         params_from_infotext(text)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "prompt", "negative", "written"),
+    [
+        ("a1111", "cute dog:0.95 cyborg:0.85", "", None),
+        # The bot's default: sub-prompts only where the text can mean nothing else.
+        ("auto", "a (red:1.2) fox", "blurry", None),
+        ("auto", "a cat", "", None),
+        ("auto", "cute dog:0.95 cyborg:0.85", "", "auto"),
+        ("auto", "a cat", "blurry:1 text:0.5", "auto"),
+        ("subprompt", "a cat", "", "subprompt"),
+    ],
+)
+def test_prompt_syntax_is_written_only_for_sub_prompt_jobs(syntax, prompt, negative, written):
+    p = params(prompt=prompt, negative=negative, prompt_syntax=syntax)
+    values = parse_infotext(build_infotext(p, seed=1, model_hash=None)).values
+    assert values.get("Prompt syntax") == written
+    # Read back, the prompts are read as they were: by A1111's rules when nothing is written.
+    assert params_from_infotext(build_infotext(p, seed=1, model_hash=None)).prompt_syntax == (
+        written or "a1111"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("/models/dreamshaper_8.safetensors", "dreamshaper_8"),
+        ("C:\\sd\\models\\v1-5-pruned-emaonly.CKPT", "v1-5-pruned-emaonly"),
+        ("/home/owner/models/my-model/", "my-model"),
+        ("stabilityai/stable-diffusion-xl-base-1.0", "stable-diffusion-xl-base-1.0"),
+        ("sd15", "sd15"),
+        ("my model, v2: final", "my model, v2: final"),
+    ],
+)
+def test_the_model_is_the_checkpoints_name_never_a_path(source, name):
+    assert checkpoint_name(source) == name
+    text = build_infotext(params(model="sd15"), seed=1, model_hash=None, checkpoint=source)
+    assert parse_infotext(text).values["Model"] == name
+
+
+def test_a_path_given_as_the_model_is_written_as_its_name():
+    console = params(model="/home/owner/models/dreamshaper_8.safetensors")
+    text = build_infotext(console, seed=1, model_hash=None)
+    assert "/home" not in text
+    assert parse_infotext(text).values["Model"] == "dreamshaper_8"
+
+
+def test_the_model_named_in_infotext_reads_back_to_the_configured_one():
+    models = {
+        "sd15": ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        "dreamshaper": ModelSpec("dreamshaper", "/models/dreamshaper_8.safetensors"),
+    }
+    assert configured_model("sd15", models) == "sd15"
+    assert configured_model("dreamshaper_8", models) == "dreamshaper"
+    assert configured_model("stable-diffusion-v1-5", models) == "sd15"
+    assert configured_model("sd_xl_base_1.0", models) is None
+
+
+def a1111_parse_version(text: str | None) -> packaging_version.Version | None:
+    """A1111's modules/infotext_versions.py `parse_version`: what it makes of `Version:`."""
+    if text is None:
+        return None
+    match = re.match(r"([^-]+-[^-]+)-.*", text)
+    if match:
+        text = match.group(1)
+    try:
+        return packaging_version.parse(text)
+    except packaging_version.InvalidVersion:
+        return None
+
+
+def test_our_version_is_written_last_and_read_as_no_a1111_version():
+    text = build_infotext(
+        params(mode="inpaint", init_image="k", mask_prompt="the sky", prompt_syntax="subprompt"),
+        seed=1,
+        model_hash=None,
+    )
+    values = parse_infotext(text).values
+    assert list(values)[-1] == "Version"
+    assert values["Version"] == version()
+    assert re.fullmatch(r"sdbot-\d+\.\d+\.\d+\S*", version())
+    # A1111 turns on compatibility settings for infotext of its versions before 1.6 (and
+    # 1.7, 1.8): a bare package version would read as one of them; ours reads as none.
+    assert a1111_parse_version(version()) is None
+    bare = a1111_parse_version(version().removeprefix("sdbot-"))
+    assert bare is not None
+    assert bare < packaging_version.parse("1.6")
+    assert a1111_parse_version("v1.10.1") == packaging_version.parse("1.10.1")
+    # Our reader ignores it: the parameters are the same without it.
+    without = text.replace(OURS, "")
+    assert params_from_infotext(text) == params_from_infotext(without)
+
+
+def test_a_region_edit_records_its_words_and_cell_beside_the_inpaint_keys():
+    region = params(
+        mode="inpaint",
+        init_image="k",
+        denoise=0.9,
+        mask_prompt="her hat, the red one",
+        mask_cell="top-left",
+    )
+    text = build_infotext(region, seed=1, model_hash=None)
+    assert text.endswith(
+        'Denoising strength: 0.9, Mask blur: 4, Mask prompt: "her hat, the red one", '
+        "Mask cell: top-left" + OURS
+    )
+    back = params_from_infotext(text)
+    assert (back.mask_prompt, back.mask_cell, back.denoise) == (
+        "her hat, the red one",
+        "top-left",
+        0.9,
+    )
+    assert back.mode == "txt2img", "the picture is not in the infotext"
+    plain = build_infotext(params(mode="inpaint", init_image="k"), seed=1, model_hash=None)
+    assert "Mask prompt" not in plain
+    assert "Mask cell" not in plain
+
+
+# -- FLUX's guidance, as Forge writes it --------------------------------------------------
+
+
+def test_flux_guidance_is_written_as_forge_writes_it_and_read_back():
+    flux = params(model="flux1-dev", sampler="Euler", cfg=3.5, steps=28, width=1024, height=1024)
+    text = build_infotext(flux, seed=7, model_hash="0123456789", rng="CPU", distilled=True)
+    assert text.splitlines()[-1] == (
+        "Steps: 28, Sampler: Euler, Schedule type: Automatic, CFG scale: 1, "
+        "Distilled CFG Scale: 3.5, Seed: 7, Size: 1024x1024, Model hash: 0123456789, "
+        "Model: flux1-dev, RNG: CPU" + OURS
+    )
+    assert params_from_infotext(text) == replace_seed(flux, 7)
+
+
+def replace_seed(p: GenerationParams, seed: int) -> GenerationParams:
+    return GenerationParams.from_dict({**p.to_dict(), "seed": seed})
+
+
+def test_a_forge_flux_infotext_reads_as_the_job_that_made_it():
+    """Forge's FLUX default schedule, Simple, is the flow-matching schedule our Automatic
+    runs; its `CFG scale: 1` is no CFG, and the guidance is the distilled one."""
+    forge = (
+        "a cat in a hat\n"
+        "Steps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: "
+        "3.5, Seed: 1234, Size: 896x1152, Model hash: 4a0e7ac3e4, Model: flux1-dev-bnb-nf4-v2, "
+        "Version: f2.0.1v1.10.1-previous-313-g5a0a2b4"
+    )
+    read = params_from_infotext(forge)
+    assert (read.sampler, read.schedule, read.cfg, read.steps) == ("Euler", "Automatic", 3.5, 20)
+    assert (read.width, read.height, read.model) == (896, 1152, "flux1-dev-bnb-nf4-v2")
+
+
+def test_sd_infotext_keeps_its_cfg_scale():
+    text = build_infotext(params(cfg=6.5), seed=1, model_hash=None)
+    assert "CFG scale: 6.5, Seed: 1" in text
+    assert "Distilled" not in text
+    assert params_from_infotext(text).cfg == 6.5
+
+
+def test_a_gguf_transformer_is_the_model_infotext_names():
+    assert checkpoint_name("/models/flux1-dev-Q4_K_S.gguf") == "flux1-dev-Q4_K_S"
+    models = {
+        "flux": ModelSpec(
+            "flux", "black-forest-labs/FLUX.1-dev", transformer="/m/flux1-dev-Q4_K_S.gguf"
+        )
+    }
+    assert configured_model("flux1-dev-Q4_K_S", models) == "flux"
+    assert configured_model("FLUX.1-dev", models) == "flux"

@@ -226,7 +226,7 @@ def test_out_of_memory_twice_tells_the_member() -> None:
 async def test_the_engine_retries_an_out_of_memory_batch_in_a_lower_mode(
     tiny_sd1: Path, monkeypatch
 ) -> None:
-    from engine import worker as worker_module
+    from engine.pipelines import batches as worker_module
 
     real = worker_module.run_batch
     calls: list[int] = []
@@ -320,3 +320,48 @@ async def test_models_to_warm_are_loaded_before_the_first_job(tiny_sd1: Path) ->
         # model that failed to warm up ("missing") stopped nothing.
         name = await engine.call(lambda: engine._cache.loaded.spec.name)
     assert name == "tiny"
+
+
+def test_offload_hooks_follow_the_pipeline_about_to_run() -> None:
+    """img2img and ControlNet pipelines share the model's modules; diffusers' offload hooks
+    belong to one pipeline at a time (no CUDA here: the calls are what is checked)."""
+    from types import SimpleNamespace
+
+    from engine.pipelines.memory import hooked_for
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def enable_model_cpu_offload(self, device: Any) -> None:
+            self.calls.append(f"model {device}")
+
+        def enable_sequential_cpu_offload(self, device: Any) -> None:
+            self.calls.append(f"sequential {device}")
+
+    from engine.pipelines.memory import forget_hooks
+
+    base, img2img = Pipe(), Pipe()
+    loaded = SimpleNamespace(
+        pipe=base, plan=plan_for("medium"), device=torch.device("cuda"), derived={}
+    )
+    for pipe in (base, base, img2img, img2img, base):  # loading hooked the model's own
+        hooked_for(loaded, pipe)
+    assert base.calls == ["model cuda"]  # hooked again after img2img ran
+    assert img2img.calls == ["model cuda"]
+    hooked_for(loaded, img2img)
+    loaded.plan = plan_for("low")
+    forget_hooks(loaded)  # lowering the mode placed (and hooked) the model's own again
+    hooked_for(loaded, base)
+    hooked_for(loaded, img2img)
+    assert base.calls == ["model cuda"]
+    assert img2img.calls[-1] == "sequential cuda"
+    resident = SimpleNamespace(
+        pipe=base, plan=plan_for("high"), device=torch.device("cuda"), derived={}
+    )
+    hooked_for(resident, img2img)
+    on_cpu = SimpleNamespace(
+        pipe=base, plan=plan_for("medium"), device=torch.device("cpu"), derived={}
+    )
+    hooked_for(on_cpu, img2img)
+    assert len(img2img.calls) == 3  # nothing to hook: everything resident, or no CUDA

@@ -82,3 +82,37 @@ def test_bad_values_are_named(overrides, message):
 def test_good_values_pass():
     check_params(good(), MODELS, 100)
     check_params(good(model="xl", width=1344, height=768, steps=150, cfg=0.0, count=4), MODELS, 100)
+
+
+def region(**overrides) -> GenerationParams:
+    return good(**{"mode": "inpaint", "init_image": "k", "mask_prompt": "the sky", **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mask_prompt": "x" * 201}, "The region is 201 characters; the limit is 200."),
+        ({"mask_prompt": " "}, "Say what to change"),
+        ({"mask_cell": "upper"}, "Grid cell 'upper' is not one of"),
+        ({"mask_image": "m"}, "A region in words and a mask image cannot be used together."),
+    ],
+)
+def test_bad_regions_are_named(overrides, message):
+    with pytest.raises(InvalidParams, match=message.replace("(", r"\(").replace(".", r"\.")):
+        check_params(region(**overrides), MODELS, 100)
+
+
+def test_a_region_is_part_of_what_a_batch_shares_and_of_what_is_stored():
+    check_params(region(mask_cell="top-left", mask_preview=True), MODELS, 100)
+    keys = {
+        region().batch_key(),
+        region(mask_prompt="her hat").batch_key(),
+        region(mask_cell="top").batch_key(),
+        region(mask_preview=True).batch_key(),
+    }
+    assert len(keys) == 4
+    stored = region(mask_cell="top", mask_preview=True)
+    assert GenerationParams.from_dict(stored.to_dict()) == stored
+    # A job stored before Vary (Region) has none of its fields.
+    old = {k: v for k, v in good().to_dict().items() if not k.startswith("mask_")}
+    assert GenerationParams.from_dict(old).has_region is False

@@ -12,7 +12,7 @@ import discord
 import pytest
 from PIL import Image
 
-import engine.pipelines.txt2img
+import engine.pipelines.batches
 from bot.generation.actions import Action
 from bot.jobs.contracts import JobRefused
 from data.jobs import JobStatus
@@ -177,13 +177,13 @@ async def test_a_double_click_starts_one_job(sim, monkeypatch):
     before = await balance(sim, alice)
     # The engine is held, so the first click's job is still pending at the second.
     gate = threading.Event()
-    real = engine.pipelines.txt2img.generate_batch
+    real = engine.pipelines.batches.generate_batch
 
     def held(*args: Any, **kwargs: Any) -> Any:
         gate.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.pipelines.txt2img, "generate_batch", held)
+    monkeypatch.setattr(engine.pipelines.batches, "generate_batch", held)
     try:
         first = await alice.click(message, label="Reroll")
         second = await alice.click(message, label="Reroll")

@@ -20,11 +20,12 @@ from bot.generation.options import DreamOptions, resolve_options
 from bot.jobs.engines import build_engine, local_engine
 from bot.settings import Settings
 from engine.api.errors import EngineError, ModelLoadError
+from engine.api.families import FAMILIES
 from engine.api.infotext import params_from_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, InvalidParams, ModelInfo, parse_size
 from engine.api.port import EnginePort
-from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec
+from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelFamily, ModelSpec
 from engine.imaging.images import read_png_infotext
 from engine.worker import EngineWorker, quiet_libraries
 
@@ -200,35 +201,46 @@ def _write_images(out: Path, images: list[tuple[int, bytes]], params: Generation
     return 0
 
 
-def selftest(settings: Settings) -> int:
-    """Build a tiny random model, load it the normal way, generate one image, check it."""
+def selftest_params(family: ModelFamily) -> GenerationParams:
+    """A 64x64, 4-step job of the family's own sampler and guidance (a negative prompt only
+    where the family takes one)."""
+    row = FAMILIES[family]
+    return GenerationParams(
+        prompt="a red cube on a table",
+        negative="blurry" if row.negative_prompt else "",
+        seed=1,
+        steps=4,
+        cfg=row.cfg,
+        width=64,
+        height=64,
+        sampler=row.sampler,
+        count=1,
+        model="selftest",
+    )
+
+
+def selftest(settings: Settings, save: Path | None = None, family: ModelFamily = "sd1") -> int:
+    """Build a tiny random model of `family`, load it the normal way, generate one image,
+    check it; `save` keeps the model in that new folder."""
     from bot.cli.checks.machine import device_finding
 
     device = device_finding(settings.device)
     if not device.ok:
         print(f"error: {device.problem()}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if save is not None and save.exists() and (not save.is_dir() or any(save.iterdir())):
+        print(f"error: --save {save}: choose a new or empty folder", file=sys.stderr)
+        return EXIT_BAD_INPUT
     quiet_libraries()
-    from engine.pipelines.tiny import save_tiny_model
+    from engine.pipelines.tiny_families import save_tiny_family
 
     with tempfile.TemporaryDirectory(prefix="sdbot-selftest-") as workdir:
         started = time.perf_counter()
-        folder = save_tiny_model(Path(workdir) / "tiny-sd")
+        folder = save_tiny_family(save or Path(workdir) / f"tiny-{family}", family)
         built = time.perf_counter() - started
         spec = ModelSpec(name="selftest", source=str(folder))
         engine = local_engine(settings, models={"selftest": spec})
-        params = GenerationParams(
-            prompt="a red cube on a table",
-            negative="blurry",
-            seed=1,
-            steps=4,
-            cfg=7.0,
-            width=64,
-            height=64,
-            sampler="Euler a",
-            count=1,
-            model="selftest",
-        )
+        params = selftest_params(family)
         try:
             info, images, generate_seconds = asyncio.run(_selftest_run(engine, params))
         except ModelLoadError as error:
@@ -239,13 +251,25 @@ def selftest(settings: Settings) -> int:
             return EXIT_FAILED
     [(seed, png)] = images
     infotext = read_png_infotext(png)
-    if infotext is None or params_from_infotext(infotext) != params:
+    read = params_from_infotext(infotext) if infotext is not None else None
+    # `Model` names the checkpoint, as A1111 does: the tiny model's folder.
+    if (
+        read is None
+        or dataclasses.replace(read, model=params.model) != params
+        or read.model != folder.name
+    ):
         print("FAILED: the image's infotext does not match its parameters")
+        return EXIT_FAILED
+    if info.family != family:
+        print(f"FAILED: the tiny {family} model loaded as {info.family}")
         return EXIT_FAILED
     print(
         f"OK build {built:.2f}s, load {info.load_seconds:.2f}s, generate {generate_seconds:.2f}s "
-        f"(64x64, 4 steps, seed {seed}, {info.device} {info.dtype})"
+        f"({family}, 64x64, 4 steps, seed {seed}, {info.device} {info.dtype}, memory "
+        f"{info.memory})"
     )
+    if save is not None:
+        print(f"the tiny model is in {save}: --model {save} on dream")
     return 0
 
 

@@ -31,6 +31,7 @@ from data.jobs import QueueCaps
 from data.stats import GuildStats, StatsRepository
 from engine.api.lora_tags import tidy_prompt as tidy_tag_gaps
 from engine.api.params import GenerationParams
+from engine.api.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,16 @@ def check_limits(params: GenerationParams, policy: GuildPolicy, limits: Limits) 
 
 
 def apply_words(
-    params: GenerationParams, policy: GuildPolicy, max_prompt: int
+    params: GenerationParams, policy: GuildPolicy, max_prompt: int, negative: bool = True
 ) -> tuple[GenerationParams, str]:
-    """Refuse a prompt holding a banned word, or move the words to the negative prompt.
+    """Refuse a prompt holding a banned word, or move the words to the negative prompt;
+    for a model without one (`negative` false: FLUX), take them out of the prompt.
 
     Every match runs under MATCH_TIMEOUT: a pattern that would backtrack for minutes gets
     the prompt refused instead of stalling the bot for every server.
     """
     try:
-        return _apply_words(params, policy, max_prompt)
+        return _apply_words(params, policy, max_prompt, negative)
     except TimeoutError:
         log.warning("a banned-word pattern timed out on a prompt; refused unchecked")
         raise JobRefused(
@@ -150,7 +152,7 @@ def check_banned_words(policy: GuildPolicy, *texts: str) -> None:
 
 
 def _apply_words(
-    params: GenerationParams, policy: GuildPolicy, max_prompt: int
+    params: GenerationParams, policy: GuildPolicy, max_prompt: int, to_negative: bool
 ) -> tuple[GenerationParams, str]:
     budget = _Budget(MATCH_TIMEOUT)
     hits = [
@@ -176,6 +178,9 @@ def _apply_words(
         if word:
             seen.setdefault(word.lower(), word)  # "Gore" and "GORE" are one word
     words = list(seen.values())
+    if not to_negative:
+        note = f"Taken out of the prompt by this server's rules: {', '.join(words)}."
+        return replace(params, prompt=prompt), note
     negative = ", ".join(part for part in (params.negative.strip(), *words) if part)
     if len(negative) > max_prompt:
         raise JobRefused(
@@ -192,9 +197,11 @@ def tidy_prompt(prompt: str) -> str:
     return tidy_tag_gaps(EMPTY_EMPHASIS.sub(" ", prompt))
 
 
-def job_price(params: GenerationParams, per_image: float, factor: float) -> int:
+def job_price(
+    params: GenerationParams, per_image: float, factor: float, spec: ModelSpec | None = None
+) -> int:
     """As DreamService.price, at this server's price and the member's role factor."""
-    return max(1, math.ceil(price_units(params) * per_image * factor - 1e-9))
+    return max(1, math.ceil(price_units(params, spec) * per_image * factor - 1e-9))
 
 
 class CommunityPolicy:
@@ -208,6 +215,7 @@ class CommunityPolicy:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.models = settings.model_specs()
         self.guilds = guilds
         self.stats_repository = stats
         self.clock = clock
@@ -232,12 +240,20 @@ class CommunityPolicy:
         )
         limits = await self.limits(guild_id, requester)
         check_limits(params, policy, limits)
-        params, note = apply_words(params, policy, self.settings.max_prompt_length)
+        spec = self._spec(params)
+        takes_negative = spec is None or spec.family_row().negative_prompt
+        params, note = apply_words(
+            params, policy, self.settings.max_prompt_length, negative=takes_negative
+        )
         if not requester.is_admin:
             await self._check_cooldown(policy, params, user_id, guild_id, interaction_id)
-        cost = job_price(params, policy.price_per_image, limits.price_factor)
+        cost = job_price(params, policy.price_per_image, limits.price_factor, self._spec(params))
         caps = QueueCaps(limits.max_pending, self.settings.max_queued_total)
         return Admission(params, cost, caps, note, self.credit_policy(policy))
+
+    def _spec(self, params: GenerationParams) -> ModelSpec | None:
+        """The job's model, whose family sets what a step costs."""
+        return self.models.get(params.model)
 
     def credit_policy(self, policy: GuildPolicy) -> CreditPolicy:
         """The bot's starting grant with this server's top-up."""
@@ -276,7 +292,7 @@ class CommunityPolicy:
         """What `params` cost this member here: the server's price times their role factor."""
         policy = await self.guilds.policy(guild_id)
         limits = await self.limits(guild_id, requester)
-        return job_price(params, policy.price_per_image, limits.price_factor)
+        return job_price(params, policy.price_per_image, limits.price_factor, self._spec(params))
 
     async def withheld(self, job_id: int) -> set[int]:
         """A result's images flagged where they were asked for and not shown as they are:

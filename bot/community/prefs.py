@@ -215,18 +215,30 @@ class PreferenceService:
             chosen = (await self.preset(user_id, preset)).over(chosen)
         policy = await self.guilds.policy(guild_id)
         model = options.model or self._model(chosen.model, policy)
+        spec = self.models.get(model)
+        row = spec.family_row() if spec is not None else None
         steps = options.steps
         if steps is None:
-            # Never a default the server would refuse: capped at its limit.
-            steps = min(chosen.steps or DEFAULT_STEPS, policy.max_steps)
+            # The model's own default (FLUX.1 schnell's 4), else the member's; never one the
+            # server would refuse: capped at its limit.
+            own = spec.steps_default() if spec is not None else DEFAULT_STEPS
+            preferred = chosen.steps if row is None or row.steps == DEFAULT_STEPS else None
+            steps = min(preferred or own, policy.max_steps)
         size = options.size
         if size is None and with_size:
             size = self._fitting_size(chosen.size, model, policy)
-        negative = options.negative if options.negative is not None else chosen.negative
+        negative = options.negative
+        if negative is None and (row is None or row.negative_prompt):
+            negative = chosen.negative  # a saved negative only where the family takes one
+        sampler = options.sampler
+        if sampler is None:
+            saved = chosen.sampler or policy.default_sampler
+            # A saved or server sampler the family has no scheduler for gives way to its own.
+            sampler = saved if row is None or row.allows_sampler(saved or "") else None
         filled = replace(
             options,
             model=model,
-            sampler=options.sampler or chosen.sampler or policy.default_sampler,
+            sampler=sampler,
             steps=steps,
             size=size,
             negative=negative,

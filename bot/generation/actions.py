@@ -13,8 +13,9 @@ from dataclasses import replace
 from enum import StrEnum
 
 from bot.community.guilds import GuildSettingsService
-from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE
+from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE, from_image
 from bot.generation.options import random_seed
+from bot.generation.regions import RegionEdits, RegionRequest
 from bot.generation.results import Presser, Results
 from bot.generation.service import DreamService
 from bot.jobs.contracts import JobObserver, JobRefused, Ticket
@@ -40,6 +41,11 @@ class Action(StrEnum):
     PAN_UP = "panup"
     PAN_DOWN = "pandown"
     SQUARE = "square"
+    # Vary (Region): a modal asks what to change and where; the mask is seen first (a free
+    # preview job whose Run starts the inpaint) when the member asks.
+    REGION = "region"
+    REGION_PREVIEW = "regionmask"
+    REGION_RUN = "regionrun"
 
     @property
     def label(self) -> str:
@@ -47,7 +53,8 @@ class Action(StrEnum):
 
     @property
     def needs_image(self) -> bool:
-        return self in (Action.VARY, Action.STRONG, Action.UPSCALE) or self.reframes
+        kinds = (Action.VARY, Action.STRONG, Action.UPSCALE, Action.REGION, Action.REGION_PREVIEW)
+        return self in kinds or self.reframes
 
     @property
     def reframes(self) -> bool:
@@ -68,6 +75,9 @@ _LABELS = {
     Action.PAN_UP: "Pan up",
     Action.PAN_DOWN: "Pan down",
     Action.SQUARE: "Make square",
+    Action.REGION: "Vary (Region)",
+    Action.REGION_PREVIEW: "Mask preview",
+    Action.REGION_RUN: "Vary (Region)",
 }
 _ZOOMS = {Action.ZOOM_OUT_2: 2.0, Action.ZOOM_OUT_15: 1.5}
 _PANS = {
@@ -93,6 +103,7 @@ class ResultActions(Results):
         super().__init__(settings, jobs, guilds)
         self.dreams = dreams
         self.inputs = inputs
+        self.regions = RegionEdits(settings, dreams, inputs)
 
     # -- actions that start a job -------------------------------------------------------
 
@@ -107,6 +118,7 @@ class ResultActions(Results):
         prompt: str | None = None,
         negative: str | None = None,
         zoom: str | None = None,
+        region: RegionRequest | None = None,
         interaction_id: int | None = None,
     ) -> Ticket:
         """Check, build and submit the action's job; JobRefused or InvalidParams say why not.
@@ -115,19 +127,24 @@ class ResultActions(Results):
         job (`Ticket.duplicate`) and charges nothing.
         """
         job = await self.result(job_id, presser, use=True)
-        params = self.dreams.check(
-            await self.params_for(action, job, image, prompt=prompt, negative=negative, zoom=zoom)
+        asked = await self.params_for(
+            action, job, image, prompt=prompt, negative=negative, zoom=zoom, region=region
         )
+        params = self.dreams.check(asked)
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
         if action in (Action.EDIT, Action.ZOOM_CUSTOM):  # str hashes change per process
             digest = hashlib.sha256(f"{prompt}\0{negative}\0{zoom}".encode()).hexdigest()[:12]
             key += f":{digest}"
+        if region is not None:
+            key += f":{region.digest()}"
         # A click in a DM on a server's result (results by DM) is still under that server's
         # rules: only its channel rules cannot apply there.
         guild_id, requester = presser.guild_id, presser.requester
         if guild_id is None and job.guild_id is not None:
             guild_id, requester = job.guild_id, replace(requester, in_dm=True)
-        return await self.dreams.submit(
+        # A mask preview is free: only its Run is charged.
+        submit = self.regions.submit_preview if params.mask_preview else self.dreams.submit
+        return await submit(
             params,
             user_id=presser.user_id,
             guild_id=guild_id,
@@ -149,8 +166,13 @@ class ResultActions(Results):
         prompt: str | None = None,
         negative: str | None = None,
         zoom: str | None = None,
+        region: RegionRequest | None = None,
     ) -> GenerationParams:
         params = GenerationParams.from_dict(job.params)
+        if action is Action.REGION_RUN:  # `job` is the preview; its picture is stored
+            return self.regions.run_params(job)
+        if action in (Action.REGION, Action.REGION_PREVIEW):  # checked before any image is read
+            self.regions.check_available()
         if action is Action.REROLL:
             variation = random_seed() if params.has_variation else params.variation_seed
             return replace(params, seed=random_seed(), variation_seed=variation)
@@ -174,6 +196,11 @@ class ResultActions(Results):
         png = await self._image_bytes(job, chosen)
         if action is Action.STRONG:
             return await self._strong(params, png)
+        if action in (Action.REGION, Action.REGION_PREVIEW):
+            if region is None:
+                raise InvalidParams("Say what to change and where.")
+            asked = replace(region, preview=action is Action.REGION_PREVIEW)
+            return await self.regions.params(params, png, asked)
         if action.reframes:
             factor = parse_zoom(zoom or "") if action is Action.ZOOM_CUSTOM else None
             reframed = await self._reframe(action, params, chosen, png, factor)
@@ -275,18 +302,3 @@ def parse_zoom(text: str) -> float:
     if not (math.isfinite(value) and MIN_ZOOM < value <= MAX_ZOOM):
         raise InvalidParams(f"Zoom must be above {MIN_ZOOM:g} and at most {MAX_ZOOM:g}, like 1.5.")
     return value
-
-
-def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
-    """A job that starts from one image: what masked, grew or controlled the source is gone."""
-    return replace(
-        params,
-        init_image=init_key,
-        mask_image=None,
-        outpaint=(0, 0, 0, 0),
-        upscale=1.0,
-        control_type=None,
-        control_image=None,
-        variation_seed=None,
-        variation_strength=0.0,
-    )

@@ -14,7 +14,7 @@ from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
 from bot.jobs.inputs import InputStore
 from engine.api.infotext import parse_infotext
-from engine.api.params import CONTROL_TYPES, InvalidParams, check_upscale_size
+from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams, check_upscale_size
 from engine.api.specs import ModelSpec
 from engine.imaging import attachments
 from engine.imaging.attachments import PreparedImage
@@ -27,6 +27,9 @@ DEFAULT_INPAINT_DENOISE = 0.75
 DEFAULT_OUTPAINT_DENOISE = 0.9
 # Below this the outpainted picture would be too small to be worth making.
 MIN_OUTPAINT_SCALE = 0.25
+# Vary (Region) repaints what the member named as Midjourney does, nearly from scratch; a
+# little of the old picture keeps the colours in step with what surrounds it.
+DEFAULT_REGION_DENOISE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,25 @@ class ImageRequests:
         if control.weight is not None:
             fields["control_scale"] = control.weight
         return fields, prepared.note
+
+
+def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
+    """A job that starts from one image (a result's, for its buttons): what masked, grew or
+    controlled the source is gone."""
+    return replace(
+        params,
+        init_image=init_key,
+        mask_image=None,
+        outpaint=(0, 0, 0, 0),
+        upscale=1.0,
+        control_type=None,
+        control_image=None,
+        variation_seed=None,
+        variation_strength=0.0,
+        mask_prompt=None,
+        mask_cell=None,
+        mask_preview=False,
+    )
 
 
 def size_text(size: int) -> str:

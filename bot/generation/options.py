@@ -1,7 +1,8 @@
 """A member's options into checked parameters, and what a job is worth.
 
-Defaults fill what the member left out; the price of a job is counted in standard images
-(512x512, 20 steps).
+Defaults fill what the member left out, from the model's family where it has its own
+(FLUX.1 schnell's 4 steps); the price of a job is counted in standard images (an SD 1.5
+512x512 image of 20 steps), scaled by its family's cost (engine/api/families.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from engine.api.families import Family
+from engine.api.infotext import DISTILLED_CFG
 from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER
 from engine.api.specs import ModelSpec
@@ -17,6 +20,9 @@ from engine.api.training_params import TrainingParams
 
 DREAM = "dream"
 TRAIN = "train"
+# Vary (Region)'s free preview: the mask over the picture, nothing painted. Its own kind, so
+# a server's inpaint cooldown does not hold up the Run that follows it.
+MASK_PREVIEW = "mask"
 
 # Parameters that passed the one check (DreamService.check): the only kind a job is made of.
 Checked = NewType("Checked", GenerationParams)
@@ -53,6 +59,7 @@ HONOURED_KEYS = frozenset(
         "Sampler",
         "Schedule type",
         "CFG scale",
+        DISTILLED_CFG,
         "Seed",
         "Size",
         "Model",
@@ -70,21 +77,29 @@ HONOURED_KEYS = frozenset(
 
 STANDARD_PIXELS = 512 * 512
 STANDARD_STEPS = 20
+# A mask preview is one pass of a small segmentation model (CLIPSeg is about 150M
+# parameters at 352x352): a few hundredths of a standard image, for the wait estimates.
+MASK_PREVIEW_UNITS = 0.02
 
 
 # What "the price of a standard image" means when members ask.
 STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512, "Euler a", 1, "")
 
 
-def price_units(params: GenerationParams) -> float:
+def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> float:
     """How many standard images (512x512, 20 steps) a job is worth.
 
     Image-conditioned modes run only `denoise` of their steps (diffusers and A1111 skip the
-    rest), so they cost that fraction.
+    rest), so they cost that fraction. A mask preview paints nothing (and is never charged).
+    `spec`, the job's model: a step of its family costs `Family.cost` SD 1.5 steps per pixel
+    (an estimate from published step times: a FLUX.1 dev step about 6); without it, 1.
     """
+    if params.mask_preview:
+        return MASK_PREVIEW_UNITS
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
-    return pixels * steps / STANDARD_STEPS * params.count
+    cost = spec.family_row().cost if spec is not None else 1.0
+    return pixels * steps / STANDARD_STEPS * params.count * cost
 
 
 def training_as_shown(training: TrainingParams) -> GenerationParams:
@@ -105,6 +120,8 @@ def training_as_shown(training: TrainingParams) -> GenerationParams:
 
 def job_kind(params: GenerationParams) -> str:
     """The job's kind as stored and logged: `dream` for text to image, else the mode."""
+    if params.mask_preview:
+        return MASK_PREVIEW
     return DREAM if params.mode == "txt2img" else params.mode
 
 
@@ -123,6 +140,7 @@ def resolve_options(
     if spec is None:
         raise InvalidParams(f"Unknown model {model!r}. Models: {', '.join(sorted(models))}.")
     width, height = options.size or spec.size_default()
+    row = spec.family_row()
     seed = options.seed if options.seed is not None and options.seed >= 0 else random_seed()
     strength = options.variation_strength or 0.0
     variation_seed = options.variation_seed
@@ -134,11 +152,11 @@ def resolve_options(
         prompt=options.prompt.strip(),
         negative=(options.negative or "").strip(),
         seed=seed,
-        steps=options.steps if options.steps is not None else DEFAULT_STEPS,
-        cfg=options.cfg if options.cfg is not None else DEFAULT_CFG,
+        steps=options.steps if options.steps is not None else spec.steps_default(),
+        cfg=options.cfg if options.cfg is not None else spec.cfg_default(),
         width=width,
         height=height,
-        sampler=options.sampler or DEFAULT_SAMPLER,
+        sampler=family_sampler(options.sampler, row),
         count=options.count if options.count is not None else 1,
         model=model,
         clip_skip=options.clip_skip or 1,
@@ -150,6 +168,15 @@ def resolve_options(
     )
     check_params(params, models, max_prompt, max_upscale_pixels)
     return Checked(params)
+
+
+def family_sampler(sampler: str | None, row: Family) -> str:
+    """The sampler a job runs: the member's, else the family's own. The bot's default (what
+    a server or a preference fills in when the member names none) means the family's own
+    where the family has no such sampler: FLUX and SD 3 step with flow-matching Euler."""
+    if sampler is None or (sampler == DEFAULT_SAMPLER and not row.allows_sampler(sampler)):
+        return row.sampler
+    return sampler
 
 
 def random_seed() -> int:

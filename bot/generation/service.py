@@ -42,7 +42,7 @@ from data.jobs import (
     QueueCaps,
     QueueFull,
 )
-from engine.api.infotext import params_from_infotext, parse_infotext
+from engine.api.infotext import configured_model, params_from_infotext, parse_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, check_params
 from engine.api.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -105,8 +105,10 @@ class DreamService:
         return Checked(params)
 
     def price(self, params: GenerationParams) -> int:
-        """Credits for a job: proportional to pixels x steps x images, never below 1."""
-        return max(1, math.ceil(price_units(params) * self.settings.price_per_image - 1e-9))
+        """Credits for a job: proportional to pixels x steps x images, times what a step of
+        its model's family costs (engine/api/families.py), never below 1."""
+        units = price_units(params, self.models.get(params.model))
+        return max(1, math.ceil(units * self.settings.price_per_image - 1e-9))
 
     def reproduce_params(self, infotext: str) -> tuple[Checked, list[str]]:
         """Parameters to re-run an image from its infotext here, and what could not be honoured.
@@ -116,8 +118,9 @@ class DreamService:
         """
         parsed = params_from_infotext(infotext)
         notes = []
-        model = parsed.model
-        if model not in self.models:
+        # `Model` is the checkpoint's name (A1111's); ours, or an older infotext's, is a name.
+        model = configured_model(parsed.model, self.models)
+        if model is None:
             model = self.settings.default_model
             notes.append(f"Model {parsed.model or '(not named)'} is not on this bot; used {model}.")
         sampler = parsed.sampler
@@ -149,11 +152,13 @@ class DreamService:
         origin: Origin | None = None,
         requester: Requester | None = None,
         private: bool = False,
+        free: bool = False,
     ) -> Ticket:
         """Charge and record the job in one transaction, then queue it.
 
         `private`: the result goes to the member's DMs, so only they may see it or use its
-        buttons (bot.generation.results checks it on every click).
+        buttons (bot.generation.results checks it on every click). `free`: a job that costs
+        nothing (a mask preview), under the server's rules and caps all the same.
 
         Raises JobRefused (the server's rules, caps, credits) having changed nothing. A
         retried interaction gets its existing job back, charged once; so does a second click
@@ -167,7 +172,10 @@ class DreamService:
         if self.adapters is not None:
             # <lora:name:w> tags and embedding tokens, among the files this member may use;
             # after the server's rules, which may have taken words out of the prompt.
-            admitted = await self.adapters.resolve(admitted, user_id=user_id, guild_id=guild_id)
+            resolved = await self.adapters.resolve(admitted, user_id=user_id, guild_id=guild_id)
+            if resolved != admitted:  # what the tags named may not suit the model (FLUX)
+                self.check(resolved)
+            admitted = resolved
         params = Checked(admitted)
         try:
             inputs = await self.handler.input_images(params)
@@ -182,7 +190,7 @@ class DreamService:
                 channel_id=channel_id,
                 interaction_id=interaction_id,
                 params=params.to_dict(),
-                cost=admission.cost,
+                cost=0 if free else admission.cost,
                 caps=admission.caps,
                 origin=origin,
                 credit_policy=admission.credit_policy,

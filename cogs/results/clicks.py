@@ -10,8 +10,9 @@ import discord
 from discord.ext import commands
 
 from bot.generation.actions import Action, Presser
+from bot.generation.regions import NOT_A_PREVIEW, RegionRequest
 from bot.jobs.contracts import JobRefused, Ticket
-from cogs.results.modals import EditModal, ZoomModal
+from cogs.results.modals import EditModal, RegionModal, ZoomModal
 from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
 from cogs.ui.context import requester_of
 from cogs.ui.infotext import infotext_embed
@@ -64,7 +65,8 @@ def presser_of(
 
 def action_label(action: Action, image: int | None) -> str:
     """ "Upscale of image 2", "Reroll": how the reply names what was asked."""
-    if action.reframes or image is None:  # reframes are offered under one picture only
+    # Reframes and region edits are offered under one picture only.
+    if action.reframes or action in (Action.REGION, Action.REGION_PREVIEW) or image is None:
         return action.label
     return f"{action.label} of image {image + 1}"
 
@@ -99,6 +101,10 @@ class Results(commands.Cog, name=RESULTS_COG):
             await self.edit_clicked(interaction, job_id)
         elif name == Action.ZOOM_CUSTOM:
             await self.edit_clicked(interaction, job_id, modal=ZoomModal)
+        elif name == Action.REGION:
+            await self.region_clicked(interaction, job_id)
+        elif name == "regioncancel":
+            await self.delete_clicked(interaction, job_id, preview=True)
         else:
             await self.run_action(interaction, Action(name), job_id, image=image)
 
@@ -112,6 +118,7 @@ class Results(commands.Cog, name=RESULTS_COG):
         prompt: str | None = None,
         negative: str | None = None,
         zoom: str | None = None,
+        region: RegionRequest | None = None,
     ) -> None:
         # Deferred first, privately: the queue position is for the presser alone, and the
         # work below (reading images, the store) may outlast Discord's 3 seconds.
@@ -142,6 +149,7 @@ class Results(commands.Cog, name=RESULTS_COG):
                 prompt=prompt,
                 negative=negative,
                 zoom=zoom,
+                region=region,
                 interaction_id=interaction.id,
             )
         except (JobRefused, InvalidParams) as refused:
@@ -156,6 +164,11 @@ class Results(commands.Cog, name=RESULTS_COG):
         if message_id is not None:
             await self.bot.scheduler.set_message(ticket.job.id, message_id)
         note = f" {ticket.note}" if ticket.note else ""
+        if ticket.params.mask_preview:
+            return (
+                f"Mask preview queued as job {ticket.job.id}, position {ticket.position}: "
+                f"nothing is charged unless you press Run under it.{note}"
+            )
         return (
             f"Queued as job {ticket.job.id}, position {ticket.position}. "
             f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}.{note}"
@@ -183,7 +196,7 @@ class Results(commands.Cog, name=RESULTS_COG):
         self,
         interaction: discord.Interaction,
         job_id: int,
-        modal: type[EditModal | ZoomModal] = EditModal,
+        modal: type[EditModal | ZoomModal | RegionModal] = EditModal,
     ) -> None:
         # A modal must be the first response, so the checks come before any deferral.
         try:
@@ -194,14 +207,32 @@ class Results(commands.Cog, name=RESULTS_COG):
         params = GenerationParams.from_dict(job.params)
         await interaction.response.send_modal(modal(self, job_id, params))
 
-    async def delete_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+    async def region_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Vary (Region): the modal, where the bot has a segmenter (else one sentence)."""
         try:
-            await self.bot.actions.delete(job_id, self._presser(interaction))
+            self.bot.actions.regions.check_available()
+        except JobRefused as refused:
+            await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
+            return
+        await self.edit_clicked(interaction, job_id, modal=RegionModal)
+
+    async def delete_clicked(
+        self, interaction: discord.Interaction, job_id: int, *, preview: bool = False
+    ) -> None:
+        """Delete a result; with `preview`, Cancel under a mask preview (only one of those)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        presser = self._presser(interaction)
+        try:
+            if preview:
+                job = await self.bot.actions.result(job_id, presser)
+                if not GenerationParams.from_dict(job.params).mask_preview:
+                    raise JobRefused(NOT_A_PREVIEW)
+            await self.bot.actions.delete(job_id, presser)
         except JobRefused as refused:
             await interaction.followup.send(f"❌ {refused}", ephemeral=True)
             return
         if interaction.message is not None:
             with contextlib.suppress(discord.HTTPException):
                 await interaction.message.delete()
-        await interaction.followup.send(f"Deleted job {job_id}'s result.", ephemeral=True)
+        done = "Cancelled: nothing was painted or charged." if preview else None
+        await interaction.followup.send(done or f"Deleted job {job_id}'s result.", ephemeral=True)

@@ -1,4 +1,5 @@
-"""The modals behind a result's Edit and Custom zoom buttons: what to change, then the job."""
+"""The modals behind a result's Edit, Custom zoom and Vary (Region) buttons: what to change,
+then the job."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import discord
 
 from bot.client.replies import first_delivery
 from bot.generation.actions import MAX_ZOOM, MIN_ZOOM, Action
+from bot.generation.regions import RegionRequest
 from engine.api.params import GenerationParams
+from engine.api.regions import MAX_MASK_PROMPT
 
 if TYPE_CHECKING:
     from cogs.results.clicks import Results
@@ -87,4 +90,62 @@ class ZoomModal(discord.ui.Modal, title="Custom zoom"):
             image=0,
             prompt=self.prompt.value,
             zoom=self.factor.value,
+        )
+
+
+class RegionModal(discord.ui.Modal, title="Vary (Region)"):
+    """Midjourney's Vary (Region) without a brush: the region in words, a cell of a 3x3 grid,
+    or both (the words' region inside the cell), the prompt for it, and whether to see the
+    mask before anything is painted or charged."""
+
+    def __init__(self, cog: Results, job_id: int, params: GenerationParams) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.job_id = job_id
+        self.words: discord.ui.TextInput[RegionModal] = discord.ui.TextInput(
+            label="What to change, in words",
+            custom_id="region",
+            placeholder="the sky, her hat",
+            max_length=MAX_MASK_PROMPT,
+            required=False,
+        )
+        self.cell: discord.ui.TextInput[RegionModal] = discord.ui.TextInput(
+            label="Or where, on a 3x3 grid (optional)",
+            custom_id="cell",
+            placeholder="top-left, top, center, bottom-right... or 1-9",
+            max_length=20,
+            required=False,
+        )
+        self.prompt: discord.ui.TextInput[RegionModal] = discord.ui.TextInput(
+            label="Prompt for it",
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=params.prompt[:MAX_MODAL_TEXT],
+            max_length=MAX_MODAL_TEXT,
+        )
+        self.preview: discord.ui.Checkbox[RegionModal] = discord.ui.Checkbox(custom_id="preview")
+        self.add_item(self.words)
+        self.add_item(self.cell)
+        self.add_item(self.prompt)
+        self.add_item(
+            discord.ui.Label(
+                text="Show me the mask first",
+                description="Then Run paints it; nothing is charged before.",
+                component=self.preview,
+            )
+        )
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        request = RegionRequest(
+            self.words.value, self.cell.value, self.prompt.value, bool(self.preview.value)
+        )
+        await self.cog.run_action(
+            interaction,
+            Action.REGION_PREVIEW if request.preview else Action.REGION,
+            self.job_id,
+            image=0,
+            region=request,
         )

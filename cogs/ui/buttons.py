@@ -26,7 +26,8 @@ NO_SUCH_BUTTON = "That button refers to nothing I know; it may be from an old me
 # Discord: a custom_id is 1-100 characters; ours are at most ~40.
 TEMPLATE = (
     r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete"
-    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square):(?P<job>[0-9]{1,20})"
+    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square|region|regionrun|regioncancel)"
+    r":(?P<job>[0-9]{1,20})"
     r"(?::(?P<image>[0-9]{1,2}))?"
 )
 
@@ -92,13 +93,19 @@ def job_id_of(digits: str) -> int:
     return value if 0 < value <= MAX_JOB_ID else 0
 
 
-def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) -> discord.ui.View:
+def result_view(
+    outcome: JobOutcome, can_upscale: Callable[[int, int], bool], regions: bool = False
+) -> discord.ui.View:
     """U1..Un, V1..Vn and strong variations, then reroll, info, edit and delete.
 
-    One image gets Midjourney's words on a single row; a grid gets one row per kind.
+    One image gets Midjourney's words on a single row (with Vary (Region) where `regions`:
+    the bot has a segmenter); a grid gets one row per kind. A mask preview gets Run and
+    Cancel alone.
     """
-    view = discord.ui.View(timeout=None)
     job_id = outcome.job.id
+    if outcome.params.mask_preview:
+        return preview_view(job_id)
+    view = discord.ui.View(timeout=None)
     images = outcome.images
     single = len(images) == 1
     for idx, image in enumerate(images):
@@ -116,6 +123,8 @@ def result_view(outcome: JobOutcome, can_upscale: Callable[[int, int], bool]) ->
     for idx in range(len(images)):
         label = "Vary (strong)" if single else f"V{idx + 1} strong"
         view.add_item(ResultButton("strong", job_id, idx, label=label, row=strong_row))
+    if single and regions:
+        view.add_item(ResultButton("region", job_id, 0, label="Vary (Region)", row=0))
     tools = 1 if single else strong_row + 1
     view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄", row=tools))
     view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️", row=tools))
@@ -147,5 +156,17 @@ def add_reframes(view: discord.ui.View, job_id: int, square_too: bool, first_row
         view.add_item(ResultButton(name, job_id, 0, emoji=emoji, row=first_row + 1))
 
 
+def preview_view(job_id: int) -> discord.ui.View:
+    """Under a mask preview: Run paints the region (charged then), Cancel drops the preview."""
+    view = discord.ui.View(timeout=None)
+    run = ResultButton(
+        "regionrun", job_id, label="Run", emoji="▶️", style=discord.ButtonStyle.success
+    )
+    view.add_item(run)
+    view.add_item(ResultButton("regioncancel", job_id, label="Cancel", emoji="✖️"))
+    return view
+
+
 def view_factory(bot: SDBot) -> Callable[[JobOutcome], discord.ui.View]:
-    return lambda outcome: result_view(outcome, bot.actions.can_upscale)
+    regions = bool(bot.settings.segmenter)
+    return lambda outcome: result_view(outcome, bot.actions.can_upscale, regions)

@@ -19,11 +19,12 @@ from cogs.ui.rendering import (
     DEFAULT_FILE_LIMIT,
     failure_text,
     public_failure,
-    result_embed,
     result_files,
 )
+from cogs.ui.rendering import result_embed as plain_embed
 from data.jobs import Job
 from engine.api.params import Progress
+from engine.api.regions import describe_region
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ class ReplyPresenter(LiveMessage):
             result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
         )
         content = f"{self.label} for {self.requester.mention}"
+        if outcome.params.mask_preview:
+            content += ": the tinted part is what Run repaints; Cancel leaves the picture be."
         embed = result_embed(outcome, self.requester)
         extra = _view_kwargs(self.view, outcome)
         mentions = mention_only(self.requester)
@@ -319,6 +322,18 @@ class ChannelPresenter:
             await channel.send(
                 f"<@{job.user_id}> {public}", allowed_mentions=mention_only(job.user_id)
             )
+
+
+def result_embed(
+    outcome: JobOutcome, requester: discord.abc.User | None, note: str = ""
+) -> discord.Embed:
+    """The result's embed (cogs/ui/rendering.py), naming the region of a Vary (Region)."""
+    embed = plain_embed(outcome, requester, note)
+    params = outcome.params
+    if params.mode == "inpaint" and params.has_region:
+        region = describe_region(params.mask_prompt, params.mask_cell)
+        embed.insert_field_at(0, name="Region", value=region[:1024], inline=False)
+    return embed
 
 
 # Builds the buttons under a result (cogs/ui/buttons.py); a factory, so the presenters need

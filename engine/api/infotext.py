@@ -8,25 +8,44 @@ Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
 
 with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
 and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
-it. `Prompt syntax` (ours, written only for the optimized fork's sub-prompts) comes last;
-A1111 shows a key it does not know and otherwise ignores it.
+it. `Model` is the checkpoint's name as A1111 writes it (a file's stem, a folder's or Hub
+repository's name), never a path. Ours after A1111's inpainting keys: `Mask prompt` and
+`Mask cell` (Vary (Region)'s words and grid cell), `Prompt syntax` (only when the optimized
+fork's sub-prompts were read); A1111 shows a key it does not know and otherwise ignores it.
+Last, as A1111 ends with its own, `Version: sdbot-0.1.0`: a name A1111's version parser
+cannot read, so it turns on none of the compatibility settings it keeps for its old
+versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 1.6").
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
 from typing import Any
 
 from engine.api.params import GenerationParams, InvalidParams
+from engine.api.prompt_syntax import resolve_syntax
 from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
+from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec
 
 NEGATIVE_PREFIX = "Negative prompt:"
+# Forge's key for FLUX's guidance; its `CFG scale` is then 1.
+DISTILLED_CFG = "Distilled CFG Scale"
+# Forge's default schedule for FLUX: evenly spaced (shifted) sigmas, what diffusers' flow
+# matching runs as our Automatic.
+_FORGE_FLUX_SCHEDULE = "Simple"
 
 # A1111's own pattern for `key: value` pairs on the last line, quoted values included.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+_PATH_SEPARATORS = re.compile(r"[/\\]")
+# A GGUF transformer is named by its stem too, as Forge names it.
+_CHECKPOINT_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".gguf")
+PACKAGE = "sdbot"
 
 
 def quote(value: object) -> str:
@@ -51,6 +70,44 @@ def format_number(value: float) -> str:
     return f"{value:g}" if float(value) == float(f"{value:g}") else repr(float(value))
 
 
+def checkpoint_name(source: str) -> str:
+    """A model as A1111's `Model:` names it: a checkpoint file's stem, a folder's or Hub
+    repository's last part; a plain name stays as it is. Never a path: the owner's folders
+    would be in every PNG."""
+    name = _PATH_SEPARATORS.split(source.rstrip("/\\"))[-1]
+    for suffix in _CHECKPOINT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def configured_model(name: str, models: Mapping[str, ModelSpec]) -> str | None:
+    """The configured model an infotext's `Model:` names: by its configured name, else by
+    the checkpoint's name of its source; None when this bot has no such model."""
+    if name in models:
+        return name
+    found = [key for key, spec in models.items() if name in _checkpoint_names(spec)]
+    return found[0] if found else None
+
+
+def _checkpoint_names(spec: ModelSpec) -> set[str]:
+    """What `Model:` may call a configured model: its source's name, and its transformer
+    file's, which A1111 and Forge name when a GGUF or a fine-tune is what they loaded."""
+    names = {checkpoint_name(spec.source)}
+    if spec.transformer is not None:
+        names.add(checkpoint_name(spec.transformer))
+    return names
+
+
+@cache
+def version() -> str:
+    """`sdbot-<the installed package's version>`, written as A1111 writes `Version:`."""
+    try:
+        return f"{PACKAGE}-{metadata.version(PACKAGE)}"
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return PACKAGE
+
+
 def build_infotext(
     params: GenerationParams,
     *,
@@ -59,12 +116,20 @@ def build_infotext(
     variation_seed: int | None = None,
     rng: str | None = None,
     extra: dict[str, str] | None = None,
+    checkpoint: str | None = None,
+    distilled: bool = False,
 ) -> str:
     """The infotext of one image of a job (each image carries its own seed and variation
     seed; `variation_seed` defaults to the job's).
 
+    `distilled`: a FLUX model, whose guidance is distilled into it. Forge writes what it runs
+    as `CFG scale: 1` (no classifier-free guidance) and `Distilled CFG Scale: <guidance>`,
+    and so do we: the job's `cfg` is that guidance.
+
     `extra` holds what only the engine knows, in A1111's place for scripts and extensions
     (after the inpainting keys): `SD upscale overlap`/`SD upscale upscaler`, `ControlNet 0`.
+    `checkpoint` is the loaded model's source, named as A1111 names it; without it, the
+    job's model name (a path given there is cut to its name too).
     """
     variation = params.has_variation
     if variation and variation_seed is None:
@@ -73,11 +138,12 @@ def build_infotext(
         "Steps": str(params.steps),
         "Sampler": params.sampler,
         "Schedule type": _schedule_type(params),
-        "CFG scale": format_number(params.cfg),
+        "CFG scale": "1" if distilled else format_number(params.cfg),
+        DISTILLED_CFG: format_number(params.cfg) if distilled else None,
         "Seed": str(seed),
         "Size": params.size,
         "Model hash": model_hash,
-        "Model": params.model,
+        "Model": checkpoint_name(checkpoint or params.model),
         # A1111 writes these only at a strength above 0, and clip skip only past 1.
         "Variation seed": str(variation_seed) if variation else None,
         "Variation seed strength": format_number(params.variation_strength) if variation else None,
@@ -86,7 +152,8 @@ def build_infotext(
         "RNG": rng,
         **_inpaint_fields(params),
         **(extra or {}),
-        "Prompt syntax": params.prompt_syntax if params.prompt_syntax != "a1111" else None,
+        "Prompt syntax": _prompt_syntax(params),
+        "Version": version(),
     }
     last_line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value)
     negative = f"\n{NEGATIVE_PREFIX} {params.negative}" if params.negative else ""
@@ -100,6 +167,16 @@ def _schedule_type(params: GenerationParams) -> str | None:
     if params.sampler not in SAMPLERS:
         return None
     return resolved_schedule(params.sampler, params.schedule)
+
+
+def _prompt_syntax(params: GenerationParams) -> str | None:
+    """Only for a job whose prompt or negative prompt was read as sub-prompts: the job's
+    own setting then, which reads both texts back as they were read (with `auto`, one of
+    them may have been A1111's). Nothing for A1111's syntax, which A1111 reads without it."""
+    texts = (params.prompt, params.negative)
+    if all(resolve_syntax(text, params.prompt_syntax) == "a1111" for text in texts):
+        return None
+    return params.prompt_syntax
 
 
 def _denoising_strength(params: GenerationParams) -> str | None:
@@ -117,6 +194,9 @@ def _inpaint_fields(params: GenerationParams) -> dict[str, str | None]:
         "Mask blur": str(params.mask_blur) if params.mask_blur > 0 else None,
         "Inpaint area": "Only masked" if only_masked else None,
         "Masked area padding": str(params.inpaint_padding) if only_masked else None,
+        # Vary (Region): what the mask was made from, so the same mask can be made again.
+        "Mask prompt": params.mask_prompt if params.mode == "inpaint" else None,
+        "Mask cell": params.mask_cell if params.mode == "inpaint" else None,
     }
 
 
@@ -163,12 +243,14 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
         if size is None:
             raise InvalidParams(f"Unreadable size {values['Size']!r} in the infotext.")
         sampler, schedule = sampler_name(values["Sampler"], values.get("Schedule type"))
+        if DISTILLED_CFG in values and schedule == _FORGE_FLUX_SCHEDULE:
+            schedule = AUTOMATIC
         return GenerationParams(
             prompt=info.prompt,
             negative=info.negative,
             seed=int(values["Seed"]),
             steps=int(values["Steps"]),
-            cfg=float(values["CFG scale"]),
+            cfg=float(values.get(DISTILLED_CFG) or values["CFG scale"]),
             width=int(size.group(1)),
             height=int(size.group(2)),
             sampler=sampler,
@@ -201,6 +283,10 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
         options["inpaint_full_res"] = True
     if "Masked area padding" in values:
         options["inpaint_padding"] = int(values["Masked area padding"])
+    if "Mask prompt" in values:
+        options["mask_prompt"] = values["Mask prompt"]
+    if "Mask cell" in values:
+        options["mask_cell"] = values["Mask cell"]
     return options
 
 

@@ -34,8 +34,27 @@ GIB = 1024**3
 # ~11 GB at 1024x1024 (diffusers' memory guide; A1111's wiki on --medvram for SDXL on 8 GB).
 # Set a little under the labels of the cards they are meant for: a "12 GB" card reports
 # about 11.8 GiB.
-_HIGH_FROM_GIB: dict[ModelFamily, float] = {"sd1": 5.5, "sd2": 7.0, "sdxl": 11.0}
-_MEDIUM_FROM_GIB: dict[ModelFamily, float] = {"sd1": 2.5, "sd2": 3.5, "sdxl": 5.5}
+# SD 3.5 Large (the family's largest: an 8.1B transformer, ~16.3 GB in bf16, T5-XXL ~9.5 GB,
+# both CLIPs ~1.6 GB) needs ~28 GB resident and ~20 GB with only the transformer on the
+# card; FLUX.1 (a 12B transformer, ~23.8 GB, and the same T5) ~34 GB and ~27 GB, so a
+# 24 GB card runs it in `low`. Quantized (NF4 or GGUF: "quantize"/"transformer" in
+# SDBOT_MODELS) FLUX's transformer is 6-12 GB: set its "memory" to medium there.
+_HIGH_FROM_GIB: dict[ModelFamily, float] = {
+    "sd1": 5.5,
+    "sd2": 7.0,
+    "sdxl": 11.0,
+    "sd3": 30.0,
+    "flux": 37.0,
+    "flux-schnell": 37.0,
+}
+_MEDIUM_FROM_GIB: dict[ModelFamily, float] = {
+    "sd1": 2.5,
+    "sd2": 3.5,
+    "sdxl": 5.5,
+    "sd3": 20.0,
+    "flux": 27.0,
+    "flux-schnell": 27.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +124,41 @@ def lower_mode(mode: MemoryMode) -> MemoryMode | None:
 # alone), one decode's peak (SDXL's VAE decodes in float32), and each image's activations at
 # the native size with CFG (diffusers' SDPA). Estimates from diffusers' published figures,
 # rounded up; a batch that does not fit after all is split by the out-of-memory retry.
-_RESIDENT_GIB: dict[ModelFamily, float] = {"sd1": 2.6, "sd2": 2.9, "sdxl": 7.0}
-_UNET_GIB: dict[ModelFamily, float] = {"sd1": 1.7, "sd2": 1.8, "sdxl": 5.1}
-_DECODE_GIB: dict[ModelFamily, float] = {"sd1": 1.0, "sd2": 1.5, "sdxl": 3.5}
-_PER_IMAGE_GIB: dict[ModelFamily, float] = {"sd1": 0.5, "sd2": 0.9, "sdxl": 2.5}
+# SD 3 and FLUX (bf16, from the parameter counts above; the transformer stands for the
+# UNet): a 1024x1024 image is 4096 tokens plus the prompt's (333 for SD 3, 512 for FLUX
+# dev), SD 3 with CFG's two passes, FLUX in one; their 16-channel VAE decodes like SDXL's.
+_RESIDENT_GIB: dict[ModelFamily, float] = {
+    "sd1": 2.6,
+    "sd2": 2.9,
+    "sdxl": 7.0,
+    "sd3": 27.5,
+    "flux": 34.0,
+    "flux-schnell": 34.0,
+}
+_UNET_GIB: dict[ModelFamily, float] = {
+    "sd1": 1.7,
+    "sd2": 1.8,
+    "sdxl": 5.1,
+    "sd3": 16.3,
+    "flux": 23.8,
+    "flux-schnell": 23.8,
+}
+_DECODE_GIB: dict[ModelFamily, float] = {
+    "sd1": 1.0,
+    "sd2": 1.5,
+    "sdxl": 3.5,
+    "sd3": 3.0,
+    "flux": 3.0,
+    "flux-schnell": 3.0,
+}
+_PER_IMAGE_GIB: dict[ModelFamily, float] = {
+    "sd1": 0.5,
+    "sd2": 0.9,
+    "sdxl": 2.5,
+    "sd3": 1.5,
+    "flux": 1.2,
+    "flux-schnell": 1.2,
+}
 MAX_BATCH_IMAGES = 16
 _USABLE = 0.9  # the allocator's own overhead and fragmentation
 

@@ -6,7 +6,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
+from engine.api.family_checks import family_problem
 from engine.api.prompt_syntax import PROMPT_SYNTAXES, weight_problem
+from engine.api.regions import region_problem
 from engine.api.samplers import AUTOMATIC, sampler_problem, split_sampler
 from engine.api.specs import ModelSpec
 
@@ -78,6 +80,13 @@ class GenerationParams:
     embeddings: tuple[tuple[str, str], ...] = ()
     # A1111 1.9+'s "Schedule type" (issue 16); "Automatic" is the sampler's own.
     schedule: str = AUTOMATIC
+    # Vary (Region) (issue 18): an inpaint whose mask is made on the engine thread from
+    # words and/or a 3x3 grid cell (engine/api/regions.py), never stored as a file, so a
+    # reroll or a restart makes the same mask. A preview job paints nothing: its image is
+    # the mask over the picture, for the member to Run or Cancel.
+    mask_prompt: str | None = None
+    mask_cell: str | None = None
+    mask_preview: bool = False
 
     def __post_init__(self) -> None:
         # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
@@ -91,6 +100,11 @@ class GenerationParams:
         """The stored images this job reads."""
         keys = (self.init_image, self.mask_image, self.control_image)
         return [key for key in keys if key is not None]
+
+    @property
+    def has_region(self) -> bool:
+        """An inpaint whose mask the engine makes from words or a grid cell."""
+        return self.mask_prompt is not None or self.mask_cell is not None
 
     @property
     def has_variation(self) -> bool:
@@ -140,6 +154,9 @@ class GenerationParams:
             self.upscale,
             self.control_type,
             self.control_scale,
+            self.mask_prompt,
+            self.mask_cell,
+            self.mask_preview,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,9 +227,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def check_size(width: int, height: int, spec: ModelSpec) -> None:
-    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+    # SD 3 and FLUX cut the latents into 2x2 patches: 16 pixels, not the VAE's 8.
+    multiple = max(SIZE_MULTIPLE, spec.family_row().size_multiple)
+    if width % multiple or height % multiple:
         raise InvalidParams(
-            f"Size {width}x{height}: width and height must be multiples of {SIZE_MULTIPLE}."
+            f"Size {width}x{height}: width and height must be multiples of {multiple}"
+            + (f" for {spec.family_row().label} models." if multiple != SIZE_MULTIPLE else ".")
         )
     if width < MIN_SIDE or height < MIN_SIDE:
         raise InvalidParams(f"Size {width}x{height}: each side must be at least {MIN_SIDE}.")
@@ -266,6 +286,9 @@ def check_params(
         check_size(params.width, params.height, spec)
     check_prompt_options(params)
     check_image_options(params)
+    problem = family_problem(params, spec.family_row())
+    if problem is not None:
+        raise InvalidParams(problem)
 
 
 def check_upscale_size(width: int, height: int, max_pixels: int) -> None:
@@ -316,6 +339,21 @@ def check_image_options(params: GenerationParams) -> None:
             f"Control weight must be {MIN_CONTROL_SCALE:g}-{MAX_CONTROL_SCALE:g}, "
             f"not {params.control_scale:g}."
         )
+    check_region_options(params)
+
+
+def check_region_options(params: GenerationParams) -> None:
+    """Vary (Region)'s words and cell. Outside inpainting they are only a record (read back
+    from infotext, which never brings the picture): they are checked, and do nothing."""
+    problem = region_problem(params.mask_prompt, params.mask_cell)
+    if problem is not None:
+        raise InvalidParams(problem)
+    if params.mode != "inpaint" or not params.has_region:
+        if params.mask_preview:
+            raise InvalidParams("A mask preview needs a region to show.")
+        return
+    if params.mask_image is not None:
+        raise InvalidParams("A region in words and a mask image cannot be used together.")
 
 
 def check_prompt_options(params: GenerationParams) -> None:

@@ -7,13 +7,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-ModelFamily = Literal["sd1", "sd2", "sdxl"]
+from engine.api.families import (
+    FAMILIES,
+    Family,
+    ModelFamily,
+    family_from_keys,
+    family_from_name,
+    family_on_disk,
+)
 
-# Keys that only an SDXL or an SD2 single-file checkpoint has (A1111's layout): the second
-# text encoder of SDXL, SD2's OpenCLIP in place of CLIP ViT-L.
-_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
-_SD2_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+__all__ = [
+    "DEFAULT_CAP_FACTOR",
+    "NATIVE_SIZE",
+    "SINGLE_FILE_SUFFIXES",
+    "ModelFamily",
+    "ModelSpec",
+    "Quantization",
+    "family_from_keys",
+    "looks_like_hub_id",
+]
 
+# How a model's transformer may be quantized as it loads (bitsandbytes, CUDA only).
+Quantization = Literal["nf4"]
 
 # `owner/name` with huggingface_hub's characters.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
@@ -24,21 +39,10 @@ def looks_like_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
 
 
-def family_from_keys(keys: set[str]) -> ModelFamily:
-    """A single-file checkpoint's family from its tensors' names (no tensor loaded)."""
-    if _SDXL_KEY in keys:
-        return "sdxl"
-    if _SD2_KEY in keys:
-        return "sd2"
-    return "sd1"
-
-
 # Native resolution of each family: the size a model was trained at, used when the
 # member asks for none, and the base of the default pixel cap.
 NATIVE_SIZE: dict[ModelFamily, tuple[int, int]] = {
-    "sd1": (512, 512),
-    "sd2": (768, 768),
-    "sdxl": (1024, 1024),
+    name: row.native_size for name, row in FAMILIES.items()
 }
 
 # Past ~1.5x the native side length SD models tile their subject and VRAM use climbs
@@ -68,24 +72,36 @@ class ModelSpec:
     vae: str | None = None
     # This model's memory mode (engine/api/memory.py); None follows SDBOT_MEMORY.
     memory: str | None = None
+    # SD 3 / FLUX: a single file (.safetensors, or a GGUF quantization) that replaces the
+    # model's transformer, and bitsandbytes quantization of the transformer as it loads.
+    transformer: str | None = None
+    quantize: Quantization | None = None
+    # What a job gets when the member says nothing; None: the family's (engine/api/families.py).
+    default_steps: int | None = None
+    default_cfg: float | None = None
 
     @property
     def is_single_file(self) -> bool:
         return self.source.lower().endswith(SINGLE_FILE_SUFFIXES)
 
     def guessed_family(self) -> ModelFamily:
-        """The family before loading: configured, or guessed from the source's name."""
+        """The family before loading: configured, else as a local folder's or file's
+        contents say, else guessed from the source's name (a Hub id, a `.ckpt`)."""
         if self.family is not None:
             return self.family
-        lowered = self.source.lower()
-        if "xl" in lowered:
-            return "sdxl"
-        if "stable-diffusion-2" in lowered or "sd2" in lowered or "v2-" in lowered:
-            return "sd2"
-        return "sd1"
+        return family_on_disk(self.source) or family_from_name(self.source)
+
+    def family_row(self) -> Family:
+        return FAMILIES[self.guessed_family()]
 
     def size_default(self) -> tuple[int, int]:
         return self.default_size or NATIVE_SIZE[self.guessed_family()]
+
+    def steps_default(self) -> int:
+        return self.default_steps if self.default_steps is not None else self.family_row().steps
+
+    def cfg_default(self) -> float:
+        return self.default_cfg if self.default_cfg is not None else self.family_row().cfg
 
     def pixel_cap(self) -> int:
         if self.max_pixels is not None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
+from engine.api import families
 from engine.api.params import MAX_SEED, InvalidParams
 
 METHODS = ("lora", "embedding")
@@ -228,6 +229,11 @@ def check_training(
         raise InvalidParams(f"The name {params.name!r} must be lowercase letters, digits, - or _.")
     if params.method not in METHODS:
         raise InvalidParams(f"Unknown method {params.method!r}. Methods: {', '.join(METHODS)}.")
+    if family is not None and not families.family(family).training:
+        raise InvalidParams(
+            f"/train works on SD 1.x, SD 2.x and SDXL models; {families.family(family).label} "
+            "models cannot be trained here yet."
+        )
     if params.method == "embedding" and family == "sdxl":
         raise InvalidParams("Embeddings can be trained for SD 1.x and 2.x models; use a LoRA.")
     _check_words(params)

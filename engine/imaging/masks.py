@@ -23,6 +23,16 @@ OUTPAINT_OVERLAP = 8
 # this much noise on top, so the sampler has colour to keep and texture to work from.
 _FILL_BLUR_SIGMA = 16.0
 _FILL_NOISE_SIGMA = 24.0
+# Vary (Region): a segmenter's probability above this is the region (CLIPSeg puts what it
+# names well above it and the rest near 0). Fewer pixels than this fraction of the picture
+# (or of the cell) is a match on nothing, not a region: specks would repaint nothing useful.
+REGION_PROBABILITY = 0.4
+MIN_REGION_FRACTION = 0.001
+# CLIPSeg's map is coarse (352 pixels a side) and stops short of edges, so the region grows
+# by this fraction of the short side before the job's own blur: the seam falls outside it.
+REGION_GROWTH = 0.02
+# The preview: the region tinted, the rest dimmed, so the member sees what will be painted.
+_PREVIEW_TINT = np.array((255.0, 40.0, 120.0), dtype=np.float32)
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL's crop box)
 
@@ -164,6 +174,48 @@ def finish(original: Image.Image, generated: Image.Image, work: MaskedWork) -> I
     region = generated.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
     pasted.paste(region, (left, top))
     return composite(original, pasted, work.overlay)
+
+
+def region_mask(
+    size: tuple[int, int], probabilities: np.ndarray | None, box: Box | None
+) -> Image.Image | None:
+    """The mask of a region named in words (`probabilities`, one per pixel, at `size`), in
+    a grid cell (`box`), or both; None when it covers next to nothing.
+
+    White repaints. The words' region grows by REGION_GROWTH and stays inside the cell.
+    """
+    width, height = size
+    inside = np.zeros((height, width), dtype=bool)
+    if box is None:
+        inside[:] = True
+    else:
+        left, top, right, bottom = box
+        inside[top:bottom, left:right] = True
+    if probabilities is None:
+        region = inside
+    else:
+        region = (probabilities >= REGION_PROBABILITY) & inside
+        if region.sum() < max(1.0, MIN_REGION_FRACTION * inside.sum()):
+            return None
+        region = grow(region, max(1, round(REGION_GROWTH * min(width, height)))) & inside
+    return Image.fromarray(region.astype(np.uint8) * 255)
+
+
+def grow(region: np.ndarray, radius: int) -> np.ndarray:
+    """`region` (booleans) dilated by a disc of `radius` pixels."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(region.astype(np.uint8), kernel).astype(bool)
+
+
+def preview_overlay(image: Image.Image, shown: Image.Image) -> Image.Image:
+    """`image` (RGB) with what an inpaint will show through (`shown`, an L mask: the overlay
+    of MaskedWork) tinted and the rest dimmed."""
+    alpha = np.asarray(shown.convert("L").resize(image.size), dtype=np.float32)[..., None] / 255
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    dimmed = pixels * 0.5
+    tinted = pixels * 0.5 + _PREVIEW_TINT * 0.5
+    mixed = dimmed * (1.0 - alpha) + tinted * alpha
+    return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
 
 
 def outpaint_canvas(

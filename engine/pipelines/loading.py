@@ -11,16 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from engine.api.errors import ModelLoadError
+from engine.api.families import FAMILIES, Family, is_checkpoint, safetensors_keys
 from engine.api.hashes import FileHashCache
 from engine.api.memory import MemoryPlan, MemorySetting, plan_for, resolve_mode
 from engine.api.params import ModelInfo
@@ -31,6 +27,13 @@ from engine.api.specs import (
     family_from_keys,
     looks_like_hub_id,
 )
+from engine.pipelines.flow_loading import (
+    check_flow_options,
+    flow_dtype,
+    load_flow_pretrained,
+    load_flow_single_file,
+)
+from engine.pipelines.load_errors import explain_load_failure
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 @dataclass(slots=True)
 class LoadedModel:
     spec: ModelSpec
-    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    pipe: DiffusionPipeline  # one of the families' pipelines (engine/api/families.py)
     family: ModelFamily
     model_hash: str | None
     load_seconds: float
@@ -91,9 +94,9 @@ class LoadedModel:
 
 
 def detect_single_file_family(path: Path) -> ModelFamily:
-    """Tell SD1, SD2 and SDXL apart from a checkpoint's key names, without loading tensors."""
+    """Tell the families apart from a checkpoint's key names, without loading tensors."""
     if path.suffix.lower() != ".safetensors":
-        return "sd1"  # a pickle must be loaded to be read; configure `family` for SD2/SDXL .ckpt
+        return "sd1"  # a pickle must be loaded to be read; configure `family` for others
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -102,22 +105,31 @@ def detect_single_file_family(path: Path) -> ModelFamily:
 
 
 def family_of(pipe: DiffusionPipeline) -> ModelFamily:
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return "sdxl"
-    # SD2 replaced CLIP ViT-L (768 wide) with OpenCLIP ViT-H (1024 wide).
-    if pipe.text_encoder.config.hidden_size == 1024:
-        return "sd2"
-    return "sd1"
+    """The family of a loaded pipeline: the first whose pipeline class it is and whose probe
+    (a component's config value: SD2's 1024-wide text encoder, FLUX.1 dev's guidance
+    embedding) it passes; families without a probe are their pipeline's fallback."""
+    rows = [row for row in FAMILIES.values() if isinstance(pipe, _pipeline_class(row))]
+    for row in rows:
+        if row.probe is not None:
+            path, key, value = row.probe
+            component = getattr(pipe, path.split("/")[0], None)
+            if component is not None and getattr(component.config, key, None) == value:
+                return row.name
+    fallback = [row for row in rows if row.probe is None]
+    if not fallback:
+        raise ValueError(f"{type(pipe).__name__} is not a pipeline of a family in the table")
+    return fallback[0].name
 
 
-def _pipeline_class(family: ModelFamily) -> type[DiffusionPipeline]:
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+def _pipeline_class(row: Family) -> type[DiffusionPipeline]:
+    cls: type[DiffusionPipeline] = getattr(diffusers, row.pipeline)
+    return cls
 
 
-def _no_safety_checker(family: ModelFamily) -> dict[str, Any]:
+def _no_safety_checker(row: Family) -> dict[str, Any]:
     # Content safety is a per-guild policy applied to outputs by the bot, not diffusers'
-    # built-in checker that silently blacks images out.
-    if family == "sdxl":
+    # built-in checker that silently blacks images out (SD 1.x/2.x pipelines carry one).
+    if "safety_checker" not in getattr(_pipeline_class(row), "_optional_components", ()):
         return {}
     return {"safety_checker": None, "requires_safety_checker": False}
 
@@ -133,12 +145,37 @@ def _load_single_file(
             owner_reason=f'file {path} was not found: fix "source" of model {spec.name} '
             "in SDBOT_MODELS",
         )
-    family = spec.family or detect_single_file_family(path)
-    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family), **_vae(spec, dtype)}
+    if spec.family is None and path.suffix.lower() == ".safetensors":
+        _check_checkpoint(spec, path)
+    row = FAMILIES[spec.family or detect_single_file_family(path)]
+    extra = {**_no_safety_checker(row), **_vae(spec, dtype)}
+    if row.transformer is not None:
+        return load_flow_single_file(spec, row, path, dtype, extra), hashes.short_hash(path)
+    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
     if spec.config:
         kwargs["config"] = spec.config
-    pipe = _pipeline_class(family).from_single_file(str(path), **kwargs)
+    pipe = _pipeline_class(row).from_single_file(str(path), **kwargs)
     return pipe, hashes.short_hash(path)
+
+
+def _check_checkpoint(spec: ModelSpec, path: Path) -> None:
+    """A file that is no readable checkpoint, or one of no family this bot runs, told in one
+    line before diffusers fails on it with a KeyError."""
+    keys = safetensors_keys(path)
+    if keys is None:
+        reason = f"file {path.name} is not a readable .safetensors file"
+        fix = "download it again, or fix"
+    elif not is_checkpoint(keys):
+        labels = ", ".join(row.label for row in FAMILIES.values())
+        reason = f"file {path.name} is not a model of a family this bot runs ({labels})"
+        fix = 'set its "family" if it is one, or fix'
+    else:
+        return
+    raise ModelLoadError(
+        spec.name,
+        reason,
+        owner_reason=f'{reason}: {fix} "source" of model {spec.name} in SDBOT_MODELS',
+    )
 
 
 def _vae(spec: ModelSpec, dtype: torch.dtype) -> dict[str, Any]:
@@ -155,16 +192,22 @@ def _vae(spec: ModelSpec, dtype: torch.dtype) -> dict[str, Any]:
 
 def _fp16_only(folder: Path) -> bool:
     """A folder saved with `variant="fp16"` only loads when that variant is asked for."""
-    unet = folder / "unet"
-    return any(unet.glob("*.fp16.safetensors")) and not any(
-        path for path in unet.glob("*.safetensors") if ".fp16." not in path.name
-    )
+    for name in ("unet", "transformer"):
+        denoiser = folder / name
+        if any(denoiser.glob("*.fp16.safetensors")) and not any(
+            path for path in denoiser.glob("*.safetensors") if ".fp16." not in path.name
+        ):
+            return True
+    return False
 
 
 def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
     folder = Path(spec.source).expanduser()
-    family = spec.family or spec.guessed_family()
-    kwargs: dict[str, Any] = {"dtype": dtype, **_no_safety_checker(family), **_vae(spec, dtype)}
+    row = spec.family_row()
+    extra = {**_no_safety_checker(row), **_vae(spec, dtype)}
+    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
+    if folder.is_dir() and (spec.transformer or spec.quantize):
+        return load_flow_pretrained(spec, row, dtype, str(folder), extra)
     if folder.is_dir():
         if _fp16_only(folder):
             kwargs["variant"] = "fp16"
@@ -178,6 +221,8 @@ def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
             owner_reason=f'there is no file or folder {folder.absolute()}: fix "source" of '
             f"model {spec.name} in SDBOT_MODELS",
         )
+    if spec.transformer or spec.quantize:
+        return load_flow_pretrained(spec, row, dtype, spec.source, extra)
     if dtype == torch.float16:
         # Hub repos often carry fp16 weights: half the download, where there are some.
         try:
@@ -200,16 +245,18 @@ def load_model(
 
     started = time.perf_counter()
     model_hash: str | None = None
+    hashes = hashes or FileHashCache()
     try:
+        guessed = spec.family_row()  # configured, or read from its files or name
+        check_flow_options(spec, guessed, device)
+        dtype = flow_dtype(guessed, dtype, device)
         if spec.is_single_file:
-            pipe, model_hash = _load_single_file(spec, dtype, hashes or FileHashCache())
+            pipe, model_hash = _load_single_file(spec, dtype, hashes)
         else:
             pipe = _load_pretrained(spec, dtype)
-        if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
-            raise ModelLoadError(
-                spec.name, f"{type(pipe).__name__} is not a Stable Diffusion text-to-image model"
-            )
-        family = family_of(pipe)
+            if spec.transformer is not None:  # A1111 and Forge hash the file they load
+                model_hash = hashes.short_hash(Path(spec.transformer).expanduser())
+        family = _loaded_family(spec, pipe, guessed)
         card = card_memory(device)
         setting: MemorySetting = spec.memory or memory  # type: ignore[assignment]
         plan = plan_for(resolve_mode(setting, family, card))
@@ -239,6 +286,26 @@ def load_model(
         family,
     )
     return LoadedModel(spec, pipe, family, model_hash, seconds, plan=plan, device=device)
+
+
+def _loaded_family(spec: ModelSpec, pipe: DiffusionPipeline, guessed: Family) -> ModelFamily:
+    """The loaded pipeline's family; told when it is not the one its settings guessed, since
+    the bot gave its jobs that family's defaults and checks."""
+    if not any(isinstance(pipe, _pipeline_class(row)) for row in FAMILIES.values()):
+        raise ModelLoadError(
+            spec.name, f"{type(pipe).__name__} is not a text-to-image model family this bot runs"
+        )
+    family = family_of(pipe)
+    if family != guessed.name:
+        log.warning(
+            'model %s is %s, but its name made the bot guess %s: set "family": "%s" for it in '
+            "SDBOT_MODELS so its jobs get that family's defaults and checks",
+            spec.name,
+            FAMILIES[family].label,
+            guessed.label,
+            family,
+        )
+    return family
 
 
 def load_unet(
@@ -271,93 +338,3 @@ def load_unet(
         log.debug("loading the UNet of %s (%s) failed", source, family, exc_info=error)
         raise ModelLoadError(name, reason, public=False) from error
     return unet
-
-
-# A Hub repo id: `owner/name` (huggingface_hub's rule for the characters).
-# Network failures by class name: huggingface_hub raises httpx's, older stacks requests'.
-_NETWORK_ERRORS = frozenset(
-    {"ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException"}
-)
-
-
-def _causes(error: BaseException) -> list[BaseException]:
-    """The error and everything it was raised from or during (diffusers wraps hub errors)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-def _hub_unreachable(causes: list[BaseException]) -> str | None:
-    """How the Hub could not be asked, as words, or None when that is not what failed."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    for cause in causes:
-        if isinstance(cause, OfflineModeIsEnabled | LocalEntryNotFoundError):
-            if constants.HF_HUB_OFFLINE:
-                return "the Hub is switched off here (HF_HUB_OFFLINE is set)"
-            return "the Hugging Face Hub could not be reached"
-        names = {kind.__name__ for kind in type(cause).__mro__}
-        if names & _NETWORK_ERRORS:
-            return f"the Hugging Face Hub could not be reached ({type(cause).__name__})"
-    return None
-
-
-def explain_load_failure(
-    name: str,
-    source: str,
-    error: BaseException,
-    device: torch.device,
-    *,
-    spec: ModelSpec | None = None,
-    setting: str = "source",
-) -> str:
-    """Why a model did not load and what fixes it, on one line, for the owner's console and
-    log (members read only that the log has the details: this names paths and settings)."""
-    causes = _causes(error)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return (
-            f"SDBOT_DEVICE is {device} but torch {torch.__version__} sees no CUDA GPU: set "
-            "SDBOT_DEVICE=auto (or cpu), or install a CUDA build of torch"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return "SDBOT_DEVICE is mps but this machine has no MPS: set SDBOT_DEVICE=auto (or cpu)"
-    for cause in causes:
-        if isinstance(cause, PermissionError):
-            where = cause.filename or source
-            return f"permission denied reading {where}: let the bot's user read it"
-    unreachable = _hub_unreachable(causes)
-    if unreachable is not None:
-        if spec is not None and spec.is_single_file:
-            if spec.config:
-                return (
-                    f'its "config" {spec.config} is not in the Hugging Face cache and '
-                    f'{unreachable}: set "config" of model {name} in SDBOT_MODELS to a local '
-                    "diffusers folder of the same family"
-                )
-            return (
-                "diffusers reads a single file's configuration from the Hub, and "
-                f'{unreachable}: set "config" of model {name} in SDBOT_MODELS (--config on '
-                "the console) to a local diffusers folder of the same family"
-            )
-        return (
-            f"{source} is not in the Hugging Face cache and {unreachable}: download it once "
-            f'with the network (hf download {source}), or set "{setting}" of model {name} in '
-            "SDBOT_MODELS to a local diffusers folder"
-        )
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
-        return (
-            f"there is no model {source} on the Hugging Face Hub (or it needs a login: "
-            f'hf auth login): fix "{setting}" of model {name} in SDBOT_MODELS'
-        )
-    return _short_reason(error)
-
-
-def _short_reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

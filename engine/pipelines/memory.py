@@ -73,9 +73,10 @@ def place(pipe: Any, plan: MemoryPlan, device: torch.device, family: ModelFamily
     fit_vae(pipe.vae, plan, family)
     if plan.attention_slicing:
         pipe.enable_attention_slicing()
-    if device.type == "cuda" and not plan.sequential_offload:
+    unet = getattr(pipe, "unet", None)  # SD 3 and FLUX denoise with transformers: no convs
+    if unet is not None and device.type == "cuda" and not plan.sequential_offload:
         # Convolutions in NHWC run on tensor cores without layout conversions.
-        pipe.unet.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
 
 
 def fit_vae(vae: Any, plan: MemoryPlan, family: ModelFamily) -> None:
@@ -138,9 +139,16 @@ def lower(pipe: Any, plan: MemoryPlan, device: torch.device, family: ModelFamily
 
 
 def compile_unet(pipe: Any) -> None:
-    """diffusers' regional compilation: only the UNet's repeated transformer blocks, which
-    compiles in a fraction of the whole UNet's time and keeps most of its speed-up."""
-    pipe.unet.compile_repeated_blocks(fullgraph=True)
+    """diffusers' regional compilation: only the denoiser's repeated transformer blocks (the
+    UNet's, or SD 3's and FLUX's transformer's), which compiles in a fraction of the whole
+    model's time and keeps most of its speed-up."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    if getattr(denoiser, "_repeated_blocks", None):
+        denoiser.compile_repeated_blocks(fullgraph=True)
+        return
+    # SD 3's transformer names no repeated blocks; its joint blocks are the repeated ones.
+    for block in denoiser.transformer_blocks:
+        block.compile(fullgraph=True)
 
 
 @contextlib.contextmanager
@@ -232,3 +240,29 @@ def training_optimizer(
             )
             return optimizer
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+_HOOKED = "offload-hooks"  # loaded.derived: the pipeline whose offload hooks are on
+
+
+def hooked_for(loaded: Any, pipe: Any) -> None:
+    """Before `pipe` runs in an offloading mode on CUDA: the img2img, inpaint and ControlNet
+    pipelines share the loaded model's modules (from_pipe), and diffusers' offload hooks
+    belong to one pipeline at a time, so the one about to run hooks them again (with any
+    module only it has, a ControlNet or an inpainting UNet) unless it is the one hooked."""
+    plan, device = loaded.plan, loaded.device
+    if not plan.offloaded or device is None or device.type != "cuda":
+        return
+    # Placing the model hooked its own pipeline (load_model, and lowering the mode).
+    if loaded.derived.get(_HOOKED, loaded.pipe) is pipe:
+        return
+    if plan.sequential_offload:
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.enable_model_cpu_offload(device=device)
+    loaded.derived[_HOOKED] = pipe
+
+
+def forget_hooks(loaded: Any) -> None:
+    """After the model was placed again (a lower mode): whichever pipeline runs next hooks."""
+    loaded.derived.pop(_HOOKED, None)

@@ -14,7 +14,7 @@ from engine.api.hashes import FileHashCache
 from engine.api.memory import MemoryMode, MemorySetting
 from engine.api.specs import ModelSpec
 from engine.pipelines.loading import LoadedModel, load_model
-from engine.pipelines.memory import compile_unet, configure_allocator, lower
+from engine.pipelines.memory import compile_unet, configure_allocator, forget_hooks, lower
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ class ModelCache:
     """Keeps the most recently used model loaded; switching models frees the previous one.
 
     One resident model is the safe default for a gaming GPU: an SD1.5 pipeline in fp16 takes
-    about 2.5 GB of VRAM and an SDXL one about 7 GB.
+    about 2.5 GB of VRAM, an SDXL one about 7 GB, SD 3.5 Large about 28 GB and FLUX.1 about
+    34 GB in bf16 (those two offloaded as their memory mode says: engine/api/memory.py).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class ModelCache:
         if loaded is None:
             return None
         loaded.plan = lower(loaded.pipe, loaded.plan, self.device, loaded.family)
+        forget_hooks(loaded)  # lowering hooked the model's own pipeline again
         return loaded.plan.mode
 
     def release(self) -> None:

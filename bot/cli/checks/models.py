@@ -15,6 +15,8 @@ from typing import Any
 
 from bot.cli.checks.findings import GIB, Finding, failed, passed
 from bot.settings import Settings
+from engine.api import families
+from engine.api.families import family_from_folder
 from engine.api.hashes import FileHashCache
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec, family_from_keys, looks_like_hub_id
 
@@ -152,7 +154,7 @@ def _single_file_config(model: ModelSpec, family: str, *, console: bool) -> Find
     if model.config:
         field = subject if console else 'its "config"'
         return source_finding(subject, model.config, field, single_file=False)
-    repo = SINGLE_FILE_CONFIGS.get(family, SINGLE_FILE_CONFIGS["sd1"])
+    repo = SINGLE_FILE_CONFIGS.get(family) or families.family(family).reference_repo
     if hub_cache_folder(repo, PIPELINE_FILES) is not None:
         return passed(subject, f"not set: diffusers takes {repo}'s from the Hugging Face cache")
     if hub_offline():
@@ -205,12 +207,10 @@ def _file_family(path: Path) -> str | None:
 
 
 def _folder_family(folder: Path) -> str:
-    index = _read_json(folder / "model_index.json")
-    if "XL" in str(index.get("_class_name", "")):
-        return "sdxl"
-    # SD2 replaced CLIP ViT-L (768 wide) with OpenCLIP ViT-H (1024 wide).
-    encoder = _read_json(folder / "text_encoder" / "config.json")
-    return "sd2" if encoder.get("hidden_size") == 1024 else "sd1"
+    """As the engine tells it (engine/api/families.py): the pipeline model_index.json names,
+    and the configs that tell SD1 from SD2 or FLUX.1 dev from schnell."""
+    found = family_from_folder(lambda name: _read_json(folder / name))
+    return found or "sd1 (model_index.json names no pipeline of ours)"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
