@@ -323,8 +323,6 @@ def test_a_models_transformer_quantization_and_defaults_are_settings():
 
 
 def test_train_is_refused_on_families_it_cannot_train() -> None:
-    import pytest as _pytest
-
     from engine.api.params import InvalidParams
     from engine.api.training_params import TrainingLimits, check_training, make_training_params
 
@@ -332,6 +330,6 @@ def test_train_is_refused_on_families_it_cannot_train() -> None:
         name="rex", model="flux", resolution=512, seed=1, class_word="dog", steps=10
     )
     for family in ("flux", "flux-schnell", "sd3"):
-        with _pytest.raises(InvalidParams, match="cannot be trained here yet"):
+        with pytest.raises(InvalidParams, match="cannot be trained here yet"):
             check_training(params, TrainingLimits(), family)
     check_training(params, TrainingLimits(), "sdxl")  # LoRA on SDXL trains

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,14 +17,18 @@ from engine.api.errors import JobCancelled
 from engine.api.infotext import params_from_infotext, parse_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, Progress
+from engine.api.samplers import SAMPLERS, resolved_schedule
 from engine.api.specs import ModelSpec
 from engine.imaging.images import read_png_infotext
+from engine.pipelines import image_pipes
 from engine.pipelines.conditioned import generate_conditioned
 from engine.pipelines.control import ControlNetUnavailable, canny_map, control_map
+from engine.pipelines.image_pipes import steps_run
 from engine.pipelines.loading import LoadedModel, load_model
 from engine.pipelines.tiny import save_tiny_controlnet, save_tiny_inpainting, save_tiny_upscaler
 from engine.pipelines.upscale import UpscaleConfig, tile_boxes
 from tests.factories import tiny_params
+from tests.test_samplers import reference_sigmas
 
 CPU = torch.device("cpu")
 INIT, MASK, CONTROL = "init", "mask", "control"
@@ -115,17 +121,110 @@ def test_img2img_denoise_zero_returns_the_image(sd1):
     assert (pixels(out) == np.asarray(picture(), dtype=np.int16)).all()
 
 
-def test_img2img_runs_int_steps_times_denoise_and_cancels(sd1):
+def test_img2img_runs_a1111s_steps_and_cancels(sd1):
+    # A1111: t_enc = int(min(denoise, 0.999) * steps), then t_enc + 1 steps.
     seen: list[Progress] = []
     j = job(img2img_params(steps=10, denoise=0.5), init=picture())
     j.report = seen.append
     run(sd1, j)
-    assert [p.step for p in seen] == [0, 1, 2, 3, 4, 5]
-    assert {p.total for p in seen} == {5}
+    assert [p.step for p in seen] == [0, 1, 2, 3, 4, 5, 6]
+    assert {p.total for p in seen} == {6}
     cancelled = job(img2img_params(steps=20, denoise=1.0), init=picture())
-    cancelled.report = lambda progress: progress.step >= 2 and cancelled.cancel.set()
+
+    def cancel_at_two(progress: Progress) -> None:
+        if progress.step >= 2:
+            cancelled.cancel.set()
+
+    cancelled.report = cancel_at_two
     with pytest.raises(JobCancelled):
         run(sd1, cancelled)
+
+
+# The sigmas A1111 samples img2img with: the schedule of all `steps` (k-diffusion's formulas,
+# tests/test_samplers.py), of which sample_img2img takes sigmas[steps - t_enc - 1:].
+@pytest.fixture
+def schedulers(monkeypatch) -> list[dict[str, list[float]]]:
+    """What each pipeline call's scheduler noised the image to and stepped through."""
+    calls: list[dict[str, list[float]]] = []
+    real = image_pipes.make_scheduler
+
+    def make(loaded: LoadedModel, sampler: str, schedule: str = "Automatic") -> Any:
+        scheduler = real(loaded, sampler, schedule)
+        call: dict[str, list[float]] = {"noised": [], "steps": []}
+        calls.append(call)
+        add_noise, step = scheduler.add_noise, scheduler.step
+
+        def noising(original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> Any:
+            call["noised"].append(float(scheduler.sigmas[scheduler.begin_index]))
+            return add_noise(original, noise, timesteps)
+
+        def stepping(output: torch.Tensor, timestep: Any, sample: torch.Tensor, *a: Any, **k: Any):
+            index = scheduler.step_index
+            index = scheduler.begin_index if index is None else index
+            call["steps"].append(float(scheduler.sigmas[index]))
+            return step(output, timestep, sample, *a, **k)
+
+        scheduler.add_noise, scheduler.step = noising, stepping
+        return scheduler
+
+    monkeypatch.setattr(image_pipes, "make_scheduler", make)
+    return calls
+
+
+def a1111_img2img_sigmas(sampler: str, schedule: str, steps: int, denoise: float) -> np.ndarray:
+    """sigma_sched of A1111's KDiffusionSampler.sample_img2img, from k-diffusion's formulas."""
+    resolved = resolved_schedule(sampler, schedule)
+    discard = SAMPLERS[sampler].discard_penultimate
+    sigmas = reference_sigmas(steps, "Uniform" if resolved == "Automatic" else resolved, discard)
+    t_enc = int(min(denoise, 0.999) * steps)
+    return sigmas[steps - t_enc - 1 :]
+
+
+MODES: dict[str, Callable[..., tuple[GenerationParams, dict[str, Image.Image]]]] = {
+    "img2img": lambda **values: (img2img_params(**values), {"init": picture()}),
+    "inpaint": lambda **values: (
+        inpaint_params(**values),
+        {"init": picture(), "mask": square_mask()},
+    ),
+    "outpaint": lambda **values: (
+        inpaint_params(mode="outpaint", mask_image=None, outpaint=(16, 0, 0, 8), **values),
+        {"init": picture(48, 56)},
+    ),
+    "upscale": lambda **values: (
+        upscale_params(width=64, height=64, **values),
+        {"init": picture(32, 32)},
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(
+    ("sampler", "steps", "denoise"),
+    [("Euler", 10, 0.5), ("DPM++ 2M", 7, 0.75), ("DPM2", 6, 0.3), ("Euler a", 5, 1.0)],
+)
+def test_each_mode_starts_from_a1111s_sigma(sd1, schedulers, mode, sampler, steps, denoise):
+    if mode in ("inpaint", "outpaint") and denoise == 1.0:
+        pytest.skip("at strength 1 diffusers' inpaint pipelines start from noise alone")
+    params, inputs = MODES[mode](sampler=sampler, steps=steps, denoise=denoise)
+    run(sd1, job(params, 1, **inputs), config=UpscaleConfig(tile=64))
+    want = a1111_img2img_sigmas(sampler, params.schedule, steps, denoise)
+    [call] = schedulers
+    steps_taken = np.asarray(call["steps"])
+    if sampler == "DPM2":  # two model calls a step, each step's sigma twice
+        steps_taken = steps_taken[::2]
+    assert call["noised"][0] == pytest.approx(want[0], rel=1e-4)
+    np.testing.assert_allclose(steps_taken, want[:-1], rtol=1e-4)
+    assert steps_run(params) == len(want) - 1
+
+
+@pytest.mark.parametrize(
+    ("sampler", "steps", "denoise", "expected"),
+    [("Euler", 20, 0.75, 16), ("Euler", 20, 0.01, 1), ("Euler", 20, 1.0, 20),
+     ("DDIM", 20, 0.75, 14), ("DDIM", 20, 0.05, 1), ("PLMS", 2, 0.5, 1),
+     ("UniPC", 20, 0.75, 15), ("Euler", 20, 0.0, 0)],
+)  # fmt: skip
+def test_steps_run_is_a1111s_count(sampler, steps, denoise, expected):
+    assert steps_run(img2img_params(sampler=sampler, steps=steps, denoise=denoise)) == expected
 
 
 def test_sdxl_img2img(tiny_sdxl):
@@ -219,7 +318,8 @@ def test_upscale_past_the_cap_goes_through_tiles_at_the_exact_size(sd1):
     assert Image.open(io.BytesIO(out)).size == (128, 96)
     tiles = tile_boxes(128, 96, 64, 64, 16)
     assert len(tiles) == 6
-    assert seen[-1].step == seen[-1].total == len(tiles) * 1  # one step per tile at 0.5 of 2
+    # A1111's t_enc + 1 steps per tile: int(0.5 * 2) + 1.
+    assert seen[-1].step == seen[-1].total == len(tiles) * 2
     info = parse_infotext(read_png_infotext(out)).values
     assert (info["SD upscale overlap"], info["SD upscale upscaler"]) == ("16", "Lanczos")
 
@@ -231,7 +331,7 @@ def test_upscale_within_the_cap_is_one_pass(sd1):
     j.report = seen.append
     [out] = run(sd1, j, config=UpscaleConfig(tile=32, overlap=8))
     assert Image.open(io.BytesIO(out)).size == (64, 64)
-    assert seen[-1].total == 1
+    assert seen[-1].step == seen[-1].total == 2
 
 
 def test_upscale_with_an_upscaler_model(sd1, tiny_upscaler):
@@ -323,10 +423,10 @@ def test_infotext_writes_a1111_keys_in_its_order_and_reads_them_back():
     p = inpaint_params(mask_blur=4, inpaint_full_res=True, inpaint_padding=48, denoise=0.45)
     text = build_infotext(p, seed=1, model_hash=None, rng="CPU", extra={"ControlNet 0": "x"})
     last = text.splitlines()[-1]
-    assert last.endswith(
+    assert (
         "Denoising strength: 0.45, RNG: CPU, Mask blur: 4, Inpaint area: Only masked, "
-        "Masked area padding: 48, ControlNet 0: x"
-    )
+        "Masked area padding: 48, ControlNet 0: x, Version: sdbot-"
+    ) in last  # our Version last, as A1111 writes its own
     back = params_from_infotext(text)
     assert (back.mode, back.denoise, back.mask_blur) == ("txt2img", 0.45, 4)
     assert (back.inpaint_full_res, back.inpaint_padding) == (True, 48)

@@ -108,9 +108,10 @@ CAT_DOG = {"cat": "a cat", "dog": "a dog"}
         ("Heun", 3, "a [cat:dog:2]", ["cat", "cat", "cat", "dog", "dog"]),
         ("DPM2", 3, "a [cat:dog:0.5]", ["cat", "cat", "cat", "cat", "dog"]),
         ("DPM2 a", 3, "a [cat:dog:1]", ["cat", "cat", "dog", "dog", "dog"]),
-        # DPM++ SDE: A1111 calls twice a step, the solver here once, at A1111's call 2 * i.
-        ("DPM++ SDE", 4, "a [cat:dog:0.5]", ["cat", "cat", "cat", "dog"]),
-        ("DDIM", 4, "a [cat:dog:0.5]", ["cat", "cat", "cat", "dog"]),
+        # DPM++ SDE calls the model twice a step, as A1111's: 7 calls over a schedule of 8.
+        ("DPM++ SDE", 4, "a [cat:dog:0.5]", ["cat", "cat", "cat", "cat", "cat", "dog", "dog"]),
+        # DDIM steps on A1111's timesteps, all but the lowest: 3 calls for 4 steps.
+        ("DDIM", 4, "a [cat:dog:0.5]", ["cat", "cat", "cat"]),
     ],
 )
 def test_the_conditioning_changes_at_a1111s_model_call(sd1, sampler, steps, prompt, expected):
@@ -185,7 +186,8 @@ def test_img2img_counts_the_steps_it_runs_over_the_whole_schedule(sd1):
     p = tiny_params(prompt="a [cat:dog:0.3]", mode="img2img", init_image="k", denoise=0.5, steps=10)
     with unet_inputs(sd1) as calls:
         generate_conditioned(sd1, [EngineJob(1, p, inputs={"k": init.getvalue()})], 60.0)
-    assert which(calls, sd1, CAT_DOG) == ["cat", "cat", "cat", "cat", "dog"]
+    # A1111 runs int(0.5 * 10) + 1 = 6 steps of img2img, from the sixth sigma of ten.
+    assert which(calls, sd1, CAT_DOG) == ["cat", "cat", "cat", "cat", "dog", "dog"]
 
 
 # -- AND ------------------------------------------------------------------------------------

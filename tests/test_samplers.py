@@ -99,7 +99,7 @@ def steps_sigmas(scheduler, sampler: str) -> np.ndarray:
     """The sigma at each step (and the final one), undoing diffusers' interleaving of
     second-order sub-steps."""
     sigmas = scheduler.sigmas.double().numpy()
-    if sampler == "Heun":  # [s0, s1, s1, s2, s2, ..., 0]
+    if sampler in ("Heun", "DPM++ SDE"):  # [s0, s1, s1, s2, s2, ..., 0]
         return np.concatenate([sigmas[:1], sigmas[1:-1:2], sigmas[-1:]])
     if sampler in ("DPM2", "DPM2 a"):  # [s0, s1, s1, ..., 0, 0]
         return np.concatenate([sigmas[:1], sigmas[1:-1:2]])
@@ -143,13 +143,114 @@ def test_first_and_last_sigma_match_a1111_on_sdxl_configs():
         assert float(scheduler.sigmas[-2]) == pytest.approx(0.0292, abs=1e-3)
 
 
-def test_timestep_samplers_step_on_a1111s_timesteps():
-    # A1111's DDIM/PLMS timesteps: range(0, 1000, 1000 // steps) + 1, highest first.
+def a1111_levels(steps: int) -> np.ndarray:
+    """A1111's timesteps for DDIM and PLMS (sd_samplers_timesteps.py get_timesteps)."""
+    return np.clip(np.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+
+
+@pytest.mark.parametrize("steps", [3, 7, 20, 30])
+def test_timestep_samplers_step_on_a1111s_timesteps(steps):
+    # A1111 loops over all its timesteps but the lowest, highest first; PLMS asks the model
+    # twice in its first step, the second time at the next timestep.
+    levels = a1111_levels(steps)
     for config in (SD1, SDXL, {**SD1, "timestep_spacing": "linspace"}):
-        scheduler = build_scheduler(config, "DDIM", "Automatic")
-        scheduler.set_timesteps(20)
-        expected = (np.arange(0, 1000, 1000 // 20) + 1)[::-1]
-        assert scheduler.timesteps.tolist() == expected.tolist()
+        ddim = build_scheduler(config, "DDIM", "Automatic")
+        ddim.set_timesteps(steps)
+        assert ddim.timesteps.tolist() == levels[:0:-1].tolist()
+        plms = build_scheduler(config, "PLMS", "Automatic")
+        plms.set_timesteps(steps)
+        walk = levels[:0:-1].tolist()
+        assert plms.timesteps.tolist() == [walk[0], walk[1], *walk[1:]]
+
+
+_TOY_BIAS = torch.linspace(-0.5, 0.5, 2 * 4 * 8 * 8).reshape(2, 4, 8, 8)
+
+
+def toy_epsilon(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A fixed function of the sample and timestep standing in for the UNet."""
+    return 0.4 * x + _TOY_BIAS * (1 + t / 1000)
+
+
+def reference_ddim(x: torch.Tensor, timesteps: np.ndarray, alphas: torch.Tensor) -> torch.Tensor:
+    """A1111's `ddim` (sd_samplers_timesteps_impl.py), eta 0."""
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        a_t, a_prev = alphas[timesteps[index]], alphas[timesteps[index - 1]]
+        e_t = toy_epsilon(x, int(timesteps[index]))
+        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t
+    return x
+
+
+def reference_plms(x: torch.Tensor, timesteps: np.ndarray, alphas: torch.Tensor) -> torch.Tensor:
+    """A1111's `plms` (sd_samplers_timesteps_impl.py)."""
+
+    def x_prev(x: torch.Tensor, e_t: torch.Tensor, index: int) -> torch.Tensor:
+        a_t, a_prev = alphas[timesteps[index]], alphas[timesteps[index - 1]]
+        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
+        return a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t
+
+    old: list[torch.Tensor] = []
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = toy_epsilon(x, int(timesteps[index]))
+        if not old:
+            e_next = toy_epsilon(x_prev(x, e_t, index), int(timesteps[max(index - 1, 0)]))
+            prime = (e_t + e_next) / 2
+        elif len(old) == 1:
+            prime = (3 * e_t - old[-1]) / 2
+        elif len(old) == 2:
+            prime = (23 * e_t - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            prime = (55 * e_t - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = x_prev(x, prime, index)
+        old = [*old, e_t][-3:]
+    return x
+
+
+def drive(scheduler, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    for t in timesteps:
+        x = scheduler.step(toy_epsilon(x, int(t)), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])
+@pytest.mark.parametrize("steps", [4, 7, 20, 30])
+def test_timestep_samplers_equal_a1111s_loops(sampler, steps):
+    reference = reference_ddim if sampler == "DDIM" else reference_plms
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    scheduler = build_scheduler(SD1, sampler, "Automatic")
+    scheduler.set_timesteps(steps)
+    want = reference(noise, a1111_levels(steps), scheduler.alphas_cumprod)
+    got = drive(scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps)
+    assert float((got - want).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])
+@pytest.mark.parametrize(("steps", "denoise"), [(20, 0.75), (30, 0.3), (7, 0.5), (20, 1.0)])
+def test_timestep_samplers_start_img2img_where_a1111_does(sampler, steps, denoise):
+    # sample_img2img: noise to timestep number t_enc, then loop over the t_enc lowest.
+    from engine.pipelines.image_pipes import effective_strength, steps_run
+    from engine.pipelines.timestep_samplers import start_at
+
+    params = _params(mode="img2img", sampler=sampler, steps=steps, denoise=denoise)
+    t_enc = int(min(denoise, 0.999) * steps)
+    levels = a1111_levels(steps)
+    image = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    scheduler = build_scheduler(SD1, sampler, "Automatic")
+    alphas = scheduler.alphas_cumprod
+    a = alphas[levels[t_enc]]
+    reference = reference_ddim if sampler == "DDIM" else reference_plms
+    want = reference(image * a.sqrt() + noise * (1 - a).sqrt(), levels[:t_enc], alphas)
+    start_at(scheduler, t_enc)
+    scheduler.set_timesteps(steps)
+    # What diffusers' img2img pipelines run: the last int(steps * strength) entries.
+    strength = effective_strength(params)
+    timesteps = scheduler.timesteps[steps - int(steps * strength) :]
+    x = scheduler.add_noise(image, noise, timesteps[:1])
+    assert float((drive(scheduler, x, timesteps) - want).abs().max()) < 1e-5
+    assert steps_run(params) == t_enc - 1
 
 
 def test_unet_timesteps_follow_the_sigmas():

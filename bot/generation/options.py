@@ -14,7 +14,7 @@ from typing import Any, NewType
 from engine.api.families import Family
 from engine.api.infotext import DISTILLED_CFG
 from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
-from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER
+from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
 from engine.api.specs import ModelSpec
 from engine.api.training_params import TrainingParams
 
@@ -89,15 +89,20 @@ STANDARD_JOB = GenerationParams("", "", 0, STANDARD_STEPS, DEFAULT_CFG, 512, 512
 def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> float:
     """How many standard images (512x512, 20 steps) a job is worth.
 
-    Image-conditioned modes run only `denoise` of their steps (diffusers and A1111 skip the
-    rest), so they cost that fraction. A mask preview paints nothing (and is never charged).
+    Image-conditioned modes run only the steps A1111 runs for their denoise (about `denoise`
+    of them: engine/api/samplers.py img2img_steps), so they cost those. A mask preview
+    paints nothing (and is never charged).
     `spec`, the job's model: a step of its family costs `Family.cost` SD 1.5 steps per pixel
     (an estimate from published step times: a FLUX.1 dev step about 6); without it, 1.
     """
     if params.mask_preview:
         return MASK_PREVIEW_UNITS
     pixels = params.width * params.height / STANDARD_PIXELS
-    steps = params.steps * (params.denoise if params.mode != "txt2img" else 1.0)
+    steps = (
+        params.steps
+        if params.mode == "txt2img"
+        else img2img_steps(params.sampler, params.steps, params.denoise)
+    )
     cost = spec.family_row().cost if spec is not None else 1.0
     return pixels * steps / STANDARD_STEPS * params.count * cost
 

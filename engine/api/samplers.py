@@ -9,7 +9,7 @@ sigmas (engine/pipelines/sigmas.py).
 The table follows A1111's modules/sd_samplers_kdiffusion.py (`samplers_k_diffusion`, v1.9+):
 each sampler's "Automatic" schedule and whether it discards the next-to-last sigma; the
 timestep samplers (DDIM, PLMS, UniPC, LCM: modules/sd_samplers_timesteps.py) take no schedule
-type.
+type. Image-conditioned jobs run the steps A1111's `sample_img2img` runs (`img2img_steps`).
 """
 
 from __future__ import annotations
@@ -46,15 +46,16 @@ class SamplerSpec:
     schedules: tuple[str, ...] = SCHEDULES
     # A note for the member where we only approximate A1111 (named in the refusal list).
     note: str = ""
+    # Its step noise is k-diffusion's Brownian tree (A1111's `brownian_noise` samplers).
+    brownian: bool = False
 
 
 # A zero final sigma requires a lower-order last step; diffusers warns and switches otherwise.
 _ZERO_END = {"final_sigmas_type": "zero"}
-_SINGLESTEP = {"lower_order_final": True, **_ZERO_END}
 _SDE = {"algorithm_type": "sde-dpmsolver++", **_ZERO_END}
 _TIMESTEP = (AUTOMATIC,)
-# A1111's DDIM and PLMS step on timesteps 1, 1+1000//n, ... (sd_samplers_timesteps.py);
-# diffusers' "leading" spacing with offset 1 gives the same ones.
+# DDIM and PLMS step on A1111's own timesteps (engine/pipelines/timestep_samplers.py); diffusers'
+# "leading" spacing with offset 1, the nearest of its own, is what their base classes lay out.
 _LEADING = {"timestep_spacing": "leading", "steps_offset": 1}
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -67,21 +68,26 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "KDPM2AncestralDiscreteScheduler", automatic="Karras", discard_penultimate=True
     ),
     "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", _ZERO_END, automatic="Karras"),
-    # A1111's DPM++ SDE draws Brownian-tree noise (torchsde); diffusers' DPMSolverSDEScheduler
-    # seeds one tree per batch, not per image, so this is the deterministic single-step solver
-    # on A1111's sigmas: same schedule, not the same stochastic steps.
-    "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler", _SINGLESTEP, automatic="Karras"),
-    # The SDE variants draw their step noise from each image's seeded generator, not from
-    # A1111's Brownian tree: A1111's schedule, other noise.
-    "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", _SDE, automatic="Exponential"),
-    "DPM++ 2M SDE Heun": SamplerSpec(
-        "DPMSolverMultistepScheduler", {**_SDE, "solver_type": "heun"}, automatic="Exponential"
+    # The SDE samplers draw their step noise as A1111 does: k-diffusion's Brownian tree, one
+    # per image, seeded with the image's seed (engine/pipelines/brownian.py).
+    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", automatic="Karras", brownian=True),
+    "DPM++ 2M SDE": SamplerSpec(
+        "DPMSolverMultistepScheduler", _SDE, automatic="Exponential", brownian=True
     ),
+    "DPM++ 2M SDE Heun": SamplerSpec(
+        "DPMSolverMultistepScheduler",
+        {**_SDE, "solver_type": "heun"},
+        automatic="Exponential",
+        brownian=True,
+    ),
+    # k-diffusion's 3M takes its second step with the Heun-type coefficient and never lowers
+    # its order before the last step (diffusers does below 15 steps unless told not to).
     "DPM++ 3M SDE": SamplerSpec(
         "DPMSolverMultistepScheduler",
-        {**_SDE, "solver_order": 3},
+        {**_SDE, "solver_order": 3, "solver_type": "heun", "lower_order_final": False},
         automatic="Exponential",
         discard_penultimate=True,
+        brownian=True,
     ),
     "DDIM": SamplerSpec("DDIMScheduler", _LEADING, schedules=_TIMESTEP),
     # A1111's name for diffusers' PNDM without its Runge-Kutta warm-up steps.
@@ -89,6 +95,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "UniPC": SamplerSpec("UniPCMultistepScheduler", schedules=_TIMESTEP),
     "LCM": SamplerSpec("LCMScheduler", schedules=_TIMESTEP),
 }
+
+# A1111's timestep samplers that are stepped exactly as A1111 steps them
+# (engine/pipelines/timestep_samplers.py); UniPC and LCM keep diffusers' stepping.
+A1111_TIMESTEP_SAMPLERS = ("DDIM", "PLMS")
 
 # Names earlier versions of this bot stored (jobs, preferences, server defaults).
 SAMPLER_ALIASES = {"PNDM": "PLMS"}
@@ -143,6 +153,42 @@ def resolved_schedule(sampler: str, schedule: str) -> str:
     if schedule == AUTOMATIC and sampler in SAMPLERS:
         return SAMPLERS[sampler].automatic
     return schedule
+
+
+def img2img_t_enc(steps: int, denoise: float) -> int:
+    """A1111's t_enc for an image-conditioned job (sd_samplers_common.setup_img2img_steps, its
+    default "img2img_fix_steps" off): the schedule stays `steps` long and the run starts
+    t_enc + 1 sigmas from its end (k-diffusion samplers) or at timestep number t_enc (DDIM,
+    PLMS)."""
+    return int(min(denoise, 0.999) * steps)
+
+
+def timestep_img2img_start(steps: int, denoise: float) -> int | None:
+    """The t_enc our DDIM and PLMS start img2img from, None for a schedule too short for it.
+
+    A1111 runs t_enc - 1 steps, so below t_enc 2 it returns the noised image undenoised; here
+    such a job takes one step (t_enc 2). Below 3 steps every run is the whole short schedule.
+    """
+    if steps < 3:
+        return None
+    return max(img2img_t_enc(steps, denoise), 2)
+
+
+def img2img_steps(sampler: str, steps: int, denoise: float) -> int:
+    """The sampler steps an image-conditioned job runs at `denoise`, A1111's count: 0 keeps the
+    image; t_enc + 1 for the k-diffusion samplers; t_enc - 1 for DDIM and PLMS (PLMS's first
+    step asks the model twice); diffusers' int(steps * denoise) for UniPC and LCM, which
+    A1111 steps its own way. What progress counts and what a job is priced by."""
+    if denoise <= 0:
+        return 0
+    sampler = split_sampler(sampler)[0]
+    if sampler in A1111_TIMESTEP_SAMPLERS:
+        start = timestep_img2img_start(steps, denoise)
+        return 1 if start is None else start - 1
+    spec = SAMPLERS.get(sampler)
+    if spec is not None and spec.schedules != _TIMESTEP:
+        return img2img_t_enc(steps, denoise) + 1
+    return max(1, min(int(steps * denoise), steps))
 
 
 def sampler_problem(sampler: str, schedule: str) -> str | None:

@@ -36,6 +36,7 @@ from engine.pipelines.image_pipes import (
     steps_run,
 )
 from engine.pipelines.loading import LoadedModel
+from engine.pipelines.segment import region_mask, region_preview
 from engine.pipelines.txt2img import encode_prompts
 from engine.pipelines.upscale import UpscaleConfig, upscale
 
@@ -48,6 +49,7 @@ def generate_conditioned(
     preview_interval: float,
     noise: str = "cpu",
     upscale_config: UpscaleConfig | None = None,
+    segmenter: str | None = None,
 ) -> list[GenerationResult]:
     """Run a batch of image-conditioned jobs (equal batch keys) one job per call."""
     first = jobs[0].params
@@ -56,9 +58,9 @@ def generate_conditioned(
     config = upscale_config or UpscaleConfig()
     for job in jobs:
         job.report(Progress(step=0, total=planned_steps(job.params)))
-    pairs = encode_prompts(loaded, [job.params for job in jobs])
+    prompts = encode_prompts(loaded, [job.params for job in jobs])
     results = []
-    for job, pair in zip(jobs, pairs, strict=True):
+    for job, job_prompts in zip(jobs, prompts, strict=True):
         started = time.perf_counter()
         if all(other.cancel.is_set() for other in jobs):
             raise JobCancelled()
@@ -66,7 +68,9 @@ def generate_conditioned(
             results.append(GenerationResult([], loaded.model_hash, 0.0))
             continue
         seeds, variations = tuple(job.params.seeds), tuple(job.params.variation_seeds)
-        run = ModeRun(loaded, job, pair, jobs, preview_interval, noise, seeds, variations)
+        run = ModeRun(
+            loaded, job, job_prompts, jobs, preview_interval, noise, seeds, variations, segmenter
+        )
         images, extra = _make(run, config)
         encoded = _encode_all(run, images, extra)
         results.append(GenerationResult(encoded, loaded.model_hash, time.perf_counter() - started))
@@ -78,7 +82,7 @@ def planned_steps(params: GenerationParams) -> int:
     tiles)."""
     if params.mode == "txt2img":
         return params.steps
-    return steps_run(params.steps, effective_strength(params.steps, params.denoise))
+    return steps_run(params)
 
 
 def _make(run: ModeRun, config: UpscaleConfig) -> Made:
@@ -90,7 +94,7 @@ def _make(run: ModeRun, config: UpscaleConfig) -> Made:
     if mode == "img2img":
         return img2img(run)
     if mode == "inpaint":
-        return inpaint(run)
+        return region_preview(run) if run.params.mask_preview else inpaint(run)
     if mode == "outpaint":
         return outpaint(run)
     if mode == "upscale":
@@ -125,11 +129,11 @@ def _init_rgb(run: ModeRun) -> Image.Image:
 
 
 def img2img(run: ModeRun) -> Made:
-    """The init image noised to `denoise` and denoised again: diffusers' `strength`, which
-    runs int(steps * strength) of the steps, as A1111 does by default."""
+    """The init image noised to `denoise` and denoised again, from where A1111 starts
+    (image_pipes.effective_strength)."""
     params = run.params
     init = _init_rgb(run)
-    strength = effective_strength(params.steps, params.denoise)
+    strength = effective_strength(params)
     if strength == 0:  # denoise 0 keeps the image; diffusers would fail on zero steps
         return [init.copy() for _ in run.seeds], {}
     if params.control_type is not None:
@@ -143,6 +147,8 @@ def inpaint(run: ModeRun) -> Made:
     raw = run.input_image(params.init_image)
     if params.mask_image is not None:
         mask = run.input_image(params.mask_image).convert("L")
+    elif params.has_region:  # Vary (Region): the mask from words or a grid cell
+        mask = region_mask(run, raw)
     else:
         mask = mask_from_alpha(raw)
     original = flatten(raw)
@@ -179,7 +185,7 @@ def outpaint(run: ModeRun) -> Made:
 
 def _paint(run: ModeRun, work: MaskedWork) -> list[Image.Image]:
     params = run.params
-    strength = effective_strength(params.steps, params.denoise)
+    strength = effective_strength(params)
     if strength == 0:
         return [work.image.copy() for _ in run.seeds]
     return call_pipeline(

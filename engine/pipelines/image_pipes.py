@@ -24,10 +24,21 @@ from engine.api.errors import JobCancelled
 from engine.api.infotext import build_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GeneratedImage, GenerationParams, Progress
+from engine.api.samplers import (
+    A1111_TIMESTEP_SAMPLERS,
+    img2img_steps,
+    split_sampler,
+    timestep_img2img_start,
+)
 from engine.imaging.images import encode_png
+from engine.pipelines.brownian import seed_noise
+from engine.pipelines.composable import ComposableGuidance
+from engine.pipelines.guidance import a1111_guidance
 from engine.pipelines.loading import LoadedModel, load_unet
-from engine.pipelines.prompts import Conditioning, PromptPair
-from engine.pipelines.txt2img import StepReporter, image_noise, make_scheduler
+from engine.pipelines.memory import hooked_for
+from engine.pipelines.scheduled_conditioning import JobPrompts, RunConditioning
+from engine.pipelines.timestep_samplers import start_at
+from engine.pipelines.txt2img import StepReporter, embeds_dtype, image_noise, make_scheduler
 
 # Inputs are PNGs the service already checked and sized; this only bounds a damaged store.
 INPUT_MAX_PIXELS = 8192 * 8192
@@ -35,7 +46,8 @@ INPUT_MAX_PIXELS = 8192 * 8192
 
 @dataclass(frozen=True, slots=True)
 class ModeRun:
-    """One job of an image mode: the model, the job, its encoded prompts, and how to report.
+    """One job of an image mode: the model, the job, its encoded prompt schedules, and how to
+    report.
 
     `seeds` are the images' seeds in this run (the job's, or one of them for a tile), and
     `variation_seeds` theirs, in the same order.
@@ -43,12 +55,13 @@ class ModeRun:
 
     loaded: LoadedModel
     job: EngineJob
-    pair: PromptPair
+    prompts: JobPrompts
     batch: Sequence[EngineJob]
     preview_interval: float
     noise: str
     seeds: tuple[int, ...]
     variation_seeds: tuple[int | None, ...]
+    segmenter: str | None = None  # Vary (Region)'s model, EngineConfig's (pipelines/segment.py)
 
     @property
     def params(self) -> GenerationParams:
@@ -78,19 +91,36 @@ class ModeRun:
         return replace(self, job=part, seeds=(seed,), variation_seeds=(None,))
 
 
-def steps_run(steps: int, denoise: float) -> int:
-    """How many steps diffusers (and A1111) take at this strength: int(steps * strength)."""
-    return min(int(steps * denoise), steps)
+def steps_run(params: GenerationParams) -> int:
+    """The sampler steps an image-conditioned job runs: A1111's count for its sampler and
+    denoise (engine/api/samplers.py `img2img_steps`), 0 when denoise 0 keeps the image."""
+    return img2img_steps(params.sampler, params.steps, params.denoise)
 
 
-def effective_strength(steps: int, denoise: float) -> float:
-    """diffusers' `strength` for a denoise: at least one step whenever denoise is above 0
-    (diffusers fails on zero steps), 0 meaning "keep the image" (no call at all)."""
-    if denoise <= 0:
+def effective_strength(params: GenerationParams) -> float:
+    """diffusers' `strength` that starts its pipeline where A1111 starts, 0 for "keep the image".
+
+    diffusers' img2img pipelines run the last int(steps * strength) entries of the scheduler's
+    timesteps. For the k-diffusion samplers that is A1111's t_enc + 1 steps from sigma number
+    steps - t_enc - 1. DDIM and PLMS lay out their lists with the run at the end when told
+    where it starts (`start_at`, engine/pipelines/timestep_samplers.py); PLMS's list has its
+    first step's second timestep too. Half an entry more keeps int() off a float's rounding
+    edge.
+    """
+    entries = steps_run(params)
+    if entries == 0:
         return 0.0
-    if steps_run(steps, denoise) >= 1:
-        return denoise
-    return min(1.0, 1.0 / steps + 1e-6)
+    sampler = split_sampler(params.sampler)[0]
+    if sampler in A1111_TIMESTEP_SAMPLERS:
+        if timestep_img2img_start(params.steps, params.denoise) is None:
+            return 1.0  # the whole one- or two-step schedule
+        entries += sampler == "PLMS"
+    return min(1.0, (entries + 0.5) / params.steps)
+
+
+def _start_like_a1111(scheduler: Any, params: GenerationParams) -> None:
+    if split_sampler(params.sampler)[0] in A1111_TIMESTEP_SAMPLERS:
+        start_at(scheduler, timestep_img2img_start(params.steps, params.denoise))
 
 
 def derived_pipe(loaded: LoadedModel, name: str, make: Callable[[], Any]) -> Any:
@@ -141,34 +171,15 @@ def inpaint_pipe(loaded: LoadedModel) -> Any:
     return derived_pipe(loaded, "inpaint", make)
 
 
-def _embeds_dtype(pipe: Any) -> torch.dtype:
-    # Copied from engine.pipelines.txt2img._embeds_dtype: diffusers casts embeddings to this dtype.
-    encoder = getattr(pipe, "text_encoder_2", None) or pipe.text_encoder
-    return encoder.dtype
+def conditioning(run: ModeRun, pipe: Any) -> RunConditioning:
+    """The job's prompt schedules, one row per image of this run, as the pipelines take them.
 
-
-def _pooled(cond: Conditioning) -> torch.Tensor:
-    if cond.pooled is None:
-        raise ValueError("an SDXL prompt was encoded without its pooled embedding")
-    return cond.pooled
-
-
-def embeddings(run: ModeRun, pipe: Any) -> dict[str, torch.Tensor]:
-    """The job's prompt embeddings, one row per image, as the pipelines take them."""
-    count = len(run.seeds)
-    dtype = _embeds_dtype(pipe)
-
-    def rows(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.expand(count, *tensor.shape[1:]).to(device=pipe.device, dtype=dtype)
-
-    embeds = {
-        "prompt_embeds": rows(run.pair.positive.embeds),
-        "negative_prompt_embeds": rows(run.pair.negative.embeds),
-    }
-    if run.loaded.family == "sdxl":
-        embeds["pooled_prompt_embeds"] = rows(_pooled(run.pair.positive))
-        embeds["negative_pooled_prompt_embeds"] = rows(_pooled(run.pair.negative))
-    return embeds
+    A1111 counts an img2img schedule's steps from the first step it actually runs, over a
+    schedule laid out for all the steps: the pipeline loop's index is that count here too.
+    """
+    return RunConditioning(
+        [run.prompts], [len(run.seeds)], run.loaded.family, pipe.device, embeds_dtype(pipe)
+    )
 
 
 def _noise_device(run: ModeRun, pipe: Any) -> torch.device:
@@ -190,21 +201,31 @@ def call_pipeline(
     # from_pipe shares the base's scheduler object at derivation time; a fresh one per call
     # on the pipe actually used (engine thread only: schedulers hold per-call state).
     pipe.scheduler = make_scheduler(run.loaded, params.sampler, params.schedule)
+    seed_noise(pipe.scheduler, run.seeds)
+    if "strength" in inputs:  # an img2img-like pipeline: start where A1111 starts
+        _start_like_a1111(pipe.scheduler, params)
     device = _noise_device(run, pipe)
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in run.seeds]
     if pure_noise_size is not None:
         inputs["latents"], generators = _starting_noise(run, pipe, pure_noise_size, device)
-    output = pipe(
-        **embeddings(run, pipe),
-        **inputs,
-        num_inference_steps=params.steps,
-        guidance_scale=params.cfg,
-        generator=generators,
-        callback_on_step_end=StepReporter(
-            run.loaded, [run.job], run.preview_interval, batch=run.batch
-        ),
-        output_type="pil",
+    rows = conditioning(run, pipe)
+    hooked_for(run.loaded, pipe)  # offloading modes: this derived pipeline takes the hooks
+    reporter = StepReporter(
+        run.loaded, [run.job], run.preview_interval, batch=run.batch, conditioning=rows
     )
+    with (
+        ComposableGuidance(rows, params.cfg).installed(pipe),
+        a1111_guidance(pipe, params.cfg) as guidance,
+    ):
+        output = pipe(
+            **rows.pipeline_embeds(),
+            **inputs,
+            num_inference_steps=params.steps,
+            guidance_scale=guidance,
+            generator=generators,
+            callback_on_step_end=reporter,
+            output_type="pil",
+        )
     return list(output.images)
 
 
@@ -222,7 +243,7 @@ def _starting_noise(
     noises, generators = [], []
     for seed, variation_seed in zip(run.seeds, run.variation_seeds, strict=True):
         noise, generator = image_noise(
-            shape, _embeds_dtype(pipe), seed, variation_seed, params.variation_strength, device
+            shape, embeds_dtype(pipe), seed, variation_seed, params.variation_strength, device
         )
         noises.append(noise)
         generators.append(generator)
@@ -243,6 +264,7 @@ def encode_image(
         params,
         seed=seed,
         model_hash=loaded.model_hash,
+        checkpoint=loaded.spec.source,
         variation_seed=variation_seed,
         rng="CPU" if noise == "cpu" else None,
         extra={**extra, **(loaded.active.infotext if loaded.active is not None else {})},

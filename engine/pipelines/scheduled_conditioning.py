@@ -24,10 +24,9 @@ from engine.api.prompt_syntax import resolve_syntax
 from engine.api.specs import ModelFamily
 from engine.pipelines.prompts import CHUNK_LENGTH, Conditioning, PromptEncoder
 
-# Our loop iterations per A1111 model call differ from A1111's for one sampler: A1111's
-# DPM++ SDE calls the model twice a step; the deterministic single-step solver that stands in
-# for it here calls it once, at the step's first point, which is A1111's call 2 * i.
-_A1111_CALLS_PER_ITERATION = {"DPM++ SDE": 2}
+# Samplers whose loop iterations are not A1111's model calls one for one (none now: DPM++
+# SDE runs A1111's two-call step, as Heun does), by how many A1111 calls one iteration is.
+_A1111_CALLS_PER_ITERATION: dict[str, int] = {}
 _SEQUENCE = CHUNK_LENGTH + 2
 
 

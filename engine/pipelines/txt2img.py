@@ -16,11 +16,16 @@ from engine.api.jobs import EngineJob
 from engine.api.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.api.samplers import AUTOMATIC, SAMPLERS, split_sampler
 from engine.imaging.images import encode_png
+from engine.pipelines.brownian import brownian_mixin, seed_noise
+from engine.pipelines.composable import ComposableGuidance
+from engine.pipelines.guidance import a1111_guidance
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.lora import prompt_text
+from engine.pipelines.memory import hooked_for
 from engine.pipelines.preview import preview_png
-from engine.pipelines.prompts import Conditioning, PromptEncoder, PromptPair
+from engine.pipelines.scheduled_conditioning import JobPrompts, RunConditioning, encode_jobs
 from engine.pipelines.sigmas import a1111_sigmas, model_sigmas, sigma_to_t
+from engine.pipelines.timestep_samplers import timestep_mixin
 
 
 def set_sampler(loaded: LoadedModel, sampler: str, schedule: str = AUTOMATIC) -> None:
@@ -45,19 +50,27 @@ def build_scheduler(config: Any, sampler: str, schedule: str = AUTOMATIC) -> Any
     given A1111's sigmas instead (engine/pipelines/sigmas.py) through the one hook they all share:
     with `use_karras_sigmas` on, `set_timesteps` asks `_convert_to_karras` for the sigmas and
     derives timesteps and interleaved sub-steps from them. Euler a has no such hook, so its
-    sigmas are set after diffusers' own. Timestep samplers (DDIM, PLMS, UniPC, LCM) keep
-    their spacing options.
+    sigmas are set after diffusers' own. The SDE samplers also draw A1111's Brownian-tree
+    noise (engine/pipelines/brownian.py). Timestep samplers (DDIM, PLMS, UniPC, LCM) keep
+    their spacing options; DDIM and PLMS step as A1111 does
+    (engine/pipelines/timestep_samplers.py).
     """
     sampler, schedule = split_sampler(sampler, schedule)
     spec = SAMPLERS[sampler]
     base_cls = getattr(diffusers, spec.scheduler)
     if spec.schedules == (AUTOMATIC,):
-        return base_cls.from_config(config, **spec.options)
+        stepping = timestep_mixin(sampler)
+        if stepping is None:
+            return base_cls.from_config(config, **spec.options)
+        timestep_cls: Any = type(f"A1111{base_cls.__name__}", (stepping, base_cls), {})
+        return timestep_cls.from_config(config, **spec.options)
     hooked = hasattr(base_cls, "_convert_to_karras")
-    mixin = _KarrasHook if hooked else _SigmasAfter
+    mixins: tuple[type, ...] = (_KarrasHook if hooked else _SigmasAfter,)
+    if spec.brownian:
+        mixins += (brownian_mixin(base_cls),)
     cls: Any = type(
         f"A1111{base_cls.__name__}",
-        (mixin, base_cls),
+        (*mixins, base_cls),
         {"a1111_sampler": sampler, "a1111_schedule": schedule},
     )
     options: dict[str, Any] = {"timestep_spacing": "linspace", **spec.options}
@@ -154,7 +167,8 @@ def image_noise(
 
 
 class StepReporter:
-    """`callback_on_step_end`: progress, previews at most every `interval` s, cancellation.
+    """`callback_on_step_end`: progress, previews at most every `interval` s, cancellation,
+    and the prompt schedules' next embeddings (`conditioning`).
 
     `jobs` are the ones in this pipeline call; `batch` all jobs of the batch (by default the
     same), which must all be cancelled for the work to stop.
@@ -166,11 +180,13 @@ class StepReporter:
         jobs: Sequence[EngineJob],
         interval: float,
         batch: Sequence[EngineJob] | None = None,
+        conditioning: RunConditioning | None = None,
     ):
         self.loaded = loaded
         self.jobs = jobs
         self.batch = jobs if batch is None else batch
         self.interval = interval
+        self.conditioning = conditioning
         self._last_preview = time.monotonic()
         self._slices: list[slice] = []
         start = 0
@@ -192,6 +208,9 @@ class StepReporter:
         for job, images in zip(self.jobs, self._slices, strict=True):
             preview = preview_png(latents[images], self.loaded.family) if with_preview else None
             job.report(Progress(step=step + 1, total=total, preview_png=preview))
+        if self.conditioning is not None:
+            # Embeddings that change at the next model call (prompt editing, alternation).
+            callback_kwargs.update(self.conditioning.after_step(pipe, step))
         return callback_kwargs
 
 
@@ -200,9 +219,10 @@ def generate_batch(
 ) -> list[GenerationResult]:
     """Run compatible jobs as one UNet batch; each image keeps its own seed and generator.
 
-    Jobs whose prompts encode to different numbers of 75-token chunks run one after the
-    other, each length in its own call: padding a short prompt to a batch mate's length
-    would change its image, and the same parameters must give the same image.
+    Jobs whose prompts encode to different numbers of 75-token chunks (at any step of their
+    schedules) run one after the other, each length in its own call: padding a short prompt
+    to a batch mate's length would change its image, and the same parameters must give the
+    same image.
     """
     first = jobs[0].params
     if any(job.params.batch_key() != first.batch_key() for job in jobs):
@@ -211,16 +231,16 @@ def generate_batch(
     set_sampler(loaded, first.sampler, first.schedule)
     for job in jobs:
         job.report(Progress(step=0, total=first.steps))
-    pairs = encode_prompts(loaded, [job.params for job in jobs])
+    prompts = encode_prompts(loaded, [job.params for job in jobs])
     images: list[list[GeneratedImage]] = [[] for _ in jobs]
-    for run in _runs_of_equal_length(pairs):
+    for run in _runs_of_equal_length(prompts):
         if all(job.cancel.is_set() for job in jobs):
             raise JobCancelled()
         if all(jobs[index].cancel.is_set() for index in run):
             continue  # nobody waits for these images any more
         run_jobs = [jobs[index] for index in run]
         pil_images = _run_pipeline(
-            loaded, run_jobs, [pairs[index] for index in run], jobs, preview_interval, noise
+            loaded, run_jobs, [prompts[index] for index in run], jobs, preview_interval, noise
         )
         produced = iter(pil_images)
         for index, job in zip(run, run_jobs, strict=True):
@@ -233,29 +253,22 @@ def generate_batch(
     return [GenerationResult(images_of_job, loaded.model_hash, seconds) for images_of_job in images]
 
 
-def encode_prompts(loaded: LoadedModel, all_params: Sequence[GenerationParams]) -> list[PromptPair]:
-    """Each job's prompt and negative prompt, encoded as A1111 would (pipelines/prompts.py)."""
-    encoders: dict[int, PromptEncoder] = {}
-    pairs = []
-    for params in all_params:
-        encoder = encoders.get(params.clip_skip)
-        if encoder is None:
-            encoder = encoders[params.clip_skip] = PromptEncoder(
-                loaded.pipe, loaded.family, params.clip_skip
-            )
-        prompt, negative = prompt_text(loaded, params.prompt), prompt_text(loaded, params.negative)
-        pairs.append(encoder.encode_pair(prompt, negative, params.prompt_syntax))
-    return pairs
+def encode_prompts(loaded: LoadedModel, all_params: Sequence[GenerationParams]) -> list[JobPrompts]:
+    """Each job's prompt and negative prompt, scheduled and encoded as A1111 would
+    (engine/pipelines/scheduled_conditioning.py)."""
+    return encode_jobs(
+        loaded.pipe, loaded.family, all_params, lambda text: prompt_text(loaded, text)
+    )
 
 
-def _runs_of_equal_length(pairs: Sequence[PromptPair]) -> list[list[int]]:
-    runs: dict[int, list[int]] = {}
-    for index, pair in enumerate(pairs):
-        runs.setdefault(pair.chunks, []).append(index)
+def _runs_of_equal_length(prompts: Sequence[JobPrompts]) -> list[list[int]]:
+    runs: dict[tuple[int, ...], list[int]] = {}
+    for index, job in enumerate(prompts):
+        runs.setdefault(job.lengths(), []).append(index)
     return list(runs.values())
 
 
-def _embeds_dtype(pipe: Any) -> torch.dtype:
+def embeds_dtype(pipe: Any) -> torch.dtype:
     # diffusers casts passed embeddings to this dtype and draws its latents in it.
     encoder = getattr(pipe, "text_encoder_2", None) or pipe.text_encoder
     return encoder.dtype
@@ -264,32 +277,18 @@ def _embeds_dtype(pipe: Any) -> torch.dtype:
 def _run_pipeline(
     loaded: LoadedModel,
     jobs: Sequence[EngineJob],
-    pairs: Sequence[PromptPair],
+    prompts: Sequence[JobPrompts],
     batch: Sequence[EngineJob],
     preview_interval: float,
     noise: str = "cpu",
 ) -> list[Any]:
-    """One pipeline call for jobs whose embeddings have the same length; PIL images in order."""
+    """One pipeline call for jobs whose embeddings have the same lengths; PIL images in order."""
     pipe: Any = loaded.pipe  # diffusers is untyped here; mypy sees its dummy classes
     noise_device = pipe.device if noise == "gpu" else torch.device("cpu")
     first = jobs[0].params
-    dtype = _embeds_dtype(pipe)
+    dtype = embeds_dtype(pipe)
     counts = [job.params.count for job in jobs]
-
-    def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        # One row per image: each job's embeddings repeated for its count.
-        rows = [t.expand(count, *t.shape[1:]) for t, count in zip(tensors, counts, strict=True)]
-        return torch.cat(rows).to(device=pipe.device, dtype=dtype)
-
-    embeds: dict[str, torch.Tensor] = {
-        "prompt_embeds": stacked([pair.positive.embeds for pair in pairs]),
-        "negative_prompt_embeds": stacked([pair.negative.embeds for pair in pairs]),
-    }
-    if loaded.family == "sdxl":
-        embeds["pooled_prompt_embeds"] = stacked([_pooled(pair.positive) for pair in pairs])
-        embeds["negative_pooled_prompt_embeds"] = stacked(
-            [_pooled(pair.negative) for pair in pairs]
-        )
+    conditioning = RunConditioning(prompts, counts, loaded.family, pipe.device, dtype)
     shape = (
         1,
         pipe.unet.config.in_channels,
@@ -305,25 +304,26 @@ def _run_pipeline(
             )
             noises.append(start)
             generators.append(generator)
-    output = pipe(
-        **embeds,
-        width=first.width,
-        height=first.height,
-        num_inference_steps=first.steps,
-        guidance_scale=first.cfg,
-        generator=generators,
-        # Unscaled: prepare_latents multiplies by the scheduler's init_noise_sigma itself.
-        latents=torch.cat(noises),
-        callback_on_step_end=StepReporter(loaded, jobs, preview_interval, batch=batch),
-        output_type="pil",
-    )
+    seed_noise(pipe.scheduler, [seed for job in jobs for seed in job.params.seeds])
+    hooked_for(loaded, pipe)  # offloading modes: the model's own pipeline carries the hooks
+    reporter = StepReporter(loaded, jobs, preview_interval, batch=batch, conditioning=conditioning)
+    with (
+        ComposableGuidance(conditioning, first.cfg).installed(pipe),
+        a1111_guidance(pipe, first.cfg) as guidance,
+    ):
+        output = pipe(
+            **conditioning.pipeline_embeds(),
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=guidance,
+            generator=generators,
+            # Unscaled: prepare_latents multiplies by the scheduler's init_noise_sigma itself.
+            latents=torch.cat(noises),
+            callback_on_step_end=reporter,
+            output_type="pil",
+        )
     return list(output.images)
-
-
-def _pooled(cond: Conditioning) -> torch.Tensor:
-    if cond.pooled is None:
-        raise ValueError("an SDXL prompt was encoded without its pooled embedding")
-    return cond.pooled
 
 
 def _encode(
@@ -338,6 +338,7 @@ def _encode(
         params,
         seed=seed,
         model_hash=loaded.model_hash,
+        checkpoint=loaded.spec.source,
         variation_seed=variation_seed,
         # A1111 names the noise source unless it is its default, the GPU; with "RNG: CPU"
         # an A1111 install draws the same starting noise as we did.

@@ -134,7 +134,7 @@ def upscale(run: ModeRun, config: UpscaleConfig) -> tuple[list[Image.Image], dic
     source = flatten(run.input_image(params.init_image))
     enlarged, upscaler_name = enlarge(run, source, target, config)
     extra = {"SD upscale overlap": str(config.overlap), "SD upscale upscaler": upscaler_name}
-    strength = effective_strength(params.steps, params.denoise)
+    strength = effective_strength(params)
     if strength == 0:
         return [enlarged.copy() for _ in run.seeds], extra
     if target[0] * target[1] <= run.loaded.spec.pixel_cap():
@@ -154,7 +154,7 @@ def tiled_img2img(
     side = tile_side(run.loaded, config)
     tile = (min(side, image.width), min(side, image.height))
     boxes = tile_boxes(image.width, image.height, tile[0], tile[1], config.overlap)
-    per_tile = steps_run(run.params.steps, strength)
+    per_tile = steps_run(run.params)
     total = per_tile * len(boxes) * len(run.seeds)
     pipe = img2img_pipe(run.loaded)
     log.info("upscale job %s: %d tiles of %dx%d", run.job.job_id, len(boxes), *tile)
