@@ -100,9 +100,9 @@ async def test_names_are_files_then_aliases_and_a_members_own_come_first(
     _, by_alias = await dreamed(sim, alice, "a cat <lora:Detail Tweaker:0.5>")
     detail = addnet_hash(folder / "styles" / "detail.safetensors")
     assert f'Lora hashes: "Detail Tweaker: {detail}"' in by_alias  # named as the tag writes it
-    # The /dream option writes names the bot's way (detail-tweaker): found all the same.
+    # The /dream option writes the name as chosen, as an A1111 tag names the file.
     _, by_option = await dreamed(sim, alice, "a cat", lora="Detail Tweaker")
-    assert f'Lora hashes: "detail-tweaker: {detail}"' in by_option
+    assert f'Lora hashes: "Detail Tweaker: {detail}"' in by_option
 
     sd1 = load_model(ModelSpec("tiny", str(tiny_sd1)), torch.device("cpu"), torch.float32)
     own = make_lora(sd1, tmp_path / "alice-detail.safetensors", seed=4)
