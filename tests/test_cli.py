@@ -196,3 +196,13 @@ def test_dream_refuses_what_flux_cannot_do_with_exit_2(tmp_path, tiny_flow):
     done = run_bot("dream", "a cat", "--model", model, "--size", "72x64", cwd=tmp_path)
     assert done.returncode == 2
     assert "multiples of 16 for FLUX.1 dev models" in done.stderr
+
+
+def test_selftest_saves_the_tiny_model_for_dream_and_refuses_a_used_folder(tmp_path):
+    done = run_bot("selftest", "--save", "tiny-model", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "tiny-model" / "model_index.json").is_file()
+    assert done.stdout.strip().endswith("--model tiny-model on dream")
+    again = run_bot("selftest", "--save", "tiny-model", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip() == "error: --save tiny-model: choose a new or empty folder"
