@@ -14,6 +14,7 @@ from bot.generation.options import DreamOptions
 from bot.jobs.kinds import JobKind
 from cogs.ui.buttons import view_factory
 from cogs.ui.options import (
+    HIRES_CHOICES,
     SAMPLER_CHOICES,
     SCHEDULE_CHOICES,
     SCHEDULER_DESCRIPTION,
@@ -77,8 +78,11 @@ class Dream(commands.Cog):
         preset="One of your /prefer presets; what you type here still wins",
         lora="A LoRA of yours or shared here (adds <lora:name:weight> to the prompt)",
         lora_weight="How strongly the LoRA applies (default 0.8)",
+        hires="Hires fix: draw at the size, upscale the latents, then refine (A1111's Latent)",
+        hires_denoise="How much the hires pass repaints (0-1, default 0.7)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
+    @app_commands.choices(hires=HIRES_CHOICES)
     @app_commands.autocomplete(
         model=model_autocomplete, preset=preset_autocomplete, lora=usable_lora_autocomplete
     )
@@ -105,6 +109,8 @@ class Dream(commands.Cog):
         lora: app_commands.Range[str, 1, 64] | None = None,
         lora_weight: app_commands.Range[float, -2.0, 2.0] | None = None,
         scheduler: str | None = None,
+        hires: float | None = None,
+        hires_denoise: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         if lora is not None:
             prompt = with_lora_tag(
@@ -128,6 +134,8 @@ class Dream(commands.Cog):
             variation_seed,
             variation_strength,
             schedule=scheduler,
+            hires=hires,
+            hires_denoise=hires_denoise,
         )
         # The member's preferences and the server's defaults fill what was not typed.
         filled = await self.bot.prefs.fill(

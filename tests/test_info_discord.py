@@ -67,7 +67,7 @@ async def test_reproduce_says_what_it_could_not_honour(sim):
     await wait_until(sim.env, lambda: has_result(result))
     queued = original_edits(sim.env, result)[0]["content"]
     assert "Model sd_xl_base_1.0 is not on this bot; used tiny." in queued
-    assert "Not reproduced: Denoising strength, Hires upscale." in queued
+    assert "Not reproduced" not in queued  # the hires fix and its denoise run here too
     assert "Noise is drawn on the CPU here, not the GPU." in queued
     assert "DPM++ 2M Karras" in queued  # A1111 1.9's split sampler and schedule read as one
 

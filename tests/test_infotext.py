@@ -348,3 +348,35 @@ def test_a_gguf_transformer_is_the_model_infotext_names():
     }
     assert configured_model("flux1-dev-Q4_K_S", models) == "flux"
     assert configured_model("FLUX.1-dev", models) == "flux"
+
+
+# -- Hires fix (issue 16) ----------------------------------------------------------------
+
+
+def test_hires_is_written_where_a1111_writes_it_and_read_back():
+    p = params(hires_scale=2, hires_steps=10, hires_upscaler="Lanczos", hires_denoise=0.45)
+    text = build_infotext(p, seed=p.seed, model_hash="abc")
+    assert (
+        "Size: 512x512, Model hash: abc, Model: sd15, Denoising strength: 0.45, "
+        "Hires upscale: 2, Hires steps: 10, Hires upscaler: Lanczos" + OURS
+    ) in text
+    assert params_from_infotext(text) == p
+    default_steps = build_infotext(params(hires_scale=1.5), seed=1, model_hash=None)
+    assert "Denoising strength: 0.7, Hires upscale: 1.5, Hires upscaler: Latent" in default_steps
+    assert "Hires steps" not in default_steps
+
+
+@pytest.mark.parametrize(
+    ("first_pass", "size", "scale"),
+    [("512x512", "1024x1024", 2.0), ("0x0", "1024x768", 1.6)],
+)
+def test_an_old_first_pass_size_becomes_the_size_and_the_scale(first_pass, size, scale):
+    text = (
+        "a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, "
+        f"Size: 1024x{size.split('x')[1]}, Denoising strength: 0.6, First pass size: {first_pass}"
+    )
+    p = params_from_infotext(text)
+    # 0x0: A1111's old first pass of about 512x512 pixels, sides up to multiples of 64.
+    assert (p.width, p.height) == ((512, 512) if first_pass == "512x512" else (640, 448))
+    assert p.hires_scale == pytest.approx(scale)
+    assert (p.hires_denoise, p.denoise, p.hires_upscaler) == (0.6, 0.75, "Latent")

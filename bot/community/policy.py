@@ -29,6 +29,7 @@ from data.credits import CreditPolicy
 from data.guilds import RoleLimits
 from data.jobs import QueueCaps
 from data.stats import GuildStats, StatsRepository
+from engine.api.hires import hires_size
 from engine.api.lora_tags import tidy_prompt as tidy_tag_gaps
 from engine.api.params import GenerationParams
 from engine.api.specs import ModelSpec
@@ -93,10 +94,11 @@ def check_limits(params: GenerationParams, policy: GuildPolicy, limits: Limits) 
             f"{params.count} images is over this server's limit of {limits.max_count} per job."
         )
     # An upscale is large by design; the bot's own upscale limit holds it.
-    pixels = params.width * params.height
+    width, height = hires_size(params)  # what is made, after a hires pass
+    pixels = width * height
     if params.mode != "upscale" and limits.max_pixels is not None and pixels > limits.max_pixels:
         raise JobRefused(
-            f"Size {params.size} is {pixels:,} pixels; this server allows at most "
+            f"Size {width}x{height} is {pixels:,} pixels; this server allows at most "
             f"{limits.max_pixels:,}."
         )
 

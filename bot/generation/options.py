@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NewType
 
 from engine.api.families import Family
+from engine.api.hires import hires_size
 from engine.api.infotext import DISTILLED_CFG
 from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
@@ -46,6 +47,8 @@ class DreamOptions:
     variation_seed: int | None = None
     variation_strength: float | None = None
     schedule: str | None = None  # A1111's "Schedule type"; None: Automatic
+    hires: float | None = None  # hires fix's upscale (issue 16); None: off
+    hires_denoise: float | None = None  # None: A1111's 0.7
 
 
 DEFAULT_STEPS = 20
@@ -72,6 +75,12 @@ HONOURED_KEYS = frozenset(
         "RNG",
         "Lora hashes",
         "TI hashes",
+        # Hires fix (issue 16). Its `Denoising strength` is honoured too, but the key is also
+        # img2img's, which a paste does not reproduce, so it stays off this list.
+        "Hires upscale",
+        "Hires steps",
+        "Hires upscaler",
+        "First pass size",
     }
 )
 
@@ -90,8 +99,8 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     """How many standard images (512x512, 20 steps) a job is worth.
 
     Image-conditioned modes run only the steps A1111 runs for their denoise (about `denoise`
-    of them: engine/api/samplers.py img2img_steps), so they cost those. A mask preview
-    paints nothing (and is never charged).
+    of them: engine/api/samplers.py img2img_steps), so they cost those; hires fix adds its
+    img2img pass, at its size. A mask preview paints nothing (and is never charged).
     `spec`, the job's model: a step of its family costs `Family.cost` SD 1.5 steps per pixel
     (an estimate from published step times: a FLUX.1 dev step about 6); without it, 1.
     """
@@ -103,8 +112,15 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         if params.mode == "txt2img"
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
+    work = pixels * steps
+    if params.has_hires:  # hires fix's img2img pass, at its size (issue 16)
+        width, height = hires_size(params)
+        second = img2img_steps(
+            params.sampler, params.hires_steps or params.steps, params.hires_denoise
+        )
+        work += width * height / STANDARD_PIXELS * second
     cost = spec.family_row().cost if spec is not None else 1.0
-    return pixels * steps / STANDARD_STEPS * params.count * cost
+    return work / STANDARD_STEPS * params.count * cost
 
 
 def training_as_shown(training: TrainingParams) -> GenerationParams:
@@ -169,10 +185,22 @@ def resolve_options(
         variation_seed=variation_seed,
         variation_strength=strength,
         schedule=options.schedule or AUTOMATIC,
+        **_hires_fields(options),
         **(mode_fields or {}),
     )
     check_params(params, models, max_prompt, max_upscale_pixels)
     return Checked(params)
+
+
+def _hires_fields(options: DreamOptions) -> dict[str, Any]:
+    if options.hires is None:
+        if options.hires_denoise is not None:
+            raise InvalidParams("Hires denoising needs a hires upscale.")
+        return {}
+    fields: dict[str, Any] = {"hires_scale": options.hires}
+    if options.hires_denoise is not None:
+        fields["hires_denoise"] = options.hires_denoise
+    return fields
 
 
 def family_sampler(sampler: str | None, row: Family) -> str:

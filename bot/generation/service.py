@@ -128,7 +128,10 @@ class DreamService:
             sampler = DEFAULT_SAMPLER
             notes.append(f"Sampler {parsed.sampler} is not available; used {sampler}.")
         values = parse_infotext(infotext).values
-        ignored = [key for key in values if key not in HONOURED_KEYS]
+        honoured = set(HONOURED_KEYS)
+        if "Hires upscale" in values or "First pass size" in values:
+            honoured.add("Denoising strength")  # the hires pass's, which a paste runs
+        ignored = [key for key in values if key not in honoured]
         ours = "CPU" if self.settings.noise == "cpu" else "GPU"
         if values.get("RNG", "GPU") != ours:
             notes.append(f"Noise is drawn on the {ours} here, not the {values.get('RNG', 'GPU')}.")

@@ -123,3 +123,5 @@ SCHEDULE_CHOICES = [app_commands.Choice(name=name, value=name) for name in SCHED
 SCHEDULER_DESCRIPTION = (
     "A1111's schedule type; Automatic is the sampler's own (Karras for DPM++ 2M)"
 )
+# Hires fix (issue 16): A1111's common upscales; the result must fit the model's pixel cap.
+HIRES_CHOICES = [app_commands.Choice(name=f"{scale:g}x", value=scale) for scale in (1.5, 2.0)]

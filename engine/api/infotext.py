@@ -8,10 +8,12 @@ Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
 
 with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
 and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
-it. `Model` is the checkpoint's name as A1111 writes it (a file's stem, a folder's or Hub
-repository's name), never a path. Ours after A1111's inpainting keys: `Mask prompt` and
-`Mask cell` (Vary (Region)'s words and grid cell), `Prompt syntax` (only when the optimized
-fork's sub-prompts were read); A1111 shows a key it does not know and otherwise ignores it.
+it. Hires fix writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler` after
+`RNG`, with `Size` the first pass's. `Model` is the checkpoint's name as A1111 writes it
+(a file's stem, a folder's or Hub repository's name), never a path. Ours after A1111's
+inpainting keys: `Mask prompt` and `Mask cell` (Vary (Region)'s words and grid cell),
+`Prompt syntax` (only when the optimized fork's sub-prompts were read); A1111 shows a key
+it does not know and otherwise ignores it.
 Last, as A1111 ends with its own, `Version: sdbot-0.1.0`: a name A1111's version parser
 cannot read, so it turns on none of the compatibility settings it keeps for its old
 versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 1.6").
@@ -20,6 +22,7 @@ versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
+from engine.api.hires import LATENT
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import resolve_syntax
 from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
@@ -151,6 +155,7 @@ def build_infotext(
         "Clip skip": str(params.clip_skip) if params.clip_skip != 1 else None,
         "RNG": rng,
         **_inpaint_fields(params),
+        **_hires_fields(params),
         **(extra or {}),
         "Prompt syntax": _prompt_syntax(params),
         "Version": version(),
@@ -180,8 +185,22 @@ def _prompt_syntax(params: GenerationParams) -> str | None:
 
 
 def _denoising_strength(params: GenerationParams) -> str | None:
-    # A1111 writes it for every image-to-image job (0 included), never for txt2img.
-    return None if params.mode == "txt2img" else format_number(params.denoise)
+    # A1111 writes it for every image-to-image job (0 included), and for txt2img only with
+    # hires fix: the second pass's.
+    if params.mode == "txt2img":
+        return format_number(params.hires_denoise) if params.has_hires else None
+    return format_number(params.denoise)
+
+
+def _hires_fields(params: GenerationParams) -> dict[str, str | None]:
+    """A1111's hires keys, in its order; `Size` stays the first pass's, as A1111 writes it."""
+    if not params.has_hires:
+        return {}
+    return {
+        "Hires upscale": format_number(params.hires_scale),
+        "Hires steps": str(params.hires_steps) if params.hires_steps else None,
+        "Hires upscaler": params.hires_upscaler,
+    }
 
 
 def _inpaint_fields(params: GenerationParams) -> dict[str, str | None]:
@@ -251,8 +270,6 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             seed=int(values["Seed"]),
             steps=int(values["Steps"]),
             cfg=float(values.get(DISTILLED_CFG) or values["CFG scale"]),
-            width=int(size.group(1)),
-            height=int(size.group(2)),
             sampler=sampler,
             schedule=schedule,
             count=count,
@@ -262,6 +279,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             variation_seed=_optional_int(values.get("Variation seed")),
             variation_strength=float(values.get("Variation seed strength", "0")),
             **_image_options(values),
+            **_size_options(values, int(size.group(1)), int(size.group(2))),
         )
     except KeyError as missing:
         raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
@@ -275,7 +293,8 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     """The image-to-image options infotext carries. The mode stays txt2img: the input
     image is never in infotext, so a paste can only start from the prompt."""
     options: dict[str, Any] = {}
-    if "Denoising strength" in values:
+    hires = "Hires upscale" in values or "First pass size" in values  # then it is hires's
+    if "Denoising strength" in values and not hires:
         options["denoise"] = float(values["Denoising strength"])
     if "Mask blur" in values:
         options["mask_blur"] = int(values["Mask blur"])
@@ -288,6 +307,33 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     if "Mask cell" in values:
         options["mask_cell"] = values["Mask cell"]
     return options
+
+
+def _size_options(values: dict[str, str], width: int, height: int) -> dict[str, Any]:
+    """The size, and hires fix's keys. In old A1111 infotexts `Size` was the final size and
+    `First pass size` the first pass (0x0: A1111's about 512x512); A1111 reads them as
+    today's first-pass `Size`, and so do we, with the scale that makes the old width."""
+    options: dict[str, Any] = {"width": width, "height": height}
+    first_pass = _SIZE_RE.match(values.get("First pass size", ""))
+    if first_pass is not None:
+        first = int(first_pass.group(1)), int(first_pass.group(2))
+        first_width, first_height = first if all(first) else _old_first_pass(width, height)
+        options.update(width=first_width, height=first_height, hires_scale=width / first_width)
+    elif "Hires upscale" in values:
+        options["hires_scale"] = float(values["Hires upscale"])
+    else:
+        return options
+    options["hires_steps"] = int(values.get("Hires steps", "0"))
+    options["hires_upscaler"] = values.get("Hires upscaler", LATENT)
+    if "Denoising strength" in values:
+        options["hires_denoise"] = float(values["Denoising strength"])
+    return options
+
+
+def _old_first_pass(width: int, height: int) -> tuple[int, int]:
+    """A1111's `old_hires_fix_first_pass_dimensions`: about 512x512 pixels, sides up to 64s."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
 
 
 def _optional_int(text: str | None) -> int | None:

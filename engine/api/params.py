@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
 from engine.api.family_checks import family_problem
+from engine.api.hires import hires_problem
 from engine.api.prompt_syntax import PROMPT_SYNTAXES, weight_problem
 from engine.api.regions import region_problem
 from engine.api.samplers import AUTOMATIC, sampler_problem, split_sampler
@@ -87,6 +88,12 @@ class GenerationParams:
     mask_prompt: str | None = None
     mask_cell: str | None = None
     mask_preview: bool = False
+    # Hires fix (issue 16), as A1111's: width x height is the first pass, upscaled by
+    # `hires_scale` (1: off), then an img2img pass of `hires_steps` (0: `steps`).
+    hires_scale: float = 1.0
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_denoise: float = 0.7
 
     def __post_init__(self) -> None:
         # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
@@ -129,6 +136,11 @@ class GenerationParams:
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
+    @property
+    def has_hires(self) -> bool:
+        """Text to image only: a result's buttons (img2img, U) start from its final image."""
+        return self.hires_scale != 1 and self.mode == "txt2img"
+
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one UNet batch.
 
@@ -140,6 +152,7 @@ class GenerationParams:
         key += (self.schedule,)
         # One UNet batch carries one set of adapters.
         key += (self.cfg, self.loras, self.embeddings)
+        key += (self.hires_scale, self.hires_upscaler, self.hires_steps, self.hires_denoise)
         if self.mode == "txt2img" and self.control_type is None:
             return key
         return (
@@ -286,7 +299,7 @@ def check_params(
         check_size(params.width, params.height, spec)
     check_prompt_options(params)
     check_image_options(params)
-    problem = family_problem(params, spec.family_row())
+    problem = hires_problem(params, spec) or family_problem(params, spec.family_row())
     if problem is not None:
         raise InvalidParams(problem)
 

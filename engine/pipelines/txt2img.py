@@ -229,8 +229,15 @@ def generate_batch(
         raise ValueError("generate_batch got jobs that cannot share a batch")
     started = time.perf_counter()
     set_sampler(loaded, first.sampler, first.schedule)
+    # Hires fix (issue 16) builds on image_pipes.py, which builds on this module.
+    from engine.pipelines import hires
+
+    total, output_type = first.steps, "pil"
+    if first.has_hires:  # progress counts both passes
+        jobs = [hires.counted(job, 0) for job in jobs]
+        total, output_type = hires.total_steps(first), hires.first_pass_output(first)
     for job in jobs:
-        job.report(Progress(step=0, total=first.steps))
+        job.report(Progress(step=0, total=total))
     prompts = encode_prompts(loaded, [job.params for job in jobs])
     images: list[list[GeneratedImage]] = [[] for _ in jobs]
     for run in _runs_of_equal_length(prompts):
@@ -239,9 +246,14 @@ def generate_batch(
         if all(jobs[index].cancel.is_set() for index in run):
             continue  # nobody waits for these images any more
         run_jobs = [jobs[index] for index in run]
+        run_prompts = [prompts[index] for index in run]
         pil_images = _run_pipeline(
-            loaded, run_jobs, [prompts[index] for index in run], jobs, preview_interval, noise
+            loaded, run_jobs, run_prompts, jobs, preview_interval, noise, output_type
         )
+        if first.has_hires:
+            pil_images = hires.second_pass(
+                loaded, run_jobs, run_prompts, jobs, preview_interval, noise, pil_images
+            )
         produced = iter(pil_images)
         for index, job in zip(run, run_jobs, strict=True):
             params = job.params
@@ -281,8 +293,10 @@ def _run_pipeline(
     batch: Sequence[EngineJob],
     preview_interval: float,
     noise: str = "cpu",
+    output_type: str = "pil",
 ) -> list[Any]:
-    """One pipeline call for jobs whose embeddings have the same lengths; PIL images in order."""
+    """One pipeline call for jobs whose embeddings have the same lengths; PIL images (or, for
+    a latent hires fix, latents) in order."""
     pipe: Any = loaded.pipe  # diffusers is untyped here; mypy sees its dummy classes
     noise_device = pipe.device if noise == "gpu" else torch.device("cpu")
     first = jobs[0].params
@@ -321,7 +335,7 @@ def _run_pipeline(
             # Unscaled: prepare_latents multiplies by the scheduler's init_noise_sigma itself.
             latents=torch.cat(noises),
             callback_on_step_end=reporter,
-            output_type="pil",
+            output_type=output_type,
         )
     return list(output.images)
 
