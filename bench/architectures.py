@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -21,10 +22,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bench.overhead import sd15_architecture
 from engine.pipelines.tiny import SD_BETAS, build_tiny_sd1, build_tiny_sdxl, tiny_tokenizer
-
-__all__ = ["build", "sd15_architecture", "sdxl_architecture"]
 
 
 @contextlib.contextmanager
@@ -54,6 +52,47 @@ def _clip(tokenizer: object, hidden: int, layers: int, heads: int, act: str) -> 
     )
 
 
+def sd_vae(sample_size: int, **extra: Any) -> AutoencoderKL:
+    """Stable Diffusion's VAE (SD 1.x, 2.x and SDXL share its shape: 84M parameters)."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=sample_size,
+        **extra,
+    )
+
+
+def sd15_architecture(tokenizer_dir: Path) -> StableDiffusionPipeline:
+    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L text encoder, random weights, in
+    memory (the tokenizer's files are written to `tokenizer_dir`)."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    tokenizer = tiny_tokenizer(tokenizer_dir)  # speed does not depend on the vocabulary
+    pipe = StableDiffusionPipeline(
+        vae=sd_vae(512),
+        text_encoder=CLIPTextModel(_clip(tokenizer, 768, 12, 12, "quick_gelu")),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def sdxl_architecture(tokenizer_dir: Path) -> StableDiffusionXLPipeline:
     """SDXL base 1.0's UNet (2.6B parameters), VAE, CLIP ViT-L and OpenCLIP ViT-bigG text
     encoders, configured as stabilityai/stable-diffusion-xl-base-1.0's config files are."""
@@ -72,20 +111,10 @@ def sdxl_architecture(tokenizer_dir: Path) -> StableDiffusionXLPipeline:
         addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
     tokenizer = tiny_tokenizer(tokenizer_dir / "one")
     tokenizer_2 = tiny_tokenizer(tokenizer_dir / "two", pad_token="!")
     pipe = StableDiffusionXLPipeline(
-        vae=vae,
+        vae=sd_vae(1024, scaling_factor=0.13025, force_upcast=True),
         text_encoder=CLIPTextModel(_clip(tokenizer, 768, 12, 12, "quick_gelu")),
         text_encoder_2=CLIPTextModelWithProjection(_clip(tokenizer_2, 1280, 32, 20, "gelu")),
         tokenizer=tokenizer,

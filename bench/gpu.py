@@ -22,7 +22,6 @@ steps, at 1.64 images/s on one H100 with TensorRT (MLPerf Inference v4.0).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
-from PIL import Image
 
 from bench.architectures import build
+from bench.train import photos
 from engine.api.jobs import EngineJob
 from engine.api.memory import MEMORY_MODES, plan_for
 from engine.api.params import MAX_COUNT, GenerationParams
@@ -153,16 +151,6 @@ def throughput(run: Run, loaded: LoadedModel) -> float:
     return latency
 
 
-def photos(count: int, side: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    pngs = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
-        pngs.append(buffer.getvalue())
-    return pngs
-
-
 def training(run: Run, loaded: LoadedModel, workdir: Path) -> None:
     """LoRA steps per second at 512x512 (64 in a dry run), rank 4, batch 1."""
     side = 64 if run.tiny else 512
@@ -229,7 +217,7 @@ def peak_memory(run: Run, family: ModelFamily, workdir: Path) -> None:
         place(pipe, plan, run.device, family)
         loaded = LoadedModel(ModelSpec(family, "random"), pipe, family, None, 0.0)
         loaded.plan, loaded.device = plan, run.device
-        short = Run(**{**run.__dict__, "steps": 2, "repeats": 1})
+        short = replace(run, steps=2, repeats=1)
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
         seconds = timed(run.device, partial(engine_batch, short, loaded, 1))

@@ -73,7 +73,7 @@ def run_case(case: str) -> None:
 def generate_in_mode(mode: str) -> int:
     import torch
 
-    from bench.overhead import sd15_architecture
+    from bench.architectures import sd15_architecture
     from engine.api.jobs import EngineJob
     from engine.api.memory import plan_for
     from engine.api.params import GenerationParams
@@ -107,19 +107,12 @@ def generate_in_mode(mode: str) -> int:
 
 def decode(side: int, tiled: bool) -> int:
     import torch
-    from diffusers import AutoencoderKL
 
+    from bench.architectures import sd_vae
     from engine.api.memory import plan_for
     from engine.pipelines.memory import fit_vae
 
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
+    vae = sd_vae(512)
     if tiled:
         fit_vae(vae, plan_for("high"), "sd1")
     baseline = rss_now()

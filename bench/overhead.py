@@ -36,75 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     DiffusionPipeline,
     EulerAncestralDiscreteScheduler,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
 
+from bench.architectures import sd15_architecture
 from bench.common import Waiter, running_service
 from bot.generation.service import DreamService
 from bot.logs import configure_logging
 from bot.settings import Settings
 from engine.api.families import FAMILIES
 from engine.api.params import GenerationParams
-from engine.pipelines.tiny import SD_BETAS, save_tiny_model, tiny_tokenizer
+from engine.pipelines.tiny import save_tiny_model
 from engine.pipelines.tiny_families import FLOW_FAMILIES, save_tiny_family
 from engine.worker import EngineConfig, EngineWorker
 
 TICK = 0.010
-
-
-def sd15_architecture(tokenizer_dir: Path) -> StableDiffusionPipeline:
-    """SD 1.5's UNet (860M parameters), VAE and CLIP ViT-L text encoder, random weights, in
-    memory (the tokenizer's files are written to `tokenizer_dir`)."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    tokenizer = tiny_tokenizer(tokenizer_dir)  # speed does not depend on the vocabulary
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def save_sd15_architecture(folder: Path) -> Path:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.overhead import sd15_architecture
+from bench.architectures import sd15_architecture
 from engine.api.specs import ModelSpec
 from engine.api.training_params import TrainingProgress, make_training_params
 from engine.pipelines.loading import LoadedModel, load_model

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from engine.api.errors import EngineError, EngineStopped, OutOfMemory
+from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.memory import MemorySetting, batch_images, resolve_mode
 from engine.api.params import GenerationParams, GenerationResult, ModelInfo
@@ -235,12 +235,13 @@ class EngineWorker:
     def _train(self, job: TrainingJob) -> TrainingOutcome:
         import torch
 
+        from engine.pipelines.memory import freed_on_oom
         from engine.training.samples import make_samples
         from engine.training.trainer import train
 
         loaded = self._models().get(job.params.model)
         images = [job.inputs[key] for key in job.params.image_keys]
-        try:
+        with freed_on_oom(f"training job {job.job_id}"):
             result = train(
                 loaded,
                 job.params,
@@ -252,11 +253,6 @@ class EngineWorker:
             )
             with torch.inference_mode():
                 samples = make_samples(loaded, job.params, result.path, self.config.noise)
-        except torch.OutOfMemoryError:
-            log.warning("out of memory training job %s", job.job_id)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise OutOfMemory() from None
         return TrainingOutcome(result, samples)
 
     def _models(self) -> Any:
@@ -288,7 +284,7 @@ class EngineWorker:
     def _run(self) -> None:
         if self.restarts:
             free_what_the_dead_held()
-        warm_up(self._models, self.config.warm_models)
+        load_ahead(self._models, self.config.warm_models)
         request: _Request | None = None
         try:
             while (request := self._requests.get()) is not None:
@@ -350,7 +346,7 @@ def _post(
         loop.call_soon_threadsafe(report, progress, context=context)
 
 
-def warm_up(models: Callable[[], Any], names: Sequence[str]) -> None:
+def load_ahead(models: Callable[[], Any], names: Sequence[str]) -> None:
     """Load (and compile) the configured models before the first job, so the first member
     does not wait for torch.compile; a model that fails is tried again by its first job."""
     for name in names:

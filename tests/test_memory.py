@@ -226,9 +226,9 @@ def test_out_of_memory_twice_tells_the_member() -> None:
 async def test_the_engine_retries_an_out_of_memory_batch_in_a_lower_mode(
     tiny_sd1: Path, monkeypatch
 ) -> None:
-    from engine.pipelines import batches as worker_module
+    from engine.pipelines import batches
 
-    real = worker_module.run_batch
+    real = batches.run_batch
     calls: list[int] = []
 
     def first_call_out_of_memory(loaded: Any, config: Any, jobs: Any) -> Any:
@@ -237,7 +237,7 @@ async def test_the_engine_retries_an_out_of_memory_batch_in_a_lower_mode(
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(loaded, config, jobs)
 
-    monkeypatch.setattr(worker_module, "run_batch", first_call_out_of_memory)
+    monkeypatch.setattr(batches, "run_batch", first_call_out_of_memory)
     engine = EngineWorker(
         EngineConfig({"tiny": ModelSpec("tiny", str(tiny_sd1))}, device="cpu", preview_interval=60)
     )
@@ -378,3 +378,19 @@ def test_offload_hooks_follow_the_pipeline_about_to_run() -> None:
     )
     hooked_for(on_cpu, img2img)
     assert len(img2img.calls) == 3  # nothing to hook: everything resident, or no CUDA
+
+
+async def test_a_training_out_of_memory_is_the_members_sentence(tiny_sd1: Path, monkeypatch):
+    import engine.training.trainer
+    from engine.api.jobs import TrainingJob
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine.training.trainer, "train", out_of_memory)
+    engine = EngineWorker(EngineConfig({"tiny": ModelSpec("tiny", str(tiny_sd1))}, device="cpu"))
+    job = TrainingJob(1, replace(training_params(), model="tiny"), workdir="unused")
+    async with engine:
+        with pytest.raises(OutOfMemory):
+            await engine.train(job)
+        assert engine.running  # the engine goes on serving

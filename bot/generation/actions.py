@@ -13,7 +13,7 @@ from dataclasses import replace
 from enum import StrEnum
 
 from bot.community.guilds import GuildSettingsService
-from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE, from_image
+from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE, from_image, store_init
 from bot.generation.options import random_seed
 from bot.generation.regions import RegionEdits, RegionRequest
 from bot.generation.results import Presser, Results
@@ -142,9 +142,7 @@ class ResultActions(Results):
         guild_id, requester = presser.guild_id, presser.requester
         if guild_id is None and job.guild_id is not None:
             guild_id, requester = job.guild_id, replace(requester, in_dm=True)
-        # A mask preview is free: only its Run is charged.
-        submit = self.regions.submit_preview if params.mask_preview else self.dreams.submit
-        return await submit(
+        return await self.dreams.submit(
             params,
             user_id=presser.user_id,
             guild_id=guild_id,
@@ -155,6 +153,7 @@ class ResultActions(Results):
             requester=requester,
             # Pressed in a DM: the new result lands there, as private as the DM itself.
             private=job.private or presser.guild_id is None,
+            free=params.mask_preview,  # a mask preview is free: only its Run is charged
         )
 
     async def params_for(
@@ -246,13 +245,12 @@ class ResultActions(Results):
     async def _strong(self, params: GenerationParams, png: bytes) -> GenerationParams:
         """img2img from the image: composition loosely kept, details free to change."""
         spec = self.dreams.models[params.model]
-        prepared = await asyncio.to_thread(
-            attachments.prepare_init,
+        prepared, key = await store_init(
+            self.inputs,
             png,
             max_pixels=self.settings.max_attachment_pixels,
             pixel_cap=spec.pixel_cap(),
         )
-        key = await self.inputs.put_async(prepared.png)
         return replace(
             from_image(params, key),
             mode="img2img",

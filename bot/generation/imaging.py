@@ -255,6 +255,17 @@ class ImageRequests:
         return fields, prepared.note
 
 
+async def store_init(
+    inputs: InputStore, png: bytes, *, max_pixels: int, pixel_cap: int
+) -> tuple[PreparedImage, str]:
+    """A result's picture sized for the model (off the event loop) and stored by content:
+    the input of a job a button starts from it."""
+    prepared = await asyncio.to_thread(
+        attachments.prepare_init, png, max_pixels=max_pixels, pixel_cap=pixel_cap
+    )
+    return prepared, await inputs.put_async(prepared.png)
+
+
 def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
     """A job that starts from one image (a result's, for its buttons): what masked, grew or
     controlled the source is gone."""

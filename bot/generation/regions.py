@@ -10,21 +10,19 @@ charged then.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, replace
 
-from bot.generation.imaging import DEFAULT_REGION_DENOISE, from_image
-from bot.generation.options import Checked, random_seed
+from bot.generation.imaging import DEFAULT_REGION_DENOISE, from_image, store_init
+from bot.generation.options import random_seed
 from bot.generation.service import DreamService
-from bot.jobs.contracts import JobObserver, JobRefused, Requester, Ticket
+from bot.jobs.contracts import JobRefused
 from bot.jobs.inputs import InputStore
 from bot.settings import Settings
-from data.jobs import Job, Origin
+from data.jobs import Job
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.regions import NEITHER, NOT_SET_UP, RegionProblem, parse_cell
-from engine.imaging import attachments
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +77,12 @@ class RegionEdits:
         if spec is None:
             raise JobRefused(f"Model {params.model} is no longer on this bot.")
         # Sized for the model: an upscaled result is shrunk to what it can inpaint.
-        prepared = await asyncio.to_thread(
-            attachments.prepare_init,
+        prepared, key = await store_init(
+            self.inputs,
             png,
             max_pixels=self.settings.max_attachment_pixels,
             pixel_cap=spec.pixel_cap(),
         )
-        key = await self.inputs.put_async(prepared.png)
         return replace(
             from_image(params, key),
             mode="inpaint",
@@ -108,31 +105,3 @@ class RegionEdits:
         if not params.mask_preview:
             raise JobRefused(NOT_A_PREVIEW)
         return replace(params, mask_preview=False)
-
-    async def submit_preview(
-        self,
-        params: Checked,
-        *,
-        user_id: int,
-        guild_id: int | None,
-        channel_id: int | None,
-        interaction_id: int | None,
-        observer: JobObserver,
-        origin: Origin | None = None,
-        requester: Requester | None = None,
-        private: bool = False,
-    ) -> Ticket:
-        """As DreamService.submit, for a preview that costs nothing: the server's rules (who
-        may use the bot where, its words, the caps) apply, and no credits move."""
-        return await self.dreams.submit(
-            params,
-            user_id=user_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            interaction_id=interaction_id,
-            observer=observer,
-            origin=origin,
-            requester=requester,
-            private=private,
-            free=True,
-        )

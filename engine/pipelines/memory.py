@@ -152,11 +152,12 @@ def compile_unet(pipe: Any) -> None:
 
 
 @contextlib.contextmanager
-def freed_on_oom() -> Iterator[None]:
+def freed_on_oom(what: str) -> Iterator[None]:
     """torch's out-of-memory error as the engine's, with the cache emptied for what follows."""
     try:
         yield
     except torch.OutOfMemoryError:
+        log.warning("out of memory on %s", what)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise OutOfMemory() from None
@@ -176,7 +177,7 @@ def with_oom_fallback(
             torch.cuda.empty_cache()
         mode = lower_once()
         log.warning("out of memory on a batch of %d; retrying in memory mode %s", len(jobs), mode)
-    with freed_on_oom():
+    with freed_on_oom(f"a batch of {len(jobs)}, one mode down"):
         if len(jobs) == 1:
             return run(jobs)
         return [result for job in jobs for result in run([job])]

@@ -98,17 +98,20 @@ def _text_config(tokenizer: CLIPTokenizer, **overrides: Any) -> CLIPTextConfig:
     return CLIPTextConfig(**config)
 
 
-def _tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
+def tiny_vae(**overrides: Any) -> AutoencoderKL:
+    """Two blocks that downsample by 2 (SD's: 8), 4 latent channels unless overridden."""
+    config: dict[str, Any] = {
+        "block_out_channels": (32, 64),
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 2,
+        "up_block_types": ("UpDecoderBlock2D",) * 2,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+    }
+    config.update(overrides)
+    return AutoencoderKL(**config)
 
 
 def _unet(**overrides: Any) -> UNet2DConditionModel:
@@ -131,7 +134,7 @@ def build_tiny_sd1(workdir: Path, seed: int = 0) -> StableDiffusionPipeline:
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(workdir / "tokenizer-src")
     return StableDiffusionPipeline(
-        vae=_tiny_vae(),
+        vae=tiny_vae(),
         text_encoder=CLIPTextModel(_text_config(tokenizer)),
         tokenizer=tokenizer,
         unet=_unet(),
@@ -169,7 +172,7 @@ def build_tiny_sdxl(
         )
     )
     return StableDiffusionXLPipeline(
-        vae=_tiny_vae(),
+        vae=tiny_vae(),
         text_encoder=CLIPTextModel(_text_config(tokenizer)),
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,

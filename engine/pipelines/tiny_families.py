@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from engine.api.families import ModelFamily
-from engine.pipelines.tiny import save_tiny_model, tiny_tokenizer
+from engine.pipelines.tiny import save_tiny_model, tiny_tokenizer, tiny_vae
 
 FLOW_FAMILIES: tuple[ModelFamily, ...] = ("sd3", "flux", "flux-schnell")
 T5_WIDTH = 64
@@ -99,16 +99,9 @@ def _clip_config(tokenizer: CLIPTokenizer, width: int = CLIP_WIDTH) -> CLIPTextC
 
 
 def _vae(shift: float, scale: float) -> AutoencoderKL:
-    """16 latent channels as the real ones; two blocks downsample by 2 (theirs: 8)."""
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+    """16 latent channels as the real ones, and their shift and scale."""
+    return tiny_vae(
         latent_channels=16,
-        norm_num_groups=32,
-        sample_size=64,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=shift,

@@ -8,17 +8,15 @@ weight is loaded (a .safetensors file's family comes from its header's key names
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bot.cli.checks.findings import GIB, Finding, failed, passed
 from bot.settings import Settings
 from engine.api import families
-from engine.api.families import family_from_folder
+from engine.api.families import family_on_disk
 from engine.api.hashes import FileHashCache
-from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec, family_from_keys, looks_like_hub_id
+from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec, looks_like_hub_id
 
 PIPELINE_FILES = ("model_index.json",)
 COMPONENT_FILES = ("config.json",)
@@ -32,8 +30,6 @@ SINGLE_FILE_CONFIGS: dict[str, str] = {
     "sd2": "stabilityai/stable-diffusion-2-1",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
-# safetensors refuses headers over 100 MB; a larger length means the file is something else.
-MAX_HEADER = 100_000_000
 SOURCE_KINDS = "a Hub id, a diffusers folder or a .safetensors/.ckpt file"
 
 
@@ -174,51 +170,21 @@ def _single_file_config(model: ModelSpec, family: str, *, console: bool) -> Find
 
 
 def model_family(model: ModelSpec) -> str | None:
-    """SD1, SD2 or SDXL from what is on disk (a file's key names, a folder's configs), without
-    loading anything; the configured family wins, and a name is the last resort. None for a
-    .safetensors file whose header cannot be read."""
+    """The family from what is on disk (a file's key names, a folder's configs), read as the
+    engine reads it (engine/api/families.py), without loading anything; the configured
+    family wins, and a name is the last resort. None for a .safetensors file whose header
+    cannot be read."""
     if model.family is not None:
         return model.family
     path = Path(model.source).expanduser()
     if path.is_file():
-        if path.suffix.lower() == ".safetensors":
-            return _file_family(path)
-        return 'sd1 (a .ckpt is not opened to tell: set "family" for SD2 or SDXL)'
+        if path.suffix.lower() != ".safetensors":
+            return 'sd1 (a .ckpt is not opened to tell: set "family" for SD2 or SDXL)'
+        return family_on_disk(str(path))
     folder = path if path.is_dir() else hub_cache_folder(model.source, PIPELINE_FILES)
     if folder is None:
         return f"{model.guessed_family()} (guessed from its name)"
-    return _folder_family(folder)
-
-
-def _file_family(path: Path) -> str | None:
-    """Read from the safetensors header (8 bytes of length, then JSON): no tensor is loaded."""
-    try:
-        with path.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 0 < size <= MAX_HEADER:
-                return None
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return None
-    if not isinstance(header, dict):
-        return None
-    keys = set(header)
-    return family_from_keys(keys)
-
-
-def _folder_family(folder: Path) -> str:
-    """As the engine tells it (engine/api/families.py): the pipeline model_index.json names,
-    and the configs that tell SD1 from SD2 or FLUX.1 dev from schnell."""
-    found = family_from_folder(lambda name: _read_json(folder / name))
-    return found or "sd1 (model_index.json names no pipeline of ours)"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return family_on_disk(str(folder)) or "sd1 (model_index.json names no pipeline of ours)"
 
 
 def helper_findings(settings: Settings) -> list[Finding]:
