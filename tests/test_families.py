@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.generation.options import DreamOptions, price_units, resolve_options
+from engine.api.checks import check_params
 from engine.api.families import (
     FAMILIES,
     family_from_folder,
@@ -19,7 +20,7 @@ from engine.api.families import (
     lacks,
     summary,
 )
-from engine.api.params import GenerationParams, InvalidParams, check_params
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.specs import NATIVE_SIZE, ModelSpec
 from tests.factories import standard_params
 

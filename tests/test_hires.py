@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from bot.generation.options import DreamOptions, price_units, resolve_options
+from engine.api.checks import check_params
 from engine.api.hires import hires_size
 from engine.api.infotext import params_from_infotext
 from engine.api.jobs import EngineJob
-from engine.api.params import GenerationParams, InvalidParams, Progress, check_params
+from engine.api.params import GenerationParams, InvalidParams, Progress
 from engine.api.specs import ModelSpec
 from engine.imaging.images import read_png_infotext
 from engine.pipelines.loading import LoadedModel, load_model

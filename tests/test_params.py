@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.generation.options import DreamOptions, resolve_options
-from engine.api.params import GenerationParams, InvalidParams, check_params, parse_size
+from engine.api.checks import check_params, parse_size
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.specs import ModelSpec
 from tests.factories import standard_params
 

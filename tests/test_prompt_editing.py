@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.api.params import InvalidParams, check_params
+from engine.api.checks import check_params
+from engine.api.params import InvalidParams
 from engine.api.prompt_schedule import (
     SECOND_ORDER_SAMPLERS,
     entry_at,

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 
-from engine.api.params import GenerationParams, InvalidParams, check_params
+from engine.api.checks import check_params
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import (
     BREAK,
     parse_attention,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.api.params import InvalidParams, check_region_options
+from engine.api.checks import check_region_options
+from engine.api.params import InvalidParams
 from engine.api.regions import CELLS, cell_box, parse_cell, region_problem
 from engine.imaging import masks
 from engine.pipelines.segment import load_segmenter

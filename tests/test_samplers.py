@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.api.params import GenerationParams, InvalidParams, check_params
+from engine.api.checks import check_params
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import (
     SAMPLERS,
     SCHEDULES,

@@ -19,11 +19,12 @@ from pathlib import Path
 from bot.generation.options import DreamOptions, resolve_options
 from bot.jobs.engines import build_engine, local_engine
 from bot.settings import Settings
+from engine.api.checks import parse_size
 from engine.api.errors import EngineError, ModelLoadError
 from engine.api.families import FAMILIES
 from engine.api.infotext import params_from_infotext
 from engine.api.jobs import EngineJob
-from engine.api.params import GenerationParams, InvalidParams, ModelInfo, parse_size
+from engine.api.params import GenerationParams, InvalidParams, ModelInfo
 from engine.api.port import EnginePort
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelFamily, ModelSpec
 from engine.imaging.images import read_png_infotext

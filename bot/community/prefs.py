@@ -16,7 +16,8 @@ from bot.community.guilds import GuildPolicy, GuildSettingsService
 from bot.generation.options import DEFAULT_STEPS, DreamOptions
 from bot.settings import Settings
 from data.members import DEFAULTS, MemberPresetRepository
-from engine.api.params import MAX_STEPS, MIN_STEPS, InvalidParams, check_size, parse_size
+from engine.api.checks import check_size, parse_size
+from engine.api.params import MAX_STEPS, MIN_STEPS, InvalidParams
 from engine.api.samplers import SAMPLERS
 from engine.api.specs import ModelSpec
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
 from bot.jobs.inputs import InputStore
+from engine.api.checks import check_upscale_size
 from engine.api.infotext import parse_infotext
-from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams, check_upscale_size
+from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams
 from engine.api.specs import ModelSpec
 from engine.imaging import attachments
 from engine.imaging.attachments import PreparedImage

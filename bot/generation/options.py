@@ -11,10 +11,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
 from engine.api.families import Family
 from engine.api.hires import hires_size
 from engine.api.infotext import DISTILLED_CFG
-from engine.api.params import DEFAULT_UPSCALE_PIXELS, GenerationParams, InvalidParams, check_params
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
 from engine.api.specs import ModelSpec
 from engine.api.training_params import TrainingParams

@@ -42,9 +42,10 @@ from data.jobs import (
     QueueCaps,
     QueueFull,
 )
+from engine.api.checks import check_params
 from engine.api.infotext import configured_model, params_from_infotext, parse_infotext
 from engine.api.jobs import EngineJob
-from engine.api.params import GenerationParams, check_params
+from engine.api.params import GenerationParams
 from engine.api.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.api.specs import ModelSpec
 

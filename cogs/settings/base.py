@@ -10,7 +10,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.ui.context import ADMINS_ONLY
-from engine.api.params import InvalidParams, parse_size
+from engine.api.checks import parse_size
+from engine.api.params import InvalidParams
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 
 from bot.training.loras import FOLDER_OWNER
-from engine.api.params import check_size, parse_size
+from engine.api.checks import check_size, parse_size
 from engine.api.samplers import SAMPLERS, SCHEDULES
 from engine.api.specs import ModelSpec
 
