@@ -222,7 +222,8 @@ def selftest_params(family: ModelFamily) -> GenerationParams:
 
 def selftest(settings: Settings, save: Path | None = None, family: ModelFamily = "sd1") -> int:
     """Build a tiny random model of `family`, load it the normal way, generate one image,
-    check it; `save` keeps the model in that new folder."""
+    check it; `save` keeps the model in that new folder. With SDBOT_QUEUE_URL, then each
+    configured model makes one image on the GPU workers (bot/cli/fleet_check.py)."""
     from bot.cli.checks.machine import device_finding
 
     device = device_finding(settings.device)
@@ -271,6 +272,10 @@ def selftest(settings: Settings, save: Path | None = None, family: ModelFamily =
     )
     if save is not None:
         print(f"the tiny model is in {save}: --model {save} on dream")
+    if settings.queue_url is not None:  # and the GPU workers, through the bot's own path
+        from bot.cli.fleet_check import fleet_selftest
+
+        return fleet_selftest(settings, selftest_params)
     return 0
 
 
