@@ -98,10 +98,10 @@ class Describe(commands.Cog, name=DESCRIBE_COG):
         # Refused before anything is downloaded, privately, with no "thinking" message.
         try:
             descriptions.check_available()
-        except JobRefused as refused:
+            self.bot.images.check_size(image.size, "image")
+        except (JobRefused, InvalidParams) as refused:
             await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
             return
-        self.bot.images.check_size(image.size, "image")
         await interaction.response.defer(thinking=True)
         requester = requester_of(
             interaction.user, interaction.channel, is_admin=self.bot.is_admin(interaction.user)
