@@ -4,6 +4,7 @@ charged to them and queued as any /dream, after a restart too. Describing is fre
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,33 @@ async def test_without_the_models_describe_says_so_and_nothing_else(sim, make_se
     assert await jobs(sim) == []
     assert await balance(sim, alice) == before
     assert await sim.bot.descriptions.repository.get(2) is None
+
+
+async def test_a_blocked_member_gets_no_prompts(sim):
+    import discord
+
+    role = sim.guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    boss = sim.guild.add_member(sim.env.create_user("boss"), roles=[role])
+    alice = sim.member("alice")
+    await boss.slash(sim.channel, "settings block", member=alice, reason="spam")
+    result = await describe(sim, alice, png(8))
+    assert ephemeral_followups(result) == ["❌ You are blocked from using this bot here."]
+    assert await sim.bot.descriptions.repository.get(1) is None
+
+
+async def test_one_describe_at_a_time_per_member(sim):
+    from bot.jobs.contracts import JobRefused, Requester
+
+    alice = sim.member("alice")
+    descriptions = sim.bot.descriptions
+
+    async def ask() -> Any:
+        return await descriptions.describe(
+            png(9), user_id=alice.id, guild_id=None, channel_id=None, requester=Requester()
+        )
+
+    first, second = await asyncio.gather(ask(), ask(), return_exceptions=True)
+    assert first.prompts, "the first is described"
+    assert isinstance(second, JobRefused)
+    assert str(second) == "Your last picture is still being described; wait for its prompts."
+    assert (await ask()).prompts == first.prompts, "once it is done, the next is taken"
