@@ -217,7 +217,7 @@ async def test_an_animated_picture_is_described_by_its_first_frame(sim):
 async def test_without_the_models_describe_says_so_and_nothing_else(sim, make_settings):
     alice = sim.member("alice")
     message = (await describe(sim, alice, png(7))).response
-    sim.settings = make_settings(captioner=str(sim.settings.captioner))  # no CLIP ranker
+    sim.settings = make_settings()  # SDBOT_CAPTIONER and SDBOT_CLIP_RANKER emptied
     await sim.restart()
     before = await balance(sim, alice)
     result = await alice.slash(sim.channel, "describe", image=("mine.png", png(7)))
