@@ -29,6 +29,7 @@ from PIL import Image
 from engine.api.describe import NOT_SET_UP, Ranked, Reading, four_prompts
 from engine.api.errors import EngineError
 from engine.imaging.masks import flatten
+from engine.pipelines.memory import freed_on_oom
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ class Describer:
         """Four prompts for the picture; the same picture gets the same four."""
         captioner, ranker = self.models()
         image = read_picture(png)
-        with torch.inference_mode():
+        with freed_on_oom("a /describe"), torch.inference_mode():
             features = ranker.image_features(image)
             ranked = {name: ranker.rank(features, name, TOP[name]) for name in CATEGORIES}
             medium = ranked["mediums"][0][0]
