@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     upscaler: str | None = None
     # Vary (Region) from words: a text-prompted segmentation model (CLIPSeg), Hub id or folder.
     segmenter: str | None = None
+    # /describe: a BLIP captioner and a CLIP ranker of tag lists (Hub ids or folders); both.
+    captioner: str | None = None
+    clip_ranker: str | None = None
     # A folder of LoRA files (kohya / A1111 .safetensors) every member may use by <lora:name:w>.
     lora_dir: Path | None = None
     # Attachments are untrusted: refused over these before they are downloaded or decoded.

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from engine.api.errors import EngineError, EngineStopped
@@ -58,6 +57,9 @@ class EngineConfig:
     warm_models: tuple[str, ...] = ()
     # A text-prompted segmentation model (CLIPSeg) for masks described in words.
     segmenter: str | None = None
+    # /describe: a BLIP captioner and a CLIP (both towers) ranking tag lists (Hub ids or folders).
+    captioner: str | None = None
+    clip_ranker: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class EngineWorker:
         self._stopping = False
         self._cache: Any = None  # engine.pipelines.model_cache.ModelCache, created on the thread
         self._safety: Any = None  # engine.pipelines.safety.SafetyCheckers, created on the thread
+        self._describer: Any = None  # engine.pipelines.describe.Describer, the same way
         self.restarts = 0  # threads started after one died
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop work comes from
         self._slot: asyncio.Semaphore | None = None  # made on the loop that asks for it
@@ -135,6 +138,7 @@ class EngineWorker:
         # weights fused): its models are dropped and the new thread loads them again.
         self._cache = None
         self._safety = None
+        self._describer = None
         log.warning("starting a new engine thread (restart %d)", self.restarts)
         self._start_thread()
 
@@ -233,27 +237,24 @@ class EngineWorker:
         return await self.call(partial(self._train, threaded))
 
     def _train(self, job: TrainingJob) -> TrainingOutcome:
-        import torch
+        from engine.training.samples import train_and_sample
 
-        from engine.pipelines.memory import freed_on_oom
-        from engine.training.samples import make_samples
-        from engine.training.trainer import train
+        return train_and_sample(self._models().get(job.params.model), job, self.config.noise)
 
-        loaded = self._models().get(job.params.model)
-        images = [job.inputs[key] for key in job.params.image_keys]
-        with freed_on_oom(f"training job {job.job_id}"):
-            result = train(
-                loaded,
-                job.params,
-                images,
-                workdir=Path(job.workdir),
-                report=job.report,
-                cancel=job.cancel,
-                class_images_dir=Path(job.class_dir) if job.class_dir else None,
+    async def describe(self, png: bytes) -> list[str]:
+        """Four A1111 prompts for a picture (/describe), by the captioner and CLIP ranker,
+        which are loaded on the engine thread the first time and kept."""
+        return await self.call(partial(self._describe, png))
+
+    def _describe(self, png: bytes) -> list[str]:
+        from engine.pipelines.describe import Describer
+
+        if self._describer is None:
+            config = self.config
+            self._describer = Describer(
+                config.captioner, config.clip_ranker, config.device, config.dtype
             )
-            with torch.inference_mode():
-                samples = make_samples(loaded, job.params, result.path, self.config.noise)
-        return TrainingOutcome(result, samples)
+        return self._describer.describe(png)
 
     def _models(self) -> Any:
         if self._cache is None:

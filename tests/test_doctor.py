@@ -348,3 +348,21 @@ def test_the_memory_mode_each_model_would_run_in(monkeypatch):
         "✓ SDBOT_MEMORY=auto: on no CUDA card (offloading needs one; modes only slice and "
         "tile): mine low, sd15 high, sdxl high"
     )
+
+
+def test_describes_two_models_are_checked_as_a_pair(good, tmp_path, capsys):
+    blip = tmp_path / "blip"
+    blip.mkdir()
+    (blip / "config.json").write_text("{}")
+    assert failures(report(good(), capsys)[1]) == [], "neither: /describe is simply off"
+    _, lines = report(good(captioner=str(blip)), capsys)
+    assert f"✓ SDBOT_CAPTIONER: folder {blip}" in lines
+    assert failures(lines) == [
+        "✗ SDBOT_CLIP_RANKER: not set, and /describe needs it beside SDBOT_CAPTIONER: set "
+        "SDBOT_CLIP_RANKER (a Hub id or folder), or empty SDBOT_CAPTIONER to leave /describe off"
+    ]
+    _, lines = report(good(captioner=str(blip), clip_ranker=str(tmp_path / "none")), capsys)
+    assert [line for line in failures(lines) if "SDBOT_CLIP_RANKER" in line] == [
+        f"✗ SDBOT_CLIP_RANKER: there is no file or folder {tmp_path / 'none'}: fix "
+        "SDBOT_CLIP_RANKER (a Hub id or a diffusers folder)"
+    ]

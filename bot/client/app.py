@@ -17,6 +17,7 @@ from bot.community.guilds import GuildSettingsService
 from bot.community.policy import CommunityPolicy
 from bot.community.prefs import PreferenceService
 from bot.generation.actions import ResultActions
+from bot.generation.describe import Descriptions
 from bot.generation.imaging import ImageRequests
 from bot.generation.service import DreamService
 from bot.jobs import recovery
@@ -48,6 +49,7 @@ EXTENSIONS = (
     "cogs.stats",
     "cogs.train",
     "cogs.loras",
+    "cogs.describe",
 )
 
 
@@ -67,6 +69,7 @@ class SDBot(commands.Bot):
         community: CommunityPolicy,
         training: TrainingService,
         library: LoraLibrary,
+        descriptions: Descriptions,
     ) -> None:
         # Slash commands only: no message-content intent is needed (DM text is readable).
         intents = discord.Intents.default()
@@ -97,6 +100,7 @@ class SDBot(commands.Bot):
         self.community = community
         self.training = training
         self.library = library  # the LoRAs and embeddings members trained
+        self.descriptions = descriptions  # /describe's prompts and their buttons
         self.models = dreams.models  # the models the owner configured, by name
         self._dispatcher: asyncio.Task[None] | None = None
         # The store and the engine, opened in setup_hook and closed, engine first, in close.

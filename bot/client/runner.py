@@ -17,6 +17,7 @@ from bot.community.prefs import PreferenceService
 from bot.community.safety import SafetyReview
 from bot.generation.actions import ResultActions
 from bot.generation.batching import ImageBudget
+from bot.generation.describe import Descriptions
 from bot.generation.handler import GenerationHandler
 from bot.generation.imaging import ImageRequests
 from bot.generation.options import STANDARD_JOB
@@ -34,6 +35,7 @@ from bot.training.lora_folder import LoraFolder
 from bot.training.loras import LoraLibrary
 from bot.training.service import TrainingService
 from data.credits import CreditRepository
+from data.descriptions import DescriptionRepository
 from data.guilds import GuildSettingsRepository
 from data.jobs import JobRepository
 from data.loras import LoraRepository
@@ -99,6 +101,11 @@ def build_bot(
         library,
         community=community,
     )
+    actions = ResultActions(settings, jobs, guilds, dreams, inputs)
+    prefs = PreferenceService(settings, guilds, MemberPresetRepository(store))
+    descriptions = Descriptions(
+        settings, engine, DescriptionRepository(store), actions, dreams, prefs, community
+    )
     return SDBot(
         settings,
         store,
@@ -107,12 +114,13 @@ def build_bot(
         dreams,
         CreditService(credit_book, dreams.price(STANDARD_JOB)),
         guilds,
-        ResultActions(settings, jobs, guilds, dreams, inputs),
+        actions,
         ImageRequests(dreams, inputs),
-        PreferenceService(settings, guilds, MemberPresetRepository(store)),
+        prefs,
         community,
         training,
         library,
+        descriptions,
     )
 
 

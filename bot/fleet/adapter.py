@@ -204,6 +204,10 @@ class RedisEngine:
         outcome = await self._send({"kind": "safety", "source": source, "images": list(images)})
         return [bool(flag) for flag in outcome]
 
+    async def describe(self, png: bytes) -> list[str]:
+        # Any worker serves it (the batches stream): it needs no Stable Diffusion model.
+        return [str(prompt) for prompt in await self._send({"kind": "describe", "image": png})]
+
     async def preload(self, model: str) -> ModelInfo:
         return ModelInfo(**await self._send({"kind": "preload", "model": model}, model))
 

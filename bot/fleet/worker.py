@@ -176,6 +176,8 @@ class FleetWorker:
             return await self._train(request, cancels)
         if kind == "safety":
             return await self.engine.check_safety(request["source"], list(request["images"]))
+        if kind == "describe":
+            return await self.engine.describe(bytes(request["image"]))
         if kind == "preload":
             return asdict(await self.engine.preload(str(request["model"])))
         raise BadMessage(f"unknown request {kind!r}")

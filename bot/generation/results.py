@@ -8,6 +8,7 @@ import asyncio
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from bot.community.guilds import GuildSettingsService
 from bot.generation.options import TRAIN
@@ -18,6 +19,19 @@ from data.jobs import Job, JobImage, JobRepository, JobStatus
 # The same answer whether the job is another server's, another channel's or someone's DM:
 # it says nothing of the job.
 NOT_YOURS = "That result is not one you can see here."
+
+
+class Posted(Protocol):
+    """What the rules below judge by: a job's result, or /describe's prompts."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def guild_id(self) -> int | None: ...
+    @property
+    def channel_id(self) -> int | None: ...
+    @property
+    def private(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +45,7 @@ class Presser:
     is_owner: bool = False
     requester: Requester = field(default_factory=Requester)  # roles and channel, for the rules
 
-    def admin_of(self, job: Job) -> bool:
+    def admin_of(self, job: Posted) -> bool:
         return self.is_owner or (
             self.is_admin and job.guild_id is not None and job.guild_id == self.guild_id
         )
@@ -85,7 +99,7 @@ class Results:
         return await self.jobs.by_message(message_id)
 
     @staticmethod
-    def check_may_see(job: Job, presser: Presser) -> None:
+    def check_may_see(job: Posted, presser: Presser) -> None:
         """The requester and owners anywhere; nobody else a result delivered by DM; an admin
         of the job's server from that server; anyone else only in the channel the result was
         posted in.
@@ -107,7 +121,7 @@ class Results:
         if not posted_here:
             raise JobRefused(NOT_YOURS)
 
-    async def check_may_press(self, job: Job, presser: Presser) -> None:
+    async def check_may_press(self, job: Posted, presser: Presser) -> None:
         """Seeing, and then: the requester, an admin of the job's server, an owner; anyone if
         the server lets them (each pays for their own clicks)."""
         self.check_may_see(job, presser)

@@ -36,5 +36,7 @@ def local_engine(settings: Settings, models: dict[str, ModelSpec] | None = None)
             compile=settings.compile,
             warm_models=(settings.default_model,) if settings.compile else (),
             segmenter=settings.segmenter or None,
+            captioner=settings.captioner or None,
+            clip_ranker=settings.clip_ranker or None,
         )
     )

@@ -4,7 +4,7 @@ show its parameters, delete it, open a modal, or start the job that the button n
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
@@ -14,7 +14,7 @@ from bot.generation.regions import NOT_A_PREVIEW, RegionRequest
 from bot.jobs.contracts import JobRefused, Ticket
 from cogs.results.modals import EditModal, RegionModal, ZoomModal
 from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
-from cogs.ui.context import requester_of
+from cogs.ui.context import presser_of
 from cogs.ui.infotext import infotext_embed
 from cogs.ui.presenter import ReplyPresenter, previews_allowed
 from cogs.ui.rendering import credits_text
@@ -46,21 +46,6 @@ def reproduce_command(params: GenerationParams) -> str:
             f"variation_strength:{params.variation_strength:g}",
         ]
     return "/dream " + " ".join(option for option in options if option)
-
-
-def presser_of(
-    bot: SDBot, user: discord.abc.User, guild_id: int | None, channel_id: int | None, channel: Any
-) -> Presser:
-    """Who pressed (a button or a reaction), with their standing and channel."""
-    is_admin = bot.is_admin(user)
-    return Presser(
-        user_id=user.id,
-        guild_id=guild_id,
-        channel_id=channel_id,
-        is_admin=is_admin,
-        is_owner=bot.is_owner_id(user.id),
-        requester=requester_of(user, channel, is_admin=is_admin),
-    )
 
 
 def action_label(action: Action, image: int | None) -> str:

@@ -18,8 +18,9 @@ from discord.ext import commands
 from bot.client.replies import mention_only
 from bot.generation.actions import Action, Presser
 from bot.jobs.contracts import JobRefused
-from cogs.results.clicks import action_label, presser_of
+from cogs.results.clicks import action_label
 from cogs.ui.buttons import view_factory
+from cogs.ui.context import presser_of
 from cogs.ui.infotext import infotext_embed
 from cogs.ui.presenter import ReplyPresenter, previews_allowed, tell_privately
 from cogs.ui.rendering import DEFAULT_FILE_LIMIT, REQUEST_LIMIT

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.generation.results import Presser
 from bot.jobs.contracts import JobOutcome, Requester
 from cogs.ui.presenter import DreamPresenter
 from cogs.ui.rendering import DEFAULT_FILE_LIMIT, result_embed, result_files
+
+if TYPE_CHECKING:
+    from bot.client.app import SDBot
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,21 @@ def requester_of(
         age_restricted=is_age_restricted(channel),
         is_admin=is_admin,
         in_dm=in_dm,
+    )
+
+
+def presser_of(
+    bot: SDBot, user: discord.abc.User, guild_id: int | None, channel_id: int | None, channel: Any
+) -> Presser:
+    """Who pressed (a button or a reaction), with their standing and channel."""
+    is_admin = bot.is_admin(user)
+    return Presser(
+        user_id=user.id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        is_admin=is_admin,
+        is_owner=bot.is_owner_id(user.id),
+        requester=requester_of(user, channel, is_admin=is_admin),
     )
 
 

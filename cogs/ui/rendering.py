@@ -40,7 +40,7 @@ def result_embed(
     params = outcome.params
     embed = discord.Embed(description=_clip(params.prompt, DESCRIPTION_LIMIT), colour=0x5865F2)
     title = MODE_TITLES.get(params.mode, params.mode)
-    if outcome.job.action:
+    if outcome.job.action and outcome.job.parent_id is not None:
         title = f"{title} ({action_name(outcome.job.action)} of job {outcome.job.parent_id})"
     if requester is not None:
         embed.set_author(name=f"{title} for {requester.display_name}")

@@ -66,6 +66,11 @@ class EnginePort(Protocol):
     async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
         """Whether each PNG is flagged by the safety checker at `source`."""
 
+    async def describe(self, png: bytes) -> list[str]:
+        """Four prompts in A1111's syntax for a picture (/describe), the same four for the
+        same picture; EngineError (its `user_message` is for members) when the captioner or
+        the ranker is not set up or fails."""
+
     async def workers(self) -> list[WorkerState]:
         """The GPUs serving the bot now: its own engine thread, or each live worker."""
 

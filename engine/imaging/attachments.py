@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.api.params import InvalidParams
 from engine.imaging.images import UnreadableImage
-from engine.imaging.masks import binary_mask
+from engine.imaging.masks import binary_mask, flatten
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,14 @@ def prepare_control(data: bytes, *, max_pixels: int, size: tuple[int, int]) -> P
         f"to {size[0]}x{size[1]}."
     )
     return _prepared(fitted, note)
+
+
+def prepare_for_reading(data: bytes, *, max_pixels: int, longest: int) -> PreparedImage:
+    """A picture only looked at (/describe): checked like any attachment, flattened onto
+    white, and shrunk to `longest` pixels a side, which is all a captioner looks at."""
+    image = flatten(load_image(data, max_pixels=max_pixels))
+    image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return _prepared(image, "")
 
 
 def outpaint_pads(

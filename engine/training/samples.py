@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from engine.api.jobs import EngineJob
+import torch
+
+from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GeneratedImage, GenerationParams
 from engine.api.training_params import TrainingParams, sample_prompts
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.lora import adapters_for
+from engine.pipelines.memory import freed_on_oom
 from engine.pipelines.txt2img import generate_batch
+from engine.training.trainer import train
 
 SAMPLE_COUNT = 2
 SAMPLE_STEPS = 20
@@ -55,3 +59,21 @@ def make_samples(
     with adapters_for(loaded, jobs[0].params):
         results = generate_batch(loaded, jobs, preview_interval=math.inf, noise=noise)
     return [image for result in results for image in result.images]
+
+
+def train_and_sample(loaded: LoadedModel, job: TrainingJob, noise: str) -> TrainingOutcome:
+    """EngineWorker.train on the engine thread: train, then the sample images."""
+    images = [job.inputs[key] for key in job.params.image_keys]
+    with freed_on_oom(f"training job {job.job_id}"):
+        result = train(
+            loaded,
+            job.params,
+            images,
+            workdir=Path(job.workdir),
+            report=job.report,
+            cancel=job.cancel,
+            class_images_dir=Path(job.class_dir) if job.class_dir else None,
+        )
+        with torch.inference_mode():
+            samples = make_samples(loaded, job.params, result.path, noise)
+    return TrainingOutcome(result, samples)

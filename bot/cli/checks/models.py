@@ -206,4 +206,27 @@ def helper_findings(settings: Settings) -> list[Finding]:
         findings.append(
             source_finding("SDBOT_UPSCALER", settings.upscaler, "SDBOT_UPSCALER", single_file=False)
         )
+    return findings + describe_findings(settings)
+
+
+def describe_findings(settings: Settings) -> list[Finding]:
+    """/describe's captioner and CLIP ranker (transformers folders): both, or neither."""
+    pair = {"SDBOT_CAPTIONER": settings.captioner, "SDBOT_CLIP_RANKER": settings.clip_ranker}
+    if not any(pair.values()):
+        return []
+    findings = []
+    for subject, source in pair.items():
+        other = next(name for name in pair if name != subject)
+        if not source:
+            findings.append(
+                failed(
+                    subject,
+                    f"not set, and /describe needs it beside {other}",
+                    f"set {subject} (a Hub id or folder), or empty {other} to leave /describe off",
+                )
+            )
+        else:
+            findings.append(
+                source_finding(subject, source, subject, files=("config.json",), single_file=False)
+            )
     return findings
