@@ -22,6 +22,7 @@ from bot.jobs.contracts import JobObserver, JobRefused, Ticket
 from bot.jobs.inputs import InputStore
 from bot.settings import Settings
 from data.jobs import Job, JobImage, JobRepository, Origin
+from engine.api.edits import FROM_NOISE_MODES
 from engine.api.params import GenerationParams, InvalidParams
 from engine.imaging import attachments
 
@@ -182,8 +183,10 @@ class ResultActions(Results):
                 negative=(negative if negative is not None else params.negative).strip(),
             )
         chosen = await self._image(job, image)
-        if action is Action.VARY and params.mode != "txt2img":
-            raise JobRefused("Subtle variations are for text-to-image results; try a strong one.")
+        if action is Action.VARY and params.mode not in FROM_NOISE_MODES:
+            raise JobRefused(
+                "Subtle variations are for text-to-image and edited results; try a strong one."
+            )
         if action is Action.VARY:
             # A1111's variation seed: the image's own noise with a new seed's blended in.
             return replace(

@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.client.replies import first_delivery
 from bot.jobs.contracts import JobOutcome
+from engine.api.edits import FROM_NOISE_MODES
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
@@ -112,9 +113,9 @@ def result_view(
         if can_upscale(image.width, image.height):
             label = "Upscale" if single else f"U{idx + 1}"
             view.add_item(ResultButton("upscale", job_id, idx, label=label, row=0))
-    # Starting noise is the pipeline's own outside text to image, so a variation seed (a
-    # blend of two noises) means nothing there: those results get only strong variations.
-    subtle = outcome.params.mode == "txt2img"
+    # Starting noise is the pipeline's own outside text to image and edits, so a variation
+    # seed (a blend of two noises) means nothing there: those get only strong variations.
+    subtle = outcome.params.mode in FROM_NOISE_MODES
     if subtle:
         for idx in range(len(images)):
             label = "Vary (subtle)" if single else f"V{idx + 1}"

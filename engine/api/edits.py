@@ -45,18 +45,20 @@ def edit_model(models: Mapping[str, ModelSpec], *preferred: str | None) -> str |
     return next((name for name, spec in models.items() if can_edit(spec)), None)
 
 
+def image_cfg_problem(image_cfg: float) -> str | None:
+    if MIN_IMAGE_CFG <= image_cfg <= MAX_IMAGE_CFG:
+        return None
+    return f"Image CFG scale must be {MIN_IMAGE_CFG:g}-{MAX_IMAGE_CFG:g}, not {image_cfg:g}."
+
+
 def edit_problem(params: GenerationParams, spec: ModelSpec) -> str | None:
     """The first thing an edit job asks that cannot run, as a sentence; None when it can.
 
     The image CFG scale is checked in every mode, as denoise is: infotext brings it back into
     any job (engine/api/infotext.py), and only an edit reads it."""
-    if not MIN_IMAGE_CFG <= params.image_cfg <= MAX_IMAGE_CFG:
-        return (
-            f"Image CFG scale must be {MIN_IMAGE_CFG:g}-{MAX_IMAGE_CFG:g}, "
-            f"not {params.image_cfg:g}."
-        )
-    if params.mode != EDIT:
-        return None
+    problem = image_cfg_problem(params.image_cfg)
+    if problem is not None or params.mode != EDIT:
+        return problem
     if not can_edit(spec):
         return f"Model {spec.name} cannot edit pictures from instructions here."
     if params.denoise != EDIT_DENOISE:
