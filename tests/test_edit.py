@@ -25,16 +25,10 @@ from engine.imaging.images import read_png_infotext
 from engine.pipelines.conditioned import generate_conditioned
 from engine.pipelines.edit import pix2pix_guidance
 from engine.pipelines.loading import LoadedModel, load_model
-from engine.pipelines.tiny import save_tiny_instruct_pix2pix
 from tests.factories import tiny_params
 
 CPU = torch.device("cpu")
 INIT = "init"
-
-
-@pytest.fixture(scope="session")
-def tiny_pix2pix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,11 @@ import pytest
 from data.jobs import JobStatus
 from engine.api.edits import NOT_SET_UP
 from engine.api.params import GenerationParams, InvalidParams
-from engine.pipelines.tiny import save_tiny_instruct_pix2pix
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups
 from tests.test_images_discord import finished, first_image, picture, png, private_answer
 
 TINY_MODEL = {"default_size": (64, 64), "max_pixels": 128 * 128}
-
-
-@pytest.fixture(scope="session")
-def tiny_pix2pix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
 
 @pytest.fixture
@@ -155,6 +149,22 @@ async def test_a_second_member_rerolls_an_edit_on_the_same_picture_and_pays_for_
     assert values["Seed"] == str(job.params["seed"])
     assert "Variation seed" in values
     assert values["Image CFG scale"] == "1.5"
+
+
+async def test_the_edit_button_runs_another_instruction_on_the_same_picture(sim):
+    alice = sim.member("alice")
+    message = await finished(sim, await edit(sim, alice, seed=8))
+    [first] = await jobs_of(sim)
+    shown = await alice.click(message, label="Edit")
+    assert shown.modal is not None
+    submitted = await alice.submit_modal(shown, {"prompt": "make it night", "negative": ""})
+    reply = await reply_for(sim, message, submitted)
+    _, values = await first_image(reply)
+    assert values["Seed"] == "8"
+    assert values["Image CFG scale"] == "1.5"
+    job = await sim.bot.scheduler.jobs.get(job_of(reply))
+    assert (job.params["mode"], job.params["prompt"]) == ("edit", "make it night")
+    assert job.params["init_image"] == first.params["init_image"]
 
 
 @pytest.mark.parametrize(

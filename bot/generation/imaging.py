@@ -126,18 +126,16 @@ class ImageRequests:
         params = self._params(replace(options, size=(init.width, init.height)), **fields)
         return Prepared(params, _notes(init.note, control_note))
 
-    def check_edit(self, instruction: str, image_cfg: float | None) -> str:
-        """/edit's options that need no picture, refused before it is downloaded; the model
-        that will edit (engine/api/edits.py), or InvalidParams saying why none can."""
-        model = edit_model(self.dreams.models, self.settings.default_model)
-        if model is None:
+    def check_edit(self, instruction: str, image_cfg: float | None) -> None:
+        """/edit's options that need no picture, refused (InvalidParams) before it is
+        downloaded: a bot with no model that can edit (engine/api/edits.py) first."""
+        if edit_model(self.dreams.models) is None:
             raise InvalidParams(NOT_SET_UP)
         if not instruction.strip():
             raise InvalidParams("Say what to change, for example: make it winter.")
         problem = image_cfg_problem(image_cfg) if image_cfg is not None else None
         if problem is not None:
             raise InvalidParams(problem)
-        return model
 
     async def edit(
         self, options: DreamOptions, image: bytes, image_cfg: float | None = None
