@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bot.generation.options import DreamOptions
 from data.jobs import JobStatus
 from engine.api.edits import NOT_SET_UP
 from engine.api.params import GenerationParams, InvalidParams
@@ -217,3 +218,30 @@ async def test_a_bot_without_an_edit_model_says_so_in_one_sentence(sim):
     assert await jobs_of(sim) == []
     assert stored_inputs(sim) == []
     assert await balance(sim, alice) == sim.settings.starting_credits
+
+
+async def test_a_queued_edit_survives_a_restart_with_its_picture(sim):
+    alice = sim.member("alice")
+    options = DreamOptions("make it winter", seed=6, steps=2)
+    prepared = await sim.bot.images.edit(options, png(picture()))
+    await sim.bot.dreams.jobs.create(
+        kind="edit",
+        user_id=alice.id,
+        guild_id=sim.guild.id,
+        channel_id=sim.channel.id,
+        interaction_id=None,
+        params=prepared.params.to_dict(),
+        cost=1,
+    )
+    await sim.restart()
+
+    def posted() -> list[Any]:
+        return [m for m in sim.channel.history() if m.attachments]
+
+    await wait_until(sim.env, lambda: bool(posted()))
+    [job] = await jobs_of(sim)
+    assert job.status is JobStatus.SUCCEEDED
+    [message] = posted()
+    _, values = await first_image(message)
+    assert (values["Seed"], values["Image CFG scale"]) == ("6", "1.5")
+    assert "Reroll" in labels(message)
