@@ -4,12 +4,14 @@ and a bot without an edit model answered in one sentence, nothing charged."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bot.generation.options import DreamOptions
 from data.jobs import JobStatus
@@ -51,6 +53,10 @@ def params_of(job: Any) -> GenerationParams:
 
 def stored_inputs(sim: Any) -> list[Path]:
     return [path for path in sim.bot.images.inputs.folder.rglob("*") if path.is_file()]
+
+
+def rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def labels(message: Any) -> list[str]:
@@ -244,4 +250,41 @@ async def test_a_queued_edit_survives_a_restart_with_its_picture(sim):
     [message] = posted()
     _, values = await first_image(message)
     assert (values["Seed"], values["Image CFG scale"]) == ("6", "1.5")
+    assert "Reroll" in labels(message)
+
+
+async def test_change_by_words_under_a_result_edits_that_picture(sim):
+    alice, bob = sim.member("alice"), sim.member("bob")
+    made = await alice.slash(sim.channel, "dream", prompt="a cat", steps=2, seed=4)
+    message = await finished(sim, made)
+    [dreamed] = await jobs_of(sim)
+    assert "Change by words" in labels(message)
+    bob_before = await balance(sim, bob)
+
+    shown = await bob.click(message, label="Change by words")
+    assert shown.modal is not None
+    refused = await bob.submit_modal(shown, {"instruction": "   "})
+    assert answer(refused) == "❌ Say what to change, for example: make it winter."
+    assert len(await jobs_of(sim)) == 1
+
+    shown = await bob.click(message, label="Change by words")
+    submitted = await bob.submit_modal(shown, {"instruction": "make it winter"})
+    reply = await reply_for(sim, message, submitted)
+    assert reply.embeds[0].author.name.startswith("Edit (change by words of job")
+    job = await sim.bot.scheduler.jobs.get(job_of(reply))
+    assert (job.parent_id, job.action, job.user_id) == (dreamed.id, "instruct", bob.id)
+    assert (job.params["mode"], job.params["model"]) == ("edit", "editor")
+    assert (job.params["prompt"], job.params["image_cfg"]) == ("make it winter", 1.5)
+    # It starts from the result's own picture.
+    picture_in = sim.bot.images.inputs.get(job.params["init_image"])
+    assert rgb(picture_in).tolist() == rgb(await message.attachments[0].read()).tolist()
+    assert await balance(sim, bob) == bob_before - job.cost
+    assert "Change by words" in labels(reply)
+
+
+@pytest.mark.parametrize("settings", ["without an editor"], indirect=True)
+async def test_no_change_by_words_where_no_model_can_edit(sim):
+    alice = sim.member("alice")
+    message = await finished(sim, await alice.slash(sim.channel, "dream", prompt="a cat", steps=1))
+    assert "Change by words" not in labels(message)
     assert "Reroll" in labels(message)

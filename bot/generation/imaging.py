@@ -14,7 +14,13 @@ from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
 from bot.jobs.inputs import InputStore
 from engine.api.checks import check_upscale_size
-from engine.api.edits import EDIT_DENOISE, NOT_SET_UP, edit_model, image_cfg_problem
+from engine.api.edits import (
+    EDIT_DENOISE,
+    NO_INSTRUCTION,
+    NOT_SET_UP,
+    edit_model,
+    image_cfg_problem,
+)
 from engine.api.infotext import parse_infotext
 from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams
 from engine.api.specs import ModelSpec
@@ -132,7 +138,7 @@ class ImageRequests:
         if edit_model(self.dreams.models) is None:
             raise InvalidParams(NOT_SET_UP)
         if not instruction.strip():
-            raise InvalidParams("Say what to change, for example: make it winter.")
+            raise InvalidParams(NO_INSTRUCTION)
         problem = image_cfg_problem(image_cfg) if image_cfg is not None else None
         if problem is not None:
             raise InvalidParams(problem)

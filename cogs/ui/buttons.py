@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.client.replies import first_delivery
 from bot.jobs.contracts import JobOutcome
-from engine.api.edits import FROM_NOISE_MODES
+from engine.api.edits import FROM_NOISE_MODES, edit_model
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
@@ -27,7 +27,8 @@ NO_SUCH_BUTTON = "That button refers to nothing I know; it may be from an old me
 # Discord: a custom_id is 1-100 characters; ours are at most ~40.
 TEMPLATE = (
     r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete"
-    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square|region|regionrun|regioncancel)"
+    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square|region|regionrun|regioncancel"
+    r"|instruct)"
     r":(?P<job>[0-9]{1,20})"
     r"(?::(?P<image>[0-9]{1,2}))?"
 )
@@ -95,12 +96,16 @@ def job_id_of(digits: str) -> int:
 
 
 def result_view(
-    outcome: JobOutcome, can_upscale: Callable[[int, int], bool], regions: bool = False
+    outcome: JobOutcome,
+    can_upscale: Callable[[int, int], bool],
+    regions: bool = False,
+    edits: bool = False,
 ) -> discord.ui.View:
     """U1..Un, V1..Vn and strong variations, then reroll, info, edit and delete.
 
     One image gets Midjourney's words on a single row (with Vary (Region) where `regions`:
-    the bot has a segmenter); a grid gets one row per kind. A mask preview gets Run and
+    the bot has a segmenter) and Change by words (where `edits`: a model can edit); a grid
+    gets one row per kind. A mask preview gets Run and
     Cancel alone.
     """
     job_id = outcome.job.id
@@ -126,6 +131,8 @@ def result_view(
         view.add_item(ResultButton("strong", job_id, idx, label=label, row=strong_row))
     if single and regions:
         view.add_item(ResultButton("region", job_id, 0, label="Vary (Region)", row=0))
+    if single and edits:
+        view.add_item(ResultButton("instruct", job_id, 0, label="Change by words", row=0))
     tools = 1 if single else strong_row + 1
     view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄", row=tools))
     view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️", row=tools))
@@ -170,4 +177,5 @@ def preview_view(job_id: int) -> discord.ui.View:
 
 def view_factory(bot: SDBot) -> Callable[[JobOutcome], discord.ui.View]:
     regions = bool(bot.settings.segmenter)
-    return lambda outcome: result_view(outcome, bot.actions.can_upscale, regions)
+    edits = edit_model(bot.dreams.models) is not None
+    return lambda outcome: result_view(outcome, bot.actions.can_upscale, regions, edits)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 EDIT = "edit"
 NOT_SET_UP = "/edit is not set up on this bot."
+NO_INSTRUCTION = "Say what to change, for example: make it winter."
 # InstructPix2Pix starts from pure noise, the picture only conditioning the model: A1111
 # runs such a model at a denoising strength of 1 to do the same, and writes it so.
 EDIT_DENOISE = 1.0
