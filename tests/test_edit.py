@@ -243,3 +243,18 @@ def test_an_edit_is_priced_as_the_steps_it_runs():
     standard = edit_params(steps=20, width=512, height=512, sampler="DDIM")
     assert price_units(standard) == pytest.approx(1.0)
     assert price_units(replace(standard, steps=40, count=2)) == pytest.approx(4.0)
+
+
+def test_the_doctor_checks_an_edit_source(tiny_sd1, tiny_pix2pix, tmp_path):
+    from bot.cli.checks.models import model_findings
+
+    found = model_findings(ModelSpec("tiny", str(tiny_sd1), edit_source=str(tiny_pix2pix)))
+    assert f"✓ SDBOT_MODELS (tiny.edit_source): folder {tiny_pix2pix}" in [
+        finding.line() for finding in found
+    ]
+    gone = tmp_path / "ip2p"
+    [*_, last] = model_findings(ModelSpec("tiny", str(tiny_sd1), edit_source=str(gone)))
+    assert last.line() == (
+        f"✗ SDBOT_MODELS (tiny.edit_source): there is no file or folder {gone}: fix its "
+        '"edit_source" (a Hub id, a diffusers folder or a .safetensors/.ckpt file)'
+    )
