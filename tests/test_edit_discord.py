@@ -18,7 +18,7 @@ from data.jobs import JobStatus
 from engine.api.edits import NOT_SET_UP
 from engine.api.params import GenerationParams, InvalidParams
 from tests.conftest import wait_until
-from tests.discord_helpers import ephemeral_followups
+from tests.discord_helpers import ephemeral_followups, has_result, original_edits
 from tests.test_images_discord import finished, first_image, picture, png, private_answer
 
 TINY_MODEL = {"default_size": (64, 64), "max_pixels": 128 * 128}
@@ -288,3 +288,17 @@ async def test_no_change_by_words_where_no_model_can_edit(sim):
     message = await finished(sim, await alice.slash(sim.channel, "dream", prompt="a cat", steps=1))
     assert "Change by words" not in labels(message)
     assert "Reroll" in labels(message)
+
+
+async def test_reproduce_of_an_edit_runs_its_instruction_and_says_the_picture_is_not_there(sim):
+    alice = sim.member("alice")
+    message = await finished(sim, await edit(sim, alice, seed=2))
+    posted = await message.attachments[0].read()
+    again = await alice.slash(sim.channel, "reproduce", image=("edited.png", posted))
+    await wait_until(sim.env, lambda: has_result(again))
+    queued = original_edits(sim.env, again)[0]["content"]
+    assert "The picture it edited is not in its parameters" in queued
+    assert "Not reproduced: Image CFG scale, Denoising strength." in queued
+    await sim.bot.scheduler.drain()
+    rerun = await sim.bot.scheduler.jobs.get(job_of(again.response))
+    assert (rerun.params["mode"], rerun.params["prompt"]) == ("txt2img", "make it winter")
