@@ -51,6 +51,9 @@ class ModelSettings(BaseModel):
     inpaint_source: str | None = Field(
         default=None, description="A dedicated inpainting checkpoint for /inpaint and /outpaint"
     )
+    edit_source: str | None = Field(
+        default=None, description="An InstructPix2Pix model (its 8-channel UNet) for /edit"
+    )
     controlnets: dict[str, str] = Field(
         default_factory=dict, description="ControlNet sources by control type, e.g. canny"
     )
@@ -82,6 +85,7 @@ class ModelSettings(BaseModel):
             max_pixels=self.max_pixels,
             note=self.note,
             inpaint_source=self.inpaint_source,
+            edit_source=self.edit_source,
             controlnets=dict(self.controlnets),
             vae=self.vae,
             memory=self.memory,

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from bot.settings import Settings
-from engine.pipelines.tiny import save_tiny_model
+from engine.pipelines.tiny import save_tiny_instruct_pix2pix, save_tiny_model
 from tests.redis_server import RedisServer, require_redis_server
 
 DEV_GUILD = 424242424242424242
@@ -36,6 +36,12 @@ def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_pix2pix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny InstructPix2Pix model (/edit): an SD1 folder whose UNet takes 8 channels."""
+    return save_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
 
 @pytest.fixture

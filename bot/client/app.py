@@ -38,6 +38,7 @@ UNKNOWN_BUTTON = "That button no longer does anything; use the newest message's 
 EXTENSIONS = (
     "cogs.dream",
     "cogs.images",
+    "cogs.edit",
     "cogs.results",
     "cogs.admin",
     "cogs.credits",

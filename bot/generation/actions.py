@@ -22,7 +22,14 @@ from bot.jobs.contracts import JobObserver, JobRefused, Ticket
 from bot.jobs.inputs import InputStore
 from bot.settings import Settings
 from data.jobs import Job, JobImage, JobRepository, Origin
-from engine.api.params import GenerationParams, InvalidParams
+from engine.api.edits import (
+    EDIT_DENOISE,
+    FROM_NOISE_MODES,
+    NO_INSTRUCTION,
+    NOT_SET_UP,
+    edit_model,
+)
+from engine.api.params import DEFAULT_IMAGE_CFG, GenerationParams, InvalidParams
 from engine.imaging import attachments
 
 
@@ -46,6 +53,8 @@ class Action(StrEnum):
     REGION = "region"
     REGION_PREVIEW = "regionmask"
     REGION_RUN = "regionrun"
+    # /edit from a result: a modal asks what to change, in words (engine/api/edits.py).
+    INSTRUCT = "instruct"
 
     @property
     def label(self) -> str:
@@ -53,7 +62,14 @@ class Action(StrEnum):
 
     @property
     def needs_image(self) -> bool:
-        kinds = (Action.VARY, Action.STRONG, Action.UPSCALE, Action.REGION, Action.REGION_PREVIEW)
+        kinds = (
+            Action.VARY,
+            Action.STRONG,
+            Action.UPSCALE,
+            Action.REGION,
+            Action.REGION_PREVIEW,
+            Action.INSTRUCT,
+        )
         return self in kinds or self.reframes
 
     @property
@@ -78,8 +94,10 @@ _LABELS = {
     Action.REGION: "Vary (Region)",
     Action.REGION_PREVIEW: "Mask preview",
     Action.REGION_RUN: "Vary (Region)",
+    Action.INSTRUCT: "Change by words",
 }
 _ZOOMS = {Action.ZOOM_OUT_2: 2.0, Action.ZOOM_OUT_15: 1.5}
+_TYPED = (Action.EDIT, Action.ZOOM_CUSTOM, Action.INSTRUCT)  # actions with a modal's text
 _PANS = {
     Action.PAN_LEFT: "left",
     Action.PAN_RIGHT: "right",
@@ -132,7 +150,7 @@ class ResultActions(Results):
         )
         params = self.dreams.check(asked)
         key = f"{action}:{job.id}" + (f":{image}" if image is not None else "")
-        if action in (Action.EDIT, Action.ZOOM_CUSTOM):  # str hashes change per process
+        if action in _TYPED:  # what was typed tells two clicks apart (str hashes vary)
             digest = hashlib.sha256(f"{prompt}\0{negative}\0{zoom}".encode()).hexdigest()[:12]
             key += f":{digest}"
         if region is not None:
@@ -182,8 +200,10 @@ class ResultActions(Results):
                 negative=(negative if negative is not None else params.negative).strip(),
             )
         chosen = await self._image(job, image)
-        if action is Action.VARY and params.mode != "txt2img":
-            raise JobRefused("Subtle variations are for text-to-image results; try a strong one.")
+        if action is Action.VARY and params.mode not in FROM_NOISE_MODES:
+            raise JobRefused(
+                "Subtle variations are for text-to-image and edited results; try a strong one."
+            )
         if action is Action.VARY:
             # A1111's variation seed: the image's own noise with a new seed's blended in.
             return replace(
@@ -193,6 +213,8 @@ class ResultActions(Results):
                 variation_strength=self.settings.variation_strength,
             )
         png = await self._image_bytes(job, chosen)
+        if action is Action.INSTRUCT:
+            return await self._instruct(params, png, prompt)
         if action is Action.STRONG:
             return await self._strong(params, png)
         if action in (Action.REGION, Action.REGION_PREVIEW):
@@ -258,6 +280,41 @@ class ResultActions(Results):
             denoise=self.settings.strong_variation_denoise,
             width=prepared.width,
             height=prepared.height,
+        )
+
+    async def _instruct(
+        self, params: GenerationParams, png: bytes, instruction: str | None
+    ) -> GenerationParams:
+        """An /edit of the image by the member's words, on the model that can edit (the
+        result's own when it can): a new seed, the image CFG scale's default."""
+        model = edit_model(self.dreams.models, params.model, self.settings.default_model)
+        if model is None:
+            raise JobRefused(NOT_SET_UP)
+        words = (instruction or "").strip()
+        if not words:
+            raise InvalidParams(NO_INSTRUCTION)
+        prepared, key = await store_init(
+            self.inputs,
+            png,
+            max_pixels=self.settings.max_attachment_pixels,
+            pixel_cap=self.dreams.models[model].pixel_cap(),
+        )
+        return replace(
+            from_image(params, key),
+            mode="edit",
+            model=model,
+            prompt=words,
+            negative="",
+            seed=random_seed(),
+            count=1,
+            denoise=EDIT_DENOISE,
+            image_cfg=DEFAULT_IMAGE_CFG,
+            width=prepared.width,
+            height=prepared.height,
+            # What the result's prompt named is not the instruction's (an edit takes none).
+            loras=(),
+            embeddings=(),
+            hires_scale=1.0,
         )
 
     async def _upscale(

@@ -14,6 +14,13 @@ from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
 from bot.jobs.inputs import InputStore
 from engine.api.checks import check_upscale_size
+from engine.api.edits import (
+    EDIT_DENOISE,
+    NO_INSTRUCTION,
+    NOT_SET_UP,
+    edit_model,
+    image_cfg_problem,
+)
 from engine.api.infotext import parse_infotext
 from engine.api.params import CONTROL_TYPES, GenerationParams, InvalidParams
 from engine.api.specs import ModelSpec
@@ -31,6 +38,10 @@ MIN_OUTPAINT_SCALE = 0.25
 # Vary (Region) repaints what the member named as Midjourney does, nearly from scratch; a
 # little of the old picture keeps the colours in step with what surrounds it.
 DEFAULT_REGION_DENOISE = 0.9
+
+
+# The input key an edit is checked with before its picture is stored.
+_UNSTORED = "unstored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,40 @@ class ImageRequests:
             fields.update(control_fields)
         params = self._params(replace(options, size=(init.width, init.height)), **fields)
         return Prepared(params, _notes(init.note, control_note))
+
+    def check_edit(self, instruction: str, image_cfg: float | None) -> None:
+        """/edit's options that need no picture, refused (InvalidParams) before it is
+        downloaded: a bot with no model that can edit (engine/api/edits.py) first."""
+        if edit_model(self.dreams.models) is None:
+            raise InvalidParams(NOT_SET_UP)
+        if not instruction.strip():
+            raise InvalidParams(NO_INSTRUCTION)
+        problem = image_cfg_problem(image_cfg) if image_cfg is not None else None
+        if problem is not None:
+            raise InvalidParams(problem)
+
+    async def edit(
+        self, options: DreamOptions, image: bytes, image_cfg: float | None = None
+    ) -> Prepared:
+        """/edit: the picture changed as `options.prompt`, the instruction, says. It runs on
+        the member's model when that one can edit, else on the bot's first that can."""
+        model = edit_model(self.dreams.models, options.model, self.settings.default_model)
+        if model is None:
+            raise InvalidParams(NOT_SET_UP)
+        init = await self._init(image, self.dreams.models[model].pixel_cap())
+        fields: dict[str, object] = {
+            "mode": "edit",
+            "init_image": _UNSTORED,
+            "denoise": EDIT_DENOISE,
+        }
+        if image_cfg is not None:
+            fields["image_cfg"] = image_cfg
+        sized = replace(options, model=model, size=(init.width, init.height))
+        checked = self._params(sized, **fields)
+        # Stored once it passed: a refused edit leaves nothing on disk. The checks ask only
+        # that there is an input, not which.
+        key = await self._store(init)
+        return Prepared(Checked(replace(checked, init_image=key)), init.note)
 
     async def inpaint(
         self,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NewType
 
 from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
+from engine.api.edits import FROM_NOISE_MODES
 from engine.api.families import Family
 from engine.api.hires import hires_size
 from engine.api.infotext import DISTILLED_CFG
@@ -109,8 +110,8 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         return MASK_PREVIEW_UNITS
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = (
-        params.steps
-        if params.mode == "txt2img"
+        params.steps  # an edit runs every step too, from noise (engine/api/edits.py)
+        if params.mode in FROM_NOISE_MODES
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
     work = pixels * steps

@@ -136,6 +136,11 @@ class DreamService:
         ours = "CPU" if self.settings.noise == "cpu" else "GPU"
         if values.get("RNG", "GPU") != ours:
             notes.append(f"Noise is drawn on the {ours} here, not the {values.get('RNG', 'GPU')}.")
+        if "Image CFG scale" in values:  # an /edit's, or A1111's instruct-pix2pix job
+            notes.append(
+                "The picture it edited is not in its parameters: the instruction ran as a "
+                "prompt (use /edit with that picture to edit it again)."
+            )
         if ignored:
             notes.append(f"Not reproduced: {', '.join(ignored)}.")
         # <lora:name:w> tags stay in the prompt: submit finds those this member may use by

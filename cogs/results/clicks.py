@@ -12,12 +12,13 @@ from discord.ext import commands
 from bot.generation.actions import Action, Presser
 from bot.generation.regions import NOT_A_PREVIEW, RegionRequest
 from bot.jobs.contracts import JobRefused, Ticket
-from cogs.results.modals import EditModal, RegionModal, ZoomModal
+from cogs.results.modals import EditModal, InstructModal, RegionModal, ZoomModal
 from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
 from cogs.ui.context import presser_of
 from cogs.ui.infotext import infotext_embed
 from cogs.ui.presenter import ReplyPresenter, previews_allowed
 from cogs.ui.rendering import credits_text
+from engine.api.edits import NOT_SET_UP, edit_model
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import AUTOMATIC
 
@@ -51,7 +52,8 @@ def reproduce_command(params: GenerationParams) -> str:
 def action_label(action: Action, image: int | None) -> str:
     """ "Upscale of image 2", "Reroll": how the reply names what was asked."""
     # Reframes and region edits are offered under one picture only.
-    if action.reframes or action in (Action.REGION, Action.REGION_PREVIEW) or image is None:
+    single = (Action.REGION, Action.REGION_PREVIEW, Action.INSTRUCT)
+    if action.reframes or action in single or image is None:
         return action.label
     return f"{action.label} of image {image + 1}"
 
@@ -88,6 +90,8 @@ class Results(commands.Cog, name=RESULTS_COG):
             await self.edit_clicked(interaction, job_id, modal=ZoomModal)
         elif name == Action.REGION:
             await self.region_clicked(interaction, job_id)
+        elif name == Action.INSTRUCT:
+            await self.instruct_clicked(interaction, job_id)
         elif name == "regioncancel":
             await self.delete_clicked(interaction, job_id, preview=True)
         else:
@@ -181,7 +185,7 @@ class Results(commands.Cog, name=RESULTS_COG):
         self,
         interaction: discord.Interaction,
         job_id: int,
-        modal: type[EditModal | ZoomModal | RegionModal] = EditModal,
+        modal: type[EditModal | ZoomModal | RegionModal | InstructModal] = EditModal,
     ) -> None:
         # A modal must be the first response, so the checks come before any deferral.
         try:
@@ -200,6 +204,13 @@ class Results(commands.Cog, name=RESULTS_COG):
             await interaction.response.send_message(f"❌ {refused}", ephemeral=True)
             return
         await self.edit_clicked(interaction, job_id, modal=RegionModal)
+
+    async def instruct_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Change by words: the modal, where a model can edit (else one sentence)."""
+        if edit_model(self.bot.dreams.models) is None:  # an old button, the model since removed
+            await interaction.response.send_message(f"❌ {NOT_SET_UP}", ephemeral=True)
+            return
+        await self.edit_clicked(interaction, job_id, modal=InstructModal)
 
     async def delete_clicked(
         self, interaction: discord.Interaction, job_id: int, *, preview: bool = False

@@ -1,5 +1,5 @@
-"""The modals behind a result's Edit, Custom zoom and Vary (Region) buttons: what to change,
-then the job."""
+"""The modals behind a result's Edit, Custom zoom, Vary (Region) and Change by words buttons:
+what to change, then the job."""
 
 from __future__ import annotations
 
@@ -90,6 +90,31 @@ class ZoomModal(discord.ui.Modal, title="Custom zoom"):
             image=0,
             prompt=self.prompt.value,
             zoom=self.factor.value,
+        )
+
+
+class InstructModal(discord.ui.Modal, title="Change by words"):
+    """/edit from a result: the instruction for its picture."""
+
+    def __init__(self, cog: Results, job_id: int, params: GenerationParams) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.job_id = job_id
+        self.instruction: discord.ui.TextInput[InstructModal] = discord.ui.TextInput(
+            label="What to change",
+            custom_id="instruction",
+            placeholder="make it winter, turn the cat into a tiger",
+            style=discord.TextStyle.paragraph,
+            max_length=MAX_MODAL_TEXT,
+        )
+        self.add_item(self.instruction)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return first_delivery(interaction)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.cog.run_action(
+            interaction, Action.INSTRUCT, self.job_id, image=0, prompt=self.instruction.value
         )
 
 

@@ -24,7 +24,7 @@ from cogs.settings.text import role_limits_text
 from data.guilds import RoleLimits
 from engine.api.params import MAX_COUNT, MAX_STEPS, InvalidParams
 
-Family = Literal["dream", "img2img", "inpaint", "outpaint", "upscale"]
+Family = Literal["dream", "img2img", "inpaint", "outpaint", "upscale", "edit"]
 MAX_COOLDOWN = 24 * 3600
 MAX_PRICE = 10_000.0
 MAX_TOPUP = 1_000_000

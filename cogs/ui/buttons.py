@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.client.replies import first_delivery
 from bot.jobs.contracts import JobOutcome
+from engine.api.edits import FROM_NOISE_MODES, edit_model
 
 if TYPE_CHECKING:
     from bot.client.app import SDBot
@@ -26,7 +27,8 @@ NO_SUCH_BUTTON = "That button refers to nothing I know; it may be from an old me
 # Discord: a custom_id is 1-100 characters; ours are at most ~40.
 TEMPLATE = (
     r"sd:(?P<name>reroll|vary|strong|upscale|edit|info|delete"
-    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square|region|regionrun|regioncancel)"
+    r"|zoom2|zoom15|zoom|panleft|panright|panup|pandown|square|region|regionrun|regioncancel"
+    r"|instruct)"
     r":(?P<job>[0-9]{1,20})"
     r"(?::(?P<image>[0-9]{1,2}))?"
 )
@@ -94,12 +96,16 @@ def job_id_of(digits: str) -> int:
 
 
 def result_view(
-    outcome: JobOutcome, can_upscale: Callable[[int, int], bool], regions: bool = False
+    outcome: JobOutcome,
+    can_upscale: Callable[[int, int], bool],
+    regions: bool = False,
+    edits: bool = False,
 ) -> discord.ui.View:
     """U1..Un, V1..Vn and strong variations, then reroll, info, edit and delete.
 
     One image gets Midjourney's words on a single row (with Vary (Region) where `regions`:
-    the bot has a segmenter); a grid gets one row per kind. A mask preview gets Run and
+    the bot has a segmenter) and Change by words (where `edits`: a model can edit); a grid
+    gets one row per kind. A mask preview gets Run and
     Cancel alone.
     """
     job_id = outcome.job.id
@@ -112,9 +118,9 @@ def result_view(
         if can_upscale(image.width, image.height):
             label = "Upscale" if single else f"U{idx + 1}"
             view.add_item(ResultButton("upscale", job_id, idx, label=label, row=0))
-    # Starting noise is the pipeline's own outside text to image, so a variation seed (a
-    # blend of two noises) means nothing there: those results get only strong variations.
-    subtle = outcome.params.mode == "txt2img"
+    # Starting noise is the pipeline's own outside text to image and edits, so a variation
+    # seed (a blend of two noises) means nothing there: those get only strong variations.
+    subtle = outcome.params.mode in FROM_NOISE_MODES
     if subtle:
         for idx in range(len(images)):
             label = "Vary (subtle)" if single else f"V{idx + 1}"
@@ -125,6 +131,8 @@ def result_view(
         view.add_item(ResultButton("strong", job_id, idx, label=label, row=strong_row))
     if single and regions:
         view.add_item(ResultButton("region", job_id, 0, label="Vary (Region)", row=0))
+    if single and edits:
+        view.add_item(ResultButton("instruct", job_id, 0, label="Change by words", row=0))
     tools = 1 if single else strong_row + 1
     view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄", row=tools))
     view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️", row=tools))
@@ -169,4 +177,5 @@ def preview_view(job_id: int) -> discord.ui.View:
 
 def view_factory(bot: SDBot) -> Callable[[JobOutcome], discord.ui.View]:
     regions = bool(bot.settings.segmenter)
-    return lambda outcome: result_view(outcome, bot.actions.can_upscale, regions)
+    edits = edit_model(bot.dreams.models) is not None
+    return lambda outcome: result_view(outcome, bot.actions.can_upscale, regions, edits)

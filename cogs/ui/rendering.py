@@ -27,6 +27,7 @@ MODE_TITLES = {
     "inpaint": "Inpainting",
     "outpaint": "Outpainting",
     "upscale": "Upscale",
+    "edit": "Edit",
 }
 
 
@@ -61,7 +62,9 @@ def result_embed(
     embed.add_field(name="CFG", value=f"{params.cfg:g}")
     embed.add_field(name="Size", value=params.size)
     embed.add_field(name="Model", value=params.model)
-    if params.mode != "txt2img":
+    if params.mode == "edit":  # it runs from noise: the picture's hold is its image CFG
+        embed.add_field(name="Image CFG", value=f"{params.image_cfg:g}")
+    elif params.mode != "txt2img":
         embed.add_field(name="Denoising", value=f"{params.denoise:g}")
     if params.mode == "upscale":
         embed.add_field(name="Upscale", value=f"{params.upscale:g}x")

@@ -3,6 +3,7 @@ first bad value, in a sentence shown to the member as is. No torch here."""
 
 from __future__ import annotations
 
+from engine.api.edits import edit_problem
 from engine.api.family_checks import family_problem
 from engine.api.hires import hires_problem
 from engine.api.params import (
@@ -109,7 +110,11 @@ def check_params(
         check_size(params.width, params.height, spec)
     check_prompt_options(params)
     check_image_options(params)
-    problem = hires_problem(params, spec) or family_problem(params, spec.family_row())
+    problem = (
+        edit_problem(params, spec)
+        or hires_problem(params, spec)
+        or family_problem(params, spec.family_row())
+    )
     if problem is not None:
         raise InvalidParams(problem)
 

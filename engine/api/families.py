@@ -38,6 +38,9 @@ Architecture = Literal["unet", "flow"]
 # Every A1111 sampler in engine/api/samplers.py; flow-matching models have one scheduler.
 ALL_SAMPLERS: tuple[str, ...] = ()
 _SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
+# InstructPix2Pix (/edit) UNets exist for SD 1.5 (timbrooks/instruct-pix2pix) and run on
+# SD 1.x/2.x's pipeline; SDXL's take another pipeline, not run here yet.
+_EDIT_MODES = _SD_MODES | {"edit"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ FAMILIES: dict[ModelFamily, Family] = {
             pipeline="StableDiffusionPipeline",
             native_size=(512, 512),
             reference_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            image_modes=_EDIT_MODES,
             **_SD,
         ),
         Family(
@@ -120,6 +124,7 @@ FAMILIES: dict[ModelFamily, Family] = {
             pipeline="StableDiffusionPipeline",
             native_size=(768, 768),
             reference_repo="stabilityai/stable-diffusion-2-1",
+            image_modes=_EDIT_MODES,
             # SD2 replaced CLIP ViT-L (768 wide) with OpenCLIP ViT-H (1024 wide).
             probe=("text_encoder/config.json", "hidden_size", 1024),
             **_SD,

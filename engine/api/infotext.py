@@ -8,9 +8,11 @@ Written exactly as A1111 writes it (modules/processing.py `create_infotext`):
 
 with, when they are used and in A1111's order, `Variation seed`, `Variation seed strength`
 and `Clip skip` after `Model`, and read back as A1111's `parse_generation_parameters` reads
-it. Hires fix writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler` after
-`RNG`, with `Size` the first pass's. `Model` is the checkpoint's name as A1111 writes it
-(a file's stem, a folder's or Hub repository's name), never a path. Ours after A1111's
+it. An edit (/edit, A1111's instruct-pix2pix) writes `Image CFG scale` after `CFG scale`,
+and `Denoising strength: 1`, as A1111 does for such a job run from noise. Hires fix
+writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler` after `RNG`, with
+`Size` the first pass's. `Model` is the checkpoint's name as A1111 writes it (a file's
+stem, a folder's or Hub repository's name), never a path. Ours after A1111's
 inpainting keys: `Mask prompt` and `Mask cell` (Vary (Region)'s words and grid cell),
 `Prompt syntax` (only when the optimized fork's sub-prompts were read); A1111 shows a key
 it does not know and otherwise ignores it.
@@ -143,6 +145,8 @@ def build_infotext(
         "Sampler": params.sampler,
         "Schedule type": _schedule_type(params),
         "CFG scale": "1" if distilled else format_number(params.cfg),
+        # A1111 writes it, after CFG scale, for a job of an instruct-pix2pix model (/edit).
+        "Image CFG scale": format_number(params.image_cfg) if params.mode == "edit" else None,
         DISTILLED_CFG: format_number(params.cfg) if distilled else None,
         "Seed": str(seed),
         "Size": params.size,
@@ -296,6 +300,8 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     hires = "Hires upscale" in values or "First pass size" in values  # then it is hires's
     if "Denoising strength" in values and not hires:
         options["denoise"] = float(values["Denoising strength"])
+    if "Image CFG scale" in values:
+        options["image_cfg"] = float(values["Image CFG scale"])
     if "Mask blur" in values:
         options["mask_blur"] = int(values["Mask blur"])
     if values.get("Inpaint area") == "Only masked":

@@ -17,7 +17,9 @@ MIN_CLIP_SKIP, MAX_CLIP_SKIP = 1, 12
 MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH = 0.0, 1.0
 MIN_SIDE = 64
 # How a job makes its images. Every mode but txt2img starts from a stored input image.
-MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale")
+# `edit` (issue 18's /edit) is InstructPix2Pix: the picture conditions the model, words say
+# what to change.
+MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale", "edit")
 IMAGE_MODES = frozenset(MODES) - {"txt2img"}
 MIN_DENOISE, MAX_DENOISE = 0.0, 1.0
 MAX_MASK_BLUR = 64
@@ -27,6 +29,8 @@ MIN_UPSCALE, MAX_UPSCALE = 1.0, 4.0
 # Canny maps are computed from any picture; the other types take a ready control map.
 CONTROL_TYPES = ("canny", "depth", "openpose", "scribble", "lineart", "softedge", "seg", "normal")
 MIN_CONTROL_SCALE, MAX_CONTROL_SCALE = 0.0, 2.0
+# A1111's "Image CFG Scale" slider for instruct-pix2pix models: 0-3, 1.5 by default.
+MIN_IMAGE_CFG, MAX_IMAGE_CFG, DEFAULT_IMAGE_CFG = 0.0, 3.0, 1.5
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8, so latents need whole pixels
 
 SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[x×*]\s*(\d{1,5})\s*$", re.IGNORECASE)
@@ -89,6 +93,9 @@ class GenerationParams:
     hires_upscaler: str = "Latent"
     hires_steps: int = 0
     hires_denoise: float = 0.7
+    # /edit (issue 18): how strongly the result holds to the picture (A1111's Image CFG
+    # scale); `cfg` is how strongly it follows the instruction. Read by the edit mode only.
+    image_cfg: float = DEFAULT_IMAGE_CFG
 
     def __post_init__(self) -> None:
         # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
@@ -165,6 +172,7 @@ class GenerationParams:
             self.mask_prompt,
             self.mask_cell,
             self.mask_preview,
+            self.image_cfg,
         )
 
     def to_dict(self) -> dict[str, Any]:

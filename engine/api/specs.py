@@ -66,6 +66,9 @@ class ModelSpec:
     # A dedicated inpainting checkpoint (9 UNet input channels) used by /inpaint and
     # /outpaint; without one the model itself inpaints.
     inpaint_source: str | None = None
+    # An InstructPix2Pix UNet (8 input channels: latents and the picture's) that /edit runs
+    # with this model's text encoder and VAE (engine/api/edits.py); without one, no /edit.
+    edit_source: str | None = None
     # ControlNet models for this base model, by control type (canny, depth, ...).
     controlnets: dict[str, str] = field(default_factory=dict)
     # A VAE to decode with (Hub id, folder or single file), e.g. an fp16-safe SDXL VAE.

@@ -1,4 +1,5 @@
-"""Image-conditioned jobs (img2img, inpaint, outpaint, upscale, ControlNet), engine thread.
+"""Image-conditioned jobs (img2img, inpaint, outpaint, upscale, edit, ControlNet), engine
+thread.
 
 The worker sends here every job that is not plain txt2img. Jobs of one batch have equal
 batch keys, which for these modes means the same inputs; each job is its own pipeline call,
@@ -13,6 +14,7 @@ from dataclasses import replace
 
 from PIL import Image
 
+from engine.api.edits import FROM_NOISE_MODES
 from engine.api.errors import EngineError, JobCancelled
 from engine.api.jobs import EngineJob
 from engine.api.params import GeneratedImage, GenerationParams, GenerationResult, Progress
@@ -26,6 +28,7 @@ from engine.imaging.masks import (
     outpaint_canvas,
 )
 from engine.pipelines.control import control_img2img, control_txt2img
+from engine.pipelines.edit import edit
 from engine.pipelines.image_pipes import (
     ModeRun,
     call_pipeline,
@@ -80,7 +83,7 @@ def generate_conditioned(
 def planned_steps(params: GenerationParams) -> int:
     """The step count progress starts from (a tiled upscale corrects it once it knows its
     tiles)."""
-    if params.mode == "txt2img":
+    if params.mode in FROM_NOISE_MODES:
         return params.steps
     return steps_run(params)
 
@@ -99,6 +102,8 @@ def _make(run: ModeRun, config: UpscaleConfig) -> Made:
         return outpaint(run)
     if mode == "upscale":
         return upscale(run, config)
+    if mode == "edit":
+        return edit(run, _init_rgb(run))
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -106,9 +111,9 @@ def _encode_all(
     run: ModeRun, images: list[Image.Image], extra: dict[str, str]
 ) -> list[GeneratedImage]:
     params = run.params
-    # Variation seeds only reach pipelines that start from pure noise (ControlNet txt2img);
-    # elsewhere the infotext must not claim one.
-    with_variation = params.mode == "txt2img"
+    # Variation seeds only reach pipelines that start from pure noise (ControlNet txt2img,
+    # an edit); elsewhere the infotext must not claim one.
+    with_variation = params.mode in FROM_NOISE_MODES
     shown = (
         params if with_variation else replace(params, variation_seed=None, variation_strength=0.0)
     )

@@ -7,7 +7,8 @@ are cached on the LoadedModel (`derived`) and freed with it. Runs on the engine 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -187,15 +188,22 @@ def _noise_device(run: ModeRun, pipe: Any) -> torch.device:
 
 
 def call_pipeline(
-    run: ModeRun, pipe: Any, *, pure_noise_size: tuple[int, int] | None = None, **inputs: Any
+    run: ModeRun,
+    pipe: Any,
+    *,
+    pure_noise_size: tuple[int, int] | None = None,
+    guidance: AbstractContextManager[dict[str, float]] | None = None,
+    **inputs: Any,
 ) -> list[Image.Image]:
     """One call of a derived pipeline for the run's images; PIL images in seed order.
 
     Each image has its own generator seeded with its seed, so the same seed gives the same
-    image alone or in a batch. A pipeline that starts from pure noise (ControlNet txt2img:
-    `pure_noise_size` set) gets our starting noise, variation seeds included, exactly as
-    txt2img does; img2img-like pipelines draw theirs from the generators after encoding
-    the image (diffusers takes no noise for them), so variation seeds do not apply there.
+    image alone or in a batch. A pipeline that starts from pure noise (ControlNet txt2img,
+    an edit: `pure_noise_size` set) gets our starting noise, variation seeds included,
+    exactly as txt2img does; img2img-like pipelines draw theirs from the generators after
+    encoding the image (diffusers takes no noise for them), so variation seeds do not apply
+    there. `guidance`: the pipeline's guidance keywords for the call (an edit's two scales);
+    by default A1111's CFG at the job's scale.
     """
     params = run.params
     # from_pipe shares the base's scheduler object at derivation time; a fresh one per call
@@ -215,18 +223,24 @@ def call_pipeline(
     )
     with (
         ComposableGuidance(rows, params.cfg).installed(pipe),
-        a1111_guidance(pipe, params.cfg) as guidance,
+        guidance if guidance is not None else _cfg(pipe, params.cfg) as scales,
     ):
         output = pipe(
             **rows.pipeline_embeds(),
             **inputs,
             num_inference_steps=params.steps,
-            guidance_scale=guidance,
+            **scales,
             generator=generators,
             callback_on_step_end=reporter,
             output_type="pil",
         )
     return list(output.images)
+
+
+@contextmanager
+def _cfg(pipe: Any, cfg: float) -> Iterator[dict[str, float]]:
+    with a1111_guidance(pipe, cfg) as scale:
+        yield {"guidance_scale": scale}
 
 
 def _starting_noise(
@@ -236,7 +250,8 @@ def _starting_noise(
     width, height = size
     shape = (
         1,
-        pipe.unet.config.in_channels,
+        # The latents' channels: an edit's UNet takes the picture's latents beside them.
+        pipe.vae.config.latent_channels,
         height // pipe.vae_scale_factor,
         width // pipe.vae_scale_factor,
     )

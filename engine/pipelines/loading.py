@@ -309,11 +309,16 @@ def _loaded_family(spec: ModelSpec, pipe: DiffusionPipeline, guessed: Family) ->
 
 
 def load_unet(
-    source: str, family: ModelFamily, device: torch.device, dtype: torch.dtype
+    source: str,
+    family: ModelFamily,
+    device: torch.device,
+    dtype: torch.dtype,
+    setting: str = "inpaint_source",
 ) -> UNet2DConditionModel:
-    """Only the UNet of a model (a dedicated inpainting checkpoint): its text encoders and
-    VAE are the base model's, so it costs one UNet of memory (SD1.5 ~1.7 GB in fp16,
-    SDXL ~5 GB), not a second pipeline."""
+    """Only the UNet of a model (a dedicated inpainting checkpoint, an InstructPix2Pix one):
+    its text encoders and VAE are the base model's, so it costs one UNet of memory (SD1.5
+    ~1.7 GB in fp16, SDXL ~5 GB), not a second pipeline. `setting`: the model's key that
+    names it, for the owner's fix."""
     name = Path(source).name or source
     try:
         path = Path(source).expanduser()
@@ -322,7 +327,7 @@ def load_unet(
                 raise ModelLoadError(
                     name,
                     f"file {path.name} was not found",
-                    owner_reason=f'file {path} was not found: fix "inpaint_source" in SDBOT_MODELS',
+                    owner_reason=f'file {path} was not found: fix "{setting}" in SDBOT_MODELS',
                 )
             unet = UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
         else:
@@ -333,7 +338,7 @@ def load_unet(
         log.error("%s", error.detail)
         raise
     except Exception as error:  # diffusers raises many types for a bad or missing model
-        reason = explain_load_failure(name, source, error, device, setting="inpaint_source")
+        reason = explain_load_failure(name, source, error, device, setting=setting)
         log.error("Model %s could not be loaded: %s", name, reason)
         log.debug("loading the UNet of %s (%s) failed", source, family, exc_info=error)
         raise ModelLoadError(name, reason, public=False) from error

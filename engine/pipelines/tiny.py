@@ -22,6 +22,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
+    StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
     StableDiffusionXLPipeline,
@@ -213,6 +214,25 @@ def save_tiny_inpainting(folder: Path, seed: int = 1) -> Path:
             text_encoder=base.text_encoder,
             tokenizer=base.tokenizer,
             unet=_unet(in_channels=9),
+            scheduler=base.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_instruct_pix2pix(folder: Path, seed: int = 2) -> Path:
+    """A tiny InstructPix2Pix model, saved as timbrooks/instruct-pix2pix is: SD1's
+    components, its UNet taking 8 channels (the noisy latents and the picture's)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        base = build_tiny_sd1(Path(workdir), seed=seed)
+        torch.manual_seed(seed)
+        StableDiffusionInstructPix2PixPipeline(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            tokenizer=base.tokenizer,
+            unet=_unet(in_channels=8),
             scheduler=base.scheduler,
             safety_checker=None,
             feature_extractor=None,

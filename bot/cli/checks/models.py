@@ -133,6 +133,15 @@ def model_findings(
                 files=("unet/config.json", *PIPELINE_FILES),
             )
         )
+    if model.edit_source:
+        findings.append(
+            source_finding(
+                f"SDBOT_MODELS ({name}.edit_source)",
+                model.edit_source,
+                'its "edit_source"',
+                files=("unet/config.json", *PIPELINE_FILES),
+            )
+        )
     for kind, source in sorted(model.controlnets.items()):
         findings.append(
             source_finding(
