@@ -109,7 +109,7 @@ def check_params(
         check_size(params.width, params.height, spec)
     check_prompt_options(params)
     check_image_options(params)
-    problem = hires_problem(params, spec) or family_problem(params, spec.family_row())
+    problem = hires_problem(params, spec, max_prompt) or family_problem(params, spec.family_row())
     if problem is not None:
         raise InvalidParams(problem)
 
