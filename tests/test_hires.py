@@ -27,6 +27,7 @@ from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, InvalidParams, Progress
 from engine.api.specs import ModelSpec
 from engine.imaging.images import encode_png, read_png_infotext
+from engine.pipelines.image_pipes import call_pipeline
 from engine.pipelines.loading import LoadedModel, load_model
 from engine.pipelines.txt2img import generate_batch
 from tests.conftest import wait_until
@@ -379,7 +380,16 @@ def test_a_variation_carries_into_the_second_pass_as_a1111s(loaded):
     assert np.abs(pixels(images[0]) - pixels(images[1])).max() > 10
 
 
-def test_a_job_cancelled_in_the_first_pass_gets_no_second_pass(loaded):
+def test_a_job_cancelled_in_the_first_pass_gets_no_second_pass(loaded, monkeypatch):
+    from engine.pipelines import hires
+
+    painted: list[int] = []  # the jobs whose second pass calls the img2img pipeline
+
+    def spied(run, pipe, **inputs):
+        painted.append(run.job.job_id)
+        return call_pipeline(run, pipe, **inputs)
+
+    monkeypatch.setattr(hires, "call_pipeline", spied)
     cancelled = tiny_params(seed=6, steps=3, hires_scale=1.5)
     kept = replace(cancelled, seed=7, prompt="a dog")
     seen: list[Progress] = []
@@ -396,6 +406,7 @@ def test_a_job_cancelled_in_the_first_pass_gets_no_second_pass(loaded):
     with torch.inference_mode():
         gone, done = generate_batch(loaded, [job, other], preview_interval=60.0)
     assert gone.images == []
+    assert painted == [2]  # never started for the cancelled job
     assert max(progress.step for progress in seen) == cancelled.steps  # its first pass only
     total = other_seen[-1].total
     assert other_seen[-1].step == total > kept.steps  # the other job ran both passes
