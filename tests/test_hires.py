@@ -506,3 +506,29 @@ def test_a_servers_words_and_step_limit_hold_for_the_hires_pass():
     with pytest.raises(JobRefused, match=r"^30 steps is over this server's limit of 20\.$"):
         check_limits(replace(hires, hires_steps=30), policy, limits)
     check_limits(replace(hires, hires_steps=20), policy, limits)
+    small = limits_for(replace(policy, max_pixels=100 * 100), [], frozenset())
+    resized = replace(hires, hires_scale=1.0, hires_resize=(128, 96))
+    with pytest.raises(JobRefused, match=r"^Size 128x96 is 12,288 pixels; this server allows at"):
+        check_limits(resized, policy, small)  # the final size, not the first pass's 64x64
+
+
+async def test_reproduce_says_when_a1111s_hires_sampler_is_not_here(sim):
+    alice = sim.member("alice")
+    text = A1111_HIRES.replace("Hires sampler: DPM++ 2M", "Hires sampler: Restart")
+    png = encode_png(Image.new("RGB", (128, 96), "white"), text)
+    result = await alice.slash(sim.channel, "reproduce", image=("a1111.png", png))
+    await wait_until(sim.env, lambda: has_result(result))
+    queued = original_edits(sim.env, result)[0]["content"]
+    assert "Hires sampler Restart is not available; used Euler a." in queued
+    made = infotext(await result.response.attachments[0].read())
+    assert "Hires sampler" not in made
+    assert "Hires schedule type: Karras" in made
+
+
+def test_sdxl_takes_a_target_size_and_the_variation_noise_too(tiny_sdxl):
+    xl = load_model(ModelSpec("xl", str(tiny_sdxl)), torch.device("cpu"), torch.float32)
+    euler = dict(steps=2, sampler="Euler", hires_resize=(96, 80), model="xl")
+    [[blended]] = run(xl, tiny_params(seed=3, variation_seed=8, variation_strength=1, **euler))
+    [[own]] = run(xl, tiny_params(seed=8, **euler))
+    assert Image.open(io.BytesIO(own)).size == (96, 80)
+    assert np.abs(pixels(blended) - pixels(own)).max() <= 1
