@@ -19,6 +19,7 @@ from cogs.ui.options import (
     SCHEDULE_CHOICES,
     SCHEDULER_DESCRIPTION,
     ControlType,
+    HiresSizeTransformer,
     SizeTransformer,
     model_autocomplete,
     preset_autocomplete,
@@ -80,6 +81,8 @@ class Dream(commands.Cog):
         lora_weight="How strongly the LoRA applies (default 0.8)",
         hires="Hires fix: draw at the size, upscale the latents, then refine (A1111's Latent)",
         hires_denoise="How much the hires pass repaints (0-1, default 0.7)",
+        hires_size="Hires fix to WIDTHxHEIGHT, not an upscale (a side of 0 keeps the aspect)",
+        hires_prompt="Another prompt for the hires pass (default: the prompt)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.choices(hires=HIRES_CHOICES)
@@ -111,6 +114,8 @@ class Dream(commands.Cog):
         scheduler: str | None = None,
         hires: float | None = None,
         hires_denoise: app_commands.Range[float, 0.0, 1.0] | None = None,
+        hires_size: app_commands.Transform[tuple[int, int], HiresSizeTransformer] | None = None,
+        hires_prompt: app_commands.Range[str, 1, 6000] | None = None,
     ) -> None:
         if lora is not None:
             prompt = with_lora_tag(
@@ -136,6 +141,8 @@ class Dream(commands.Cog):
             schedule=scheduler,
             hires=hires,
             hires_denoise=hires_denoise,
+            hires_size=hires_size,
+            hires_prompt=hires_prompt,
         )
         # The member's preferences and the server's defaults fill what was not typed.
         filled = await self.bot.prefs.fill(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from packaging import version as packaging_version
@@ -380,3 +381,80 @@ def test_an_old_first_pass_size_becomes_the_size_and_the_scale(first_pass, size,
     assert (p.width, p.height) == ((512, 512) if first_pass == "512x512" else (640, 448))
     assert p.hires_scale == pytest.approx(scale)
     assert (p.hires_denoise, p.denoise, p.hires_upscaler) == (0.6, 0.75, "Latent")
+
+
+def test_a_target_size_is_written_as_hires_resize_and_read_back():
+    p = params(width=512, height=768, hires_resize=(1024, 0), hires_denoise=0.5)
+    text = build_infotext(p, seed=p.seed, model_hash=None)
+    assert "Size: 512x768, Model: sd15, Denoising strength: 0.5, " in text
+    assert "Hires resize: 1024x0, Hires upscaler: Latent" + OURS in text
+    assert "Hires upscale:" not in text
+    assert params_from_infotext(text) == p
+    both = params(hires_resize=(1024, 1536), hires_steps=12)
+    written = build_infotext(both, seed=1, model_hash=None)
+    assert "Hires resize: 1024x1536, Hires steps: 12" in written
+    assert params_from_infotext(written) == both
+
+
+def test_hires_prompts_sampler_schedule_and_cfg_are_written_only_when_they_differ():
+    p = params(
+        prompt="a cat",
+        negative="blurry",
+        sampler="DPM++ 2M",
+        schedule="Karras",
+        hires_scale=2,
+        hires_prompt="a cat, fine fur: detailed",
+        hires_negative="blurry, jpeg",
+        hires_sampler="Euler a",
+        hires_schedule="Exponential",
+        hires_cfg=5.0,
+    )
+    text = build_infotext(p, seed=p.seed, model_hash=None)
+    # A1111's order: sampler, prompts, (Forge's) CFG scale, schedule type, then the size keys.
+    assert (
+        'Hires sampler: Euler a, Hires prompt: "a cat, fine fur: detailed", '
+        'Hires negative prompt: "blurry, jpeg", Hires CFG Scale: 5, '
+        "Hires schedule type: Exponential, Hires upscale: 2, Hires upscaler: Latent"
+    ) in text
+    assert params_from_infotext(text) == p
+    # Without its own schedule type the hires sampler runs the first pass's (A1111's rule).
+    karras = build_infotext(replace(p, hires_schedule=None), seed=1, model_hash=None)
+    assert "Hires CFG Scale: 5, Hires upscale: 2" in karras
+    assert params_from_infotext(karras) == replace(p, hires_schedule=None)
+    same = params(hires_scale=2, hires_prompt="a cat", hires_sampler="Euler a", hires_cfg=7.0)
+    plain = build_infotext(same, seed=1, model_hash=None)
+    for key in ("Hires prompt", "Hires sampler", "Hires CFG", "Hires schedule"):
+        assert key not in plain
+
+
+@pytest.mark.parametrize(
+    ("keys", "sampler", "schedule", "cfg"),
+    [
+        (
+            "Hires sampler: DPM++ 2M, Hires schedule type: Exponential, Hires CFG Scale: 4.5",
+            "DPM++ 2M",
+            "Exponential",
+            4.5,
+        ),
+        ("Hires sampler: DPM++ 2M Karras", "DPM++ 2M", "Karras", None),  # before 1.9
+        ("Hires schedule type: Karras, Hires CFG Scale: 7", None, "Karras", None),
+    ],
+)
+def test_a1111s_hires_sampler_keys_are_read_as_it_reads_them(keys, sampler, schedule, cfg):
+    text = (
+        "a castle\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, "
+        "CFG scale: 7, Seed: 3, Size: 512x768, Denoising strength: 0.45, Hires prompt: "
+        f'"a castle, towers", {keys}, Hires resize: 1024x1024, Hires upscaler: Lanczos, '
+        "Version: v1.10.1"
+    )
+    p = params_from_infotext(text)
+    assert (p.hires_sampler, p.hires_schedule, p.hires_cfg) == (sampler, schedule, cfg)
+    assert (p.hires_prompt, p.hires_negative) == ("a castle, towers", "")
+    assert (p.width, p.height, p.hires_resize, p.hires_denoise) == (512, 768, (1024, 1024), 0.45)
+    assert (p.hires_upscaler, p.denoise) == ("Lanczos", 0.75)
+
+
+def test_an_unreadable_hires_resize_is_named():
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, "
+    with pytest.raises(InvalidParams, match=r"Unreadable hires resize 'big'\."):
+        params_from_infotext(text + "Hires resize: big")

@@ -87,8 +87,9 @@ def check_limits(params: GenerationParams, policy: GuildPolicy, limits: Limits) 
     if not policy.model_allowed(params.model):
         allowed = ", ".join(policy.allowed_models)
         raise JobRefused(f"Model {params.model} is not allowed here. Models: {allowed}.")
-    if params.steps > limits.max_steps:
-        raise JobRefused(f"{params.steps} steps is over this server's limit of {limits.max_steps}.")
+    for steps in (params.steps, params.hires_steps if params.has_hires else 0):
+        if steps > limits.max_steps:
+            raise JobRefused(f"{steps} steps is over this server's limit of {limits.max_steps}.")
     if params.count > limits.max_count:
         raise JobRefused(
             f"{params.count} images is over this server's limit of {limits.max_count} per job."
@@ -156,6 +157,10 @@ def check_banned_words(policy: GuildPolicy, *texts: str) -> None:
 def _apply_words(
     params: GenerationParams, policy: GuildPolicy, max_prompt: int, to_negative: bool
 ) -> tuple[GenerationParams, str]:
+    if params.hires_prompt:
+        # Hires fix's own prompt is refused rather than edited: its words would have to go to
+        # a hires negative prompt, which when empty is the main one (A1111's "use the same").
+        check_banned_words(policy, params.hires_prompt)
     budget = _Budget(MATCH_TIMEOUT)
     hits = [
         rule for rule in policy.words if rule.pattern().search(params.prompt, timeout=budget.left())

@@ -14,7 +14,7 @@ from typing import Any, NewType
 from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
 from engine.api.edits import FROM_NOISE_MODES
 from engine.api.families import Family
-from engine.api.hires import hires_size
+from engine.api.hires import second_pass_params
 from engine.api.infotext import DISTILLED_CFG
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
@@ -51,6 +51,8 @@ class DreamOptions:
     schedule: str | None = None  # A1111's "Schedule type"; None: Automatic
     hires: float | None = None  # hires fix's upscale (issue 16); None: off
     hires_denoise: float | None = None  # None: A1111's 0.7
+    hires_size: tuple[int, int] | None = None  # A1111's "Resize width to / height to"
+    hires_prompt: str | None = None  # None: the prompt
 
 
 DEFAULT_STEPS = 20
@@ -80,9 +82,16 @@ HONOURED_KEYS = frozenset(
         # Hires fix (issue 16). Its `Denoising strength` is honoured too, but the key is also
         # img2img's, which a paste does not reproduce, so it stays off this list.
         "Hires upscale",
+        "Hires resize",
         "Hires steps",
         "Hires upscaler",
         "First pass size",
+        "Hires prompt",
+        "Hires negative prompt",
+        "Hires sampler",
+        "Hires schedule type",
+        "Hires CFG Scale",
+        "Hires CFG scale",
     }
 )
 
@@ -115,12 +124,10 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
     work = pixels * steps
-    if params.has_hires:  # hires fix's img2img pass, at its size (issue 16)
-        width, height = hires_size(params)
-        second = img2img_steps(
-            params.sampler, params.hires_steps or params.steps, params.hires_denoise
-        )
-        work += width * height / STANDARD_PIXELS * second
+    if params.has_hires:  # hires fix's img2img pass, at its final size (issue 16)
+        second = second_pass_params(params)
+        second_steps = img2img_steps(second.sampler, second.steps, second.denoise)
+        work += second.width * second.height / STANDARD_PIXELS * second_steps
     cost = spec.family_row().cost if spec is not None else 1.0
     return work / STANDARD_STEPS * params.count * cost
 
@@ -195,13 +202,21 @@ def resolve_options(
 
 
 def _hires_fields(options: DreamOptions) -> dict[str, Any]:
-    if options.hires is None:
-        if options.hires_denoise is not None:
-            raise InvalidParams("Hires denoising needs a hires upscale.")
-        return {}
-    fields: dict[str, Any] = {"hires_scale": options.hires}
-    if options.hires_denoise is not None:
-        fields["hires_denoise"] = options.hires_denoise
+    """Hires fix's options as parameters: an upscale or a target size (never both), and
+    what only they make sense with."""
+    if options.hires is not None and options.hires_size is not None:
+        raise InvalidParams("Choose a hires upscale or a hires size, not both.")
+    fields: dict[str, Any] = {}
+    if options.hires is not None:
+        fields["hires_scale"] = options.hires
+    if options.hires_size is not None:
+        fields["hires_resize"] = options.hires_size
+    extras = {"hires_denoise": options.hires_denoise, "hires_prompt": options.hires_prompt}
+    for name, value in extras.items():
+        if value is not None and not fields:
+            raise InvalidParams("Hires denoising and a hires prompt need a hires upscale or size.")
+        if value is not None:
+            fields[name] = value.strip() if isinstance(value, str) else value
     return fields
 
 

@@ -43,6 +43,7 @@ from data.jobs import (
     QueueFull,
 )
 from engine.api.checks import check_params
+from engine.api.hires import has_hires_keys
 from engine.api.infotext import configured_model, params_from_infotext, parse_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams
@@ -115,7 +116,7 @@ class DreamService:
         """Parameters to re-run an image from its infotext here, and what could not be honoured.
 
         A model or sampler this bot does not have is replaced by the default and said so;
-        settings of A1111 features this bot does not run (hires fix, LoRAs...) are listed.
+        settings of A1111 features this bot does not run (other upscalers, LoRAs...) are listed.
         """
         parsed = params_from_infotext(infotext)
         notes = []
@@ -128,9 +129,13 @@ class DreamService:
         if sampler not in SAMPLERS:
             sampler = DEFAULT_SAMPLER
             notes.append(f"Sampler {parsed.sampler} is not available; used {sampler}.")
+        hires_sampler = parsed.hires_sampler
+        if hires_sampler is not None and hires_sampler not in SAMPLERS:
+            hires_sampler = None
+            notes.append(f"Hires sampler {parsed.hires_sampler} is not available; used {sampler}.")
         values = parse_infotext(infotext).values
         honoured = set(HONOURED_KEYS)
-        if "Hires upscale" in values or "First pass size" in values:
+        if has_hires_keys(values):
             honoured.add("Denoising strength")  # the hires pass's, which a paste runs
         ignored = [key for key in values if key not in honoured]
         ours = "CPU" if self.settings.noise == "cpu" else "GPU"
@@ -145,7 +150,8 @@ class DreamService:
             notes.append(f"Not reproduced: {', '.join(ignored)}.")
         # <lora:name:w> tags stay in the prompt: submit finds those this member may use by
         # name and refuses the others, so a hash from another install is not checked here.
-        return self.check(replace(parsed, model=model, sampler=sampler, count=1)), notes
+        parsed = replace(parsed, model=model, sampler=sampler, hires_sampler=hires_sampler)
+        return self.check(replace(parsed, count=1)), notes
 
     # -- accepting a job ----------------------------------------------------------------
 

@@ -112,7 +112,8 @@ class LoraLibrary:
             # the engine checks the others against the model it loaded.
             path = await self._folder_file(name, spec.family, params.model, usable)
             loras.append((name.strip(), str(path), weight))
-        words = set(re.findall(r"[\w-]+", f"{params.prompt} {params.negative}".lower()))
+        texts = (params.prompt, params.negative, params.hires_prompt, params.hires_negative)
+        words = set(re.findall(r"[\w-]+", " ".join(texts).lower()))
         # One file per token: the member's own comes first in `usable`, so a shared one of the
         # same token (two members who named theirs alike) never loads beside it.
         embeddings: dict[str, str] = {}

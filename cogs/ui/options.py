@@ -10,6 +10,7 @@ from discord import app_commands
 
 from bot.training.loras import FOLDER_OWNER
 from engine.api.checks import check_size, parse_size
+from engine.api.hires import parse_hires_size
 from engine.api.samplers import SAMPLERS, SCHEDULES
 from engine.api.specs import ModelSpec
 
@@ -68,6 +69,13 @@ class SizeTransformer(app_commands.Transformer):
                 choices.append(app_commands.Choice(name=f"{text} ({label})", value=text))
         typed = value.strip().lower()
         return [choice for choice in choices if typed in choice.name.lower()][:MAX_CHOICES]
+
+
+class HiresSizeTransformer(app_commands.Transformer):
+    """Hires fix's target size: `1024x1536`, or `1024x0` for a side that follows the aspect."""
+
+    async def transform(self, interaction: discord.Interaction, value: str) -> tuple[int, int]:
+        return parse_hires_size(value)
 
 
 async def model_autocomplete(

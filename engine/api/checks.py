@@ -112,7 +112,7 @@ def check_params(
     check_image_options(params)
     problem = (
         edit_problem(params, spec)
-        or hires_problem(params, spec)
+        or hires_problem(params, spec, max_prompt)
         or family_problem(params, spec.family_row())
     )
     if problem is not None:

@@ -24,7 +24,6 @@ versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
-from engine.api.hires import LATENT
+from engine.api.hires import NO_RESIZE, has_hires_keys, hires_options, second_pass_params
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import resolve_syntax
 from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
@@ -197,11 +196,22 @@ def _denoising_strength(params: GenerationParams) -> str | None:
 
 
 def _hires_fields(params: GenerationParams) -> dict[str, str | None]:
-    """A1111's hires keys, in its order; `Size` stays the first pass's, as A1111 writes it."""
+    """A1111's hires keys, in its order (Forge's `Hires CFG Scale` among them); `Size` stays the
+    first pass's, as A1111 writes it. The second pass's prompts, sampler, schedule type and
+    CFG scale only where they differ from the first pass's."""
     if not params.has_hires:
         return {}
+    second = second_pass_params(params)
+    resized = params.hires_resize != NO_RESIZE
+    first_schedule, second_schedule = _schedule_type(params), _schedule_type(second)
     return {
-        "Hires upscale": format_number(params.hires_scale),
+        "Hires sampler": second.sampler if second.sampler != params.sampler else None,
+        "Hires prompt": second.prompt if second.prompt != params.prompt else None,
+        "Hires negative prompt": second.negative if second.negative != params.negative else None,
+        "Hires CFG Scale": format_number(second.cfg) if second.cfg != params.cfg else None,
+        "Hires schedule type": second_schedule if second_schedule != first_schedule else None,
+        "Hires upscale": None if resized else format_number(params.hires_scale),
+        "Hires resize": "{}x{}".format(*params.hires_resize) if resized else None,
         "Hires steps": str(params.hires_steps) if params.hires_steps else None,
         "Hires upscaler": params.hires_upscaler,
     }
@@ -283,7 +293,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             variation_seed=_optional_int(values.get("Variation seed")),
             variation_strength=float(values.get("Variation seed strength", "0")),
             **_image_options(values),
-            **_size_options(values, int(size.group(1)), int(size.group(2))),
+            **hires_options(values, int(size.group(1)), int(size.group(2))),
         )
     except KeyError as missing:
         raise InvalidParams(f"The infotext has no {missing.args[0]!r}.") from None
@@ -297,8 +307,7 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     """The image-to-image options infotext carries. The mode stays txt2img: the input
     image is never in infotext, so a paste can only start from the prompt."""
     options: dict[str, Any] = {}
-    hires = "Hires upscale" in values or "First pass size" in values  # then it is hires's
-    if "Denoising strength" in values and not hires:
+    if "Denoising strength" in values and not has_hires_keys(values):  # else the hires pass's
         options["denoise"] = float(values["Denoising strength"])
     if "Image CFG scale" in values:
         options["image_cfg"] = float(values["Image CFG scale"])
@@ -313,33 +322,6 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     if "Mask cell" in values:
         options["mask_cell"] = values["Mask cell"]
     return options
-
-
-def _size_options(values: dict[str, str], width: int, height: int) -> dict[str, Any]:
-    """The size, and hires fix's keys. In old A1111 infotexts `Size` was the final size and
-    `First pass size` the first pass (0x0: A1111's about 512x512); A1111 reads them as
-    today's first-pass `Size`, and so do we, with the scale that makes the old width."""
-    options: dict[str, Any] = {"width": width, "height": height}
-    first_pass = _SIZE_RE.match(values.get("First pass size", ""))
-    if first_pass is not None:
-        first = int(first_pass.group(1)), int(first_pass.group(2))
-        first_width, first_height = first if all(first) else _old_first_pass(width, height)
-        options.update(width=first_width, height=first_height, hires_scale=width / first_width)
-    elif "Hires upscale" in values:
-        options["hires_scale"] = float(values["Hires upscale"])
-    else:
-        return options
-    options["hires_steps"] = int(values.get("Hires steps", "0"))
-    options["hires_upscaler"] = values.get("Hires upscaler", LATENT)
-    if "Denoising strength" in values:
-        options["hires_denoise"] = float(values["Denoising strength"])
-    return options
-
-
-def _old_first_pass(width: int, height: int) -> tuple[int, int]:
-    """A1111's `old_hires_fix_first_pass_dimensions`: about 512x512 pixels, sides up to 64s."""
-    scale = math.sqrt(512 * 512 / (width * height))
-    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
 
 
 def _optional_int(text: str | None) -> int | None:

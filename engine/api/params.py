@@ -88,11 +88,20 @@ class GenerationParams:
     mask_cell: str | None = None
     mask_preview: bool = False
     # Hires fix (issue 16), as A1111's: width x height is the first pass, upscaled by
-    # `hires_scale` (1: off), then an img2img pass of `hires_steps` (0: `steps`).
+    # `hires_scale` (1: off) or to `hires_resize` (A1111's "Resize width to / height to", a 0
+    # side follows the first pass's aspect; (0, 0): the scale), then an img2img pass of
+    # `hires_steps` (0: `steps`). Its prompts, sampler, schedule and CFG scale are the first
+    # pass's where they are empty or None, as A1111's "Use same ..." (engine/api/hires.py).
     hires_scale: float = 1.0
     hires_upscaler: str = "Latent"
     hires_steps: int = 0
     hires_denoise: float = 0.7
+    hires_resize: tuple[int, int] = (0, 0)
+    hires_prompt: str = ""
+    hires_negative: str = ""
+    hires_sampler: str | None = None
+    hires_schedule: str | None = None
+    hires_cfg: float | None = None
     # /edit (issue 18): how strongly the result holds to the picture (A1111's Image CFG
     # scale); `cfg` is how strongly it follows the instruction. Read by the edit mode only.
     image_cfg: float = DEFAULT_IMAGE_CFG
@@ -141,7 +150,8 @@ class GenerationParams:
     @property
     def has_hires(self) -> bool:
         """Text to image only: a result's buttons (img2img, U) start from its final image."""
-        return self.hires_scale != 1 and self.mode == "txt2img"
+        resized = self.hires_resize != (0, 0)
+        return (self.hires_scale != 1 or resized) and self.mode == "txt2img"
 
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one UNet batch.
@@ -154,7 +164,10 @@ class GenerationParams:
         key += (self.schedule,)
         # One UNet batch carries one set of adapters.
         key += (self.cfg, self.loras, self.embeddings)
+        # Hires fix: the batch's first job decides the first pass's output and progress total
+        # (each job's own prompts then run its own second pass).
         key += (self.hires_scale, self.hires_upscaler, self.hires_steps, self.hires_denoise)
+        key += (self.hires_resize, self.hires_sampler, self.hires_schedule, self.hires_cfg)
         if self.mode == "txt2img" and self.control_type is None:
             return key
         return (
@@ -182,8 +195,9 @@ class GenerationParams:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         names = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in names}
-        if "outpaint" in values:  # JSON has no tuples
-            values["outpaint"] = tuple(values["outpaint"])
+        for name in ("outpaint", "hires_resize"):  # JSON has no tuples
+            if name in values:
+                values[name] = tuple(values[name])
         for name in ("loras", "embeddings"):
             if name in values:
                 values[name] = tuple(tuple(item) for item in values[name])

@@ -2,24 +2,35 @@
 
 Called from engine/pipelines/txt2img.py `generate_batch`, on the engine thread. As in
 A1111, the first pass runs at the job's size; `Latent` keeps its latents and interpolates
-them bilinearly (A1111's default "Latent"), `Lanczos` resizes the decoded picture. The
+them bilinearly (A1111's default "Latent"), `Lanczos` resizes the decoded picture; a target
+size of another aspect is covered, then cropped in the middle (engine/api/hires.py). The
 second pass is the img2img pipeline derived from the loaded model (image_pipes.py), with
-each job's prompts, seeds, sampler and schedule, for A1111's img2img step count at the hires
-denoising strength. Each job's second pass is its own call, so a job's images do not depend
-on its batch mates. Progress counts both passes in one total.
+each job's seeds, its hires prompts, sampler, schedule and CFG scale (else the first
+pass's), for A1111's img2img step count at the hires denoising strength; its noise is
+A1111's, drawn again at the hires size with the variation seeds (modules/processing.py
+`sample_hr_pass`). Each job's second pass is its own call, so a job's images do not depend
+on its batch mates, and a job cancelled by then is not painted. Progress counts both passes
+in one total.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 from PIL import Image
 
-from engine.api.hires import LATENT, hires_size
+from engine.api.errors import JobCancelled
+from engine.api.hires import (
+    LATENT,
+    LATENT_MULTIPLE,
+    hires_size,
+    latent_crop,
+    second_pass_params,
+    upscaled_size,
+)
 from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams, Progress
 from engine.pipelines.image_pipes import (
@@ -41,13 +52,6 @@ def first_pass_output(params: GenerationParams) -> str:
     return "latent" if params.hires_upscaler == LATENT else "pil"
 
 
-def second_pass_params(params: GenerationParams) -> GenerationParams:
-    """The img2img pass as its own parameters: the hires size, steps and denoise."""
-    width, height = hires_size(params)
-    steps = params.hires_steps or params.steps  # 0: the first pass's, as in A1111
-    return replace(params, width=width, height=height, steps=steps, denoise=params.hires_denoise)
-
-
 def total_steps(params: GenerationParams) -> int:
     """Both passes' sampler steps: the first pass's, then A1111's img2img count."""
     return params.steps + steps_run(second_pass_params(params))
@@ -65,47 +69,92 @@ def counted(job: EngineJob, done: int, params: GenerationParams | None = None) -
 
 
 def upscale(outputs: Sequence[Any], params: GenerationParams, pipe: Any) -> Any:
-    """One job's first-pass images at the hires size: a latent batch, or PIL pictures."""
+    """One job's first-pass images at the hires size: a latent batch, or PIL pictures.
+
+    Both are upscaled to A1111's size before its crop, then cut to the final size where A1111
+    cuts its latents (in whole latent pixels of 8: half the crop from each end); the
+    pictures are cut before their encoding, A1111's latents after it."""
+    upscaled_x, upscaled_y = upscaled_size(params)
+    crop_x, crop_y = latent_crop(params)
+    left, top = crop_x // 2 * LATENT_MULTIPLE, crop_y // 2 * LATENT_MULTIPLE
     width, height = hires_size(params)
     if params.hires_upscaler == LATENT:
-        size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        latents = torch.stack(list(outputs))
-        return torch.nn.functional.interpolate(latents, size=size, mode="bilinear", antialias=False)
-    return [image.resize((width, height), Image.Resampling.LANCZOS) for image in outputs]
+        factor = pipe.vae_scale_factor  # 8, but 2 for the tiny test models' VAE
+        latents = torch.nn.functional.interpolate(
+            torch.stack(list(outputs)),
+            size=(upscaled_y // factor, upscaled_x // factor),
+            mode="bilinear",
+            antialias=False,
+        )
+        rows = slice(top // factor, (top + height) // factor)
+        return latents[:, :, rows, left // factor : (left + width) // factor]
+    whole = (
+        upscaled_x // LATENT_MULTIPLE * LATENT_MULTIPLE,
+        upscaled_y // LATENT_MULTIPLE * LATENT_MULTIPLE,
+    )
+    box = (left, top, left + width, top + height)
+    return [image.resize(whole, Image.Resampling.LANCZOS).crop(box) for image in outputs]
 
 
 def second_pass(
     loaded: LoadedModel,
     jobs: Sequence[EngineJob],
     prompts: Sequence[JobPrompts],
-    batch: Sequence[EngineJob],
     preview_interval: float,
     noise: str,
     outputs: Sequence[Any],
-) -> list[Image.Image]:
-    """The run's first-pass `outputs` (images in job order) through hires fix's img2img pass;
-    PIL images in the same order."""
+) -> list[list[Image.Image]]:
+    """The run's first-pass `outputs` (images in job order) through hires fix's img2img pass:
+    each job's PIL images, none for a job cancelled before or during its pass."""
     pipe = img2img_pipe(loaded)
-    images: list[Image.Image] = []
+    images: list[list[Image.Image]] = []
     start = 0
     for job, job_prompts in zip(jobs, prompts, strict=True):
         first = job.params
         mine = outputs[start : start + first.count]
         start += first.count
-        second = second_pass_params(first)
-        if second.steps != first.steps:  # prompt editing counts the second pass's steps
-            [job_prompts] = encode_prompts(loaded, [second])
-        run = ModeRun(
-            loaded,
-            counted(job, first.steps, second),
-            job_prompts,
-            batch,
-            preview_interval,
-            noise,
-            tuple(first.seeds),
-            tuple(first.variation_seeds),
-        )
-        log.debug("job=%d hires %s to %dx%d", job.job_id, first.size, second.width, second.height)
-        strength = effective_strength(second)
-        images += call_pipeline(run, pipe, image=upscale(mine, first, pipe), strength=strength)
+        try:
+            images.append(_job_pass(loaded, job, job_prompts, preview_interval, noise, mine, pipe))
+        except JobCancelled:  # its own call: the batch's other jobs go on
+            images.append([])
     return images
+
+
+def _job_pass(
+    loaded: LoadedModel,
+    job: EngineJob,
+    job_prompts: JobPrompts,
+    preview_interval: float,
+    noise: str,
+    mine: Sequence[Any],
+    pipe: Any,
+) -> list[Image.Image]:
+    if job.cancel.is_set():  # cancelled in the first pass: nobody waits for these images
+        raise JobCancelled()
+    first = job.params
+    second = second_pass_params(first)
+    if (second.prompt, second.negative, second.steps) != (
+        first.prompt,
+        first.negative,
+        first.steps,
+    ):
+        # The hires prompts, and prompt editing counted over the second pass's steps.
+        [job_prompts] = encode_prompts(loaded, [second])
+    run = ModeRun(
+        loaded,
+        counted(job, first.steps, second),
+        job_prompts,
+        [job],  # only this job waits for this call: its cancel stops it
+        preview_interval,
+        noise,
+        tuple(first.seeds),
+        tuple(first.variation_seeds),
+    )
+    log.debug("job=%d hires %s to %dx%d", job.job_id, first.size, second.width, second.height)
+    return call_pipeline(
+        run,
+        pipe,
+        image=upscale(mine, first, pipe),
+        strength=effective_strength(second),
+        noise_size=(second.width, second.height),
+    )

@@ -193,6 +193,7 @@ def call_pipeline(
     *,
     pure_noise_size: tuple[int, int] | None = None,
     guidance: AbstractContextManager[dict[str, float]] | None = None,
+    noise_size: tuple[int, int] | None = None,
     **inputs: Any,
 ) -> list[Image.Image]:
     """One call of a derived pipeline for the run's images; PIL images in seed order.
@@ -202,8 +203,9 @@ def call_pipeline(
     an edit: `pure_noise_size` set) gets our starting noise, variation seeds included,
     exactly as txt2img does; img2img-like pipelines draw theirs from the generators after
     encoding the image (diffusers takes no noise for them), so variation seeds do not apply
-    there. `guidance`: the pipeline's guidance keywords for the call (an edit's two scales);
-    by default A1111's CFG at the job's scale.
+    there, except where `noise_size` (hires fix's second pass) has the image noised with our
+    starting noise of that size (`noised_with`). `guidance`: the pipeline's guidance
+    keywords for the call (an edit's two scales); by default A1111's CFG at the job's scale.
     """
     params = run.params
     # from_pipe shares the base's scheduler object at derivation time; a fresh one per call
@@ -216,6 +218,8 @@ def call_pipeline(
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in run.seeds]
     if pure_noise_size is not None:
         inputs["latents"], generators = _starting_noise(run, pipe, pure_noise_size, device)
+    if noise_size is not None:
+        noised_with(pipe.scheduler, _starting_noise(run, pipe, noise_size, device)[0])
     rows = conditioning(run, pipe)
     hooked_for(run.loaded, pipe)  # offloading modes: this derived pipeline takes the hooks
     reporter = StepReporter(
@@ -241,6 +245,21 @@ def call_pipeline(
 def _cfg(pipe: Any, cfg: float) -> Iterator[dict[str, float]]:
     with a1111_guidance(pipe, cfg) as scale:
         yield {"guidance_scale": scale}
+
+
+def noised_with(scheduler: Any, noise: torch.Tensor) -> None:
+    """Have an img2img pipeline noise its image with `noise` (A1111's img2img noise, variation
+    seeds blended in), not the noise it draws: diffusers' img2img pipelines take none (SD 1.x
+    has no `latents`) and call the scheduler's `add_noise` once, in `prepare_latents`. Their
+    own draw still moves each image's generator on by one noise, as A1111's first draw of
+    the seed does, so ancestral steps draw the same noise after it. The scheduler is the
+    call's own (call_pipeline makes a fresh one), so nothing outlives the call."""
+    add_noise = scheduler.add_noise
+
+    def with_ours(samples: torch.Tensor, drawn: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        return add_noise(samples, noise.to(drawn.device, drawn.dtype), timesteps)
+
+    scheduler.add_noise = with_ours
 
 
 def _starting_noise(

@@ -247,22 +247,30 @@ def generate_batch(
             continue  # nobody waits for these images any more
         run_jobs = [jobs[index] for index in run]
         run_prompts = [prompts[index] for index in run]
-        pil_images = _run_pipeline(
+        made = _run_pipeline(
             loaded, run_jobs, run_prompts, jobs, preview_interval, noise, output_type
         )
-        if first.has_hires:
-            pil_images = hires.second_pass(
-                loaded, run_jobs, run_prompts, jobs, preview_interval, noise, pil_images
-            )
-        produced = iter(pil_images)
-        for index, job in zip(run, run_jobs, strict=True):
+        per_job = (
+            hires.second_pass(loaded, run_jobs, run_prompts, preview_interval, noise, made)
+            if first.has_hires
+            else _per_job(made, run_jobs)
+        )
+        for index, job, job_images in zip(run, run_jobs, per_job, strict=True):
             params = job.params
-            images[index] = [
-                _encode(next(produced), params, seed, variation_seed, loaded, noise)
-                for seed, variation_seed in zip(params.seeds, params.variation_seeds, strict=True)
+            images[index] = [  # none for a job cancelled before its hires pass
+                _encode(image, params, seed, variation_seed, loaded, noise)
+                for image, seed, variation_seed in zip(
+                    job_images, params.seeds, params.variation_seeds, strict=bool(job_images)
+                )
             ]
     seconds = time.perf_counter() - started
     return [GenerationResult(images_of_job, loaded.model_hash, seconds) for images_of_job in images]
+
+
+def _per_job(made: Sequence[Any], jobs: Sequence[EngineJob]) -> list[list[Any]]:
+    """A pipeline call's images (in job order) cut into each job's."""
+    produced = iter(made)
+    return [[next(produced) for _ in range(job.params.count)] for job in jobs]
 
 
 def encode_prompts(loaded: LoadedModel, all_params: Sequence[GenerationParams]) -> list[JobPrompts]:
