@@ -14,7 +14,8 @@ from typing import Any, NewType
 from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
 from engine.api.families import Family
 from engine.api.hires import hires_size
-from engine.api.infotext import DISTILLED_CFG
+from engine.api.infotext import DISTILLED_CFG, INTERPOLATION_KEYS
+from engine.api.interpolation import INTERPOLATE
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
 from engine.api.specs import ModelSpec
@@ -82,6 +83,7 @@ HONOURED_KEYS = frozenset(
         "Hires steps",
         "Hires upscaler",
         "First pass size",
+        *INTERPOLATION_KEYS,  # /interpolate (issue 18)
     }
 )
 
@@ -110,7 +112,7 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = (
         params.steps
-        if params.mode == "txt2img"
+        if params.mode in ("txt2img", INTERPOLATE)
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
     work = pixels * steps
@@ -121,7 +123,8 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         )
         work += width * height / STANDARD_PIXELS * second
     cost = spec.family_row().cost if spec is not None else 1.0
-    return work / STANDARD_STEPS * params.count * cost
+    # An interpolation's frames are its images, each priced as a /dream image (issue 18).
+    return work / STANDARD_STEPS * params.images * cost
 
 
 def training_as_shown(training: TrainingParams) -> GenerationParams:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from engine.api.family_checks import family_problem
 from engine.api.hires import hires_problem
+from engine.api.interpolation import interpolation_problem
 from engine.api.params import (
     CONTROL_TYPES,
     IMAGE_MODES,
@@ -110,6 +111,7 @@ def check_params(
     check_prompt_options(params)
     check_image_options(params)
     problem = hires_problem(params, spec) or family_problem(params, spec.family_row())
+    problem = problem or interpolation_problem(params)
     if problem is not None:
         raise InvalidParams(problem)
 

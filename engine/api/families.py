@@ -37,7 +37,7 @@ Architecture = Literal["unet", "flow"]
 
 # Every A1111 sampler in engine/api/samplers.py; flow-matching models have one scheduler.
 ALL_SAMPLERS: tuple[str, ...] = ()
-_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
+_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale", "interpolate"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ _MODE_NAMES = {
     "inpaint": "Inpainting",
     "outpaint": "Outpainting",
     "upscale": "Upscaling",
+    "interpolate": "Interpolation",
 }
 
 
