@@ -142,6 +142,35 @@ def test_the_infotext_reads_back_as_the_same_interpolation():
     assert params_from_infotext(text) == prompts_only
 
 
+def test_what_cannot_fit_the_upload_limit_even_at_half_the_side_is_refused():
+    from engine.imaging.animation import fits_upload
+
+    limit = 10 * 1024 * 1024
+    assert fits_upload(48, 512, 512, "gif", limit)
+    assert not fits_upload(48, 1024, 1024, "gif", limit)
+    assert fits_upload(48, 1024, 1024, "webp", limit)
+    assert fits_upload(48, 1536, 1536, "mp4", limit)
+
+
+def test_an_animation_shrinks_until_it_fits():
+    from engine.imaging.animation import encode_animation, frame_count
+
+    rng = np.random.default_rng(0)
+    pngs = []
+    for _ in range(4):  # noise: the hardest pictures to compress
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buffer, "PNG")
+        pngs.append(buffer.getvalue())
+    for fmt in ("webp", "gif"):
+        whole = encode_animation(pngs, fmt, 8, 10 * 1024 * 1024)
+        small = encode_animation(pngs, fmt, 8, len(whole.data) // 3)
+        assert len(small.data) <= len(whole.data) // 3
+        assert frame_count(small.data) == 4
+        with Image.open(io.BytesIO(whole.data)) as full, Image.open(io.BytesIO(small.data)) as cut:
+            assert full.size == (128, 128)
+            assert cut.size[0] < 128 or fmt == "webp"
+
+
 # -- The engine ---------------------------------------------------------------------------
 
 
