@@ -18,7 +18,7 @@ from engine.api.infotext import params_from_infotext
 from engine.imaging.animation import frame_count
 from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
-from tests.discord_helpers import has_result, leave_job
+from tests.discord_helpers import has_result, leave_job, original_edits
 
 # A 64x64 image of 2 steps is 1/640 of a standard image: at 640 credits each, one credit.
 PRICE = 640.0
@@ -62,7 +62,21 @@ async def balance(sim: Any, member: Any) -> int:
 async def test_interpolate_posts_an_animation_of_its_frames_and_the_first_frame(sim):
     alice = sim.member("alice")
     before = await balance(sim, alice)
-    message = await interpolate(sim, alice, to_prompt="a dog", seed=3, to_seed=9, frames=6)
+    result = await alice.slash(
+        sim.channel,
+        "interpolate",
+        prompt="a cat",
+        to_prompt="a dog",
+        seed=3,
+        to_seed=9,
+        frames=6,
+        steps=2,
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    await sim.bot.scheduler.drain()
+    queued = original_edits(sim.env, result)[0]["content"]
+    assert "Queued: position 1. 6 frames 64x64, 2 steps" in queued
+    message = result.response
     animation, first = message.attachments
     assert animation.filename.endswith("-6-frames.webp")
     data = await animation.read()
@@ -178,3 +192,19 @@ async def test_bad_inputs_get_one_sentence_and_change_nothing(sim, options, answ
     sim.expected_errors()
     assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == []
     assert await balance(sim, alice) == before
+
+
+async def test_reproduce_of_the_first_frame_makes_the_animation_again(sim):
+    alice = sim.member("alice")
+    message = await interpolate(sim, alice, to_prompt="a (dog:1.2), grinning", to_seed=7)
+    animation, first = [await a.read() for a in message.attachments]
+    again = await alice.slash(sim.channel, "reproduce", image=("first.png", first))
+    await wait_until(sim.env, lambda: has_result(again))
+    await sim.bot.scheduler.drain()
+    queued = original_edits(sim.env, again)[0]["content"]
+    assert "Not reproduced" not in queued
+    rerun, rerun_first = [await a.read() for a in again.response.attachments]
+    assert frame_count(rerun) == frame_count(animation) == 4
+    assert read_png_infotext(rerun_first) == read_png_infotext(first)
+    same = Image.open(io.BytesIO(rerun_first)).tobytes() == Image.open(io.BytesIO(first)).tobytes()
+    assert same

@@ -182,8 +182,10 @@ def failure_text(message: str, refunded: int) -> str:
 
 
 def describe(params: GenerationParams) -> str:
+    # An interpolation's images are its frames.
+    amount = f"{params.frames} frames" if params.mode == "interpolate" else f"{params.count}×"
     return (
-        f"{params.count}× {params.size}, {params.steps} steps, {_sampler_text(params)}, "
+        f"{amount} {params.size}, {params.steps} steps, {_sampler_text(params)}, "
         f"CFG {params.cfg:g}, seed {params.seed}, {params.model}"
     )
 
