@@ -159,6 +159,11 @@ async def test_other_actions_say_they_are_not_for_animations_and_send_me_sends_i
         with pytest.raises(JobRefused, match=f"^{action.label} is not for animations; Reroll"):
             await sim.bot.actions.start(action, job_of(message), presser, observer=None, image=0)
     assert await balance(sim, alice) == before
+    bob = sim.member("bob")  # a second member may not press another's buttons
+    refused = await bob.click(message, label="Reroll")
+    assert (
+        refused.response.content == f"❌ Only {alice.mention} can use the buttons of this result."
+    )
     assert len(await sim.bot.scheduler.jobs.with_status(*JobStatus)) == 1
     await alice.react(message, "✉️")
     await wait_until(sim.env, lambda: bool(alice.user.dm_channel.history()))
