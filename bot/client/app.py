@@ -39,6 +39,7 @@ EXTENSIONS = (
     "cogs.dream",
     "cogs.images",
     "cogs.edit",
+    "cogs.interpolate",
     "cogs.results",
     "cogs.admin",
     "cogs.credits",

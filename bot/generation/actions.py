@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from bot.community.guilds import GuildSettingsService
 from bot.generation.imaging import DEFAULT_OUTPAINT_DENOISE, from_image, store_init
+from bot.generation.interpolation import rerolled
 from bot.generation.options import random_seed
 from bot.generation.regions import RegionEdits, RegionRequest
 from bot.generation.results import Presser, Results
@@ -190,6 +191,10 @@ class ResultActions(Results):
             return self.regions.run_params(job)
         if action in (Action.REGION, Action.REGION_PREVIEW):  # checked before any image is read
             self.regions.check_available()
+        if params.mode == "interpolate":  # an animation has no one picture to work from
+            if action is not Action.REROLL:
+                raise JobRefused(f"{action.label} is not for animations; Reroll makes a new one.")
+            return rerolled(params)
         if action is Action.REROLL:
             variation = random_seed() if params.has_variation else params.variation_seed
             return replace(params, seed=random_seed(), variation_seed=variation)

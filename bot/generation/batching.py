@@ -25,4 +25,5 @@ class ImageBudget:
         budget = self.engine.batch_images(jobs[0].params)
         if budget is None:
             return False
-        return sum(job.params.count for job in jobs) <= budget
+        # An interpolation's frames count as its images (issue 18).
+        return sum(job.params.images for job in jobs) <= budget

@@ -15,7 +15,8 @@ from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
 from engine.api.edits import FROM_NOISE_MODES
 from engine.api.families import Family
 from engine.api.hires import second_pass_params
-from engine.api.infotext import DISTILLED_CFG
+from engine.api.infotext import DISTILLED_CFG, INTERPOLATION_KEYS
+from engine.api.interpolation import INTERPOLATE
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import AUTOMATIC, DEFAULT_SAMPLER, img2img_steps
 from engine.api.specs import ModelSpec
@@ -92,6 +93,7 @@ HONOURED_KEYS = frozenset(
         "Hires schedule type",
         "Hires CFG Scale",
         "Hires CFG scale",
+        *INTERPOLATION_KEYS,  # /interpolate (issue 18)
     }
 )
 
@@ -120,7 +122,7 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     pixels = params.width * params.height / STANDARD_PIXELS
     steps = (
         params.steps  # an edit runs every step too, from noise (engine/api/edits.py)
-        if params.mode in FROM_NOISE_MODES
+        if params.mode in FROM_NOISE_MODES or params.mode == INTERPOLATE
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
     work = pixels * steps
@@ -129,7 +131,8 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         second_steps = img2img_steps(second.sampler, second.steps, second.denoise)
         work += second.width * second.height / STANDARD_PIXELS * second_steps
     cost = spec.family_row().cost if spec is not None else 1.0
-    return work / STANDARD_STEPS * params.count * cost
+    # An interpolation's frames are its images, each priced as a /dream image (issue 18).
+    return work / STANDARD_STEPS * params.images * cost
 
 
 def training_as_shown(training: TrainingParams) -> GenerationParams:

@@ -17,14 +17,15 @@ from discord.ext import commands
 
 from bot.client.replies import mention_only
 from bot.generation.actions import Action, Presser
+from bot.generation.results import ResultImage
 from bot.jobs.contracts import JobRefused
 from cogs.results.clicks import action_label
 from cogs.ui.buttons import view_factory
 from cogs.ui.context import presser_of
 from cogs.ui.infotext import infotext_embed
 from cogs.ui.presenter import ReplyPresenter, previews_allowed, tell_privately
-from cogs.ui.rendering import DEFAULT_FILE_LIMIT, REQUEST_LIMIT
-from engine.api.params import InvalidParams
+from cogs.ui.rendering import DEFAULT_FILE_LIMIT, REQUEST_LIMIT, frames_as_files
+from engine.api.params import GenerationParams, InvalidParams
 from engine.imaging.images import fit_to_limit
 
 if TYPE_CHECKING:
@@ -120,6 +121,26 @@ class Reactions(commands.Cog):
             if message_id is not None:
                 await self.bot.scheduler.set_message(ticket.job.id, message_id)
 
+    async def _files(
+        self, job_id: int, presser: Presser, images: list[ResultImage]
+    ) -> list[discord.File]:
+        """Under Discord's limits as results are: each file, and the request as a whole; an
+        interpolation's frames as its animation (48 frames would pass the 10 files a message
+        takes)."""
+        params = GenerationParams.from_dict((await self.bot.actions.result(job_id, presser)).params)
+        if params.mode == "interpolate":
+            pngs = [image.png for image in images]
+            return await asyncio.to_thread(
+                frames_as_files, job_id, pngs, images[0].infotext, DEFAULT_FILE_LIMIT, params
+            )
+        per_file = min(DEFAULT_FILE_LIMIT, REQUEST_LIMIT // len(images))
+        files = []
+        for image in images:
+            fitted = await asyncio.to_thread(fit_to_limit, image.png, image.infotext, per_file)
+            name = image.filename.rsplit(".", 1)[0] + f".{fitted.extension}"
+            files.append(discord.File(io.BytesIO(fitted.data), filename=name))
+        return files
+
     async def _send_by_dm(
         self,
         job_id: int,
@@ -133,13 +154,7 @@ class Reactions(commands.Cog):
         images = [image for image in images if image.idx not in withheld]
         if not images:
             raise JobRefused("The safety filter flagged this result; it cannot be sent on.")
-        # Under Discord's limits as results are: each file, and the request as a whole.
-        per_file = min(DEFAULT_FILE_LIMIT, REQUEST_LIMIT // len(images))
-        files = []
-        for image in images:
-            fitted = await asyncio.to_thread(fit_to_limit, image.png, image.infotext, per_file)
-            name = image.filename.rsplit(".", 1)[0] + f".{fitted.extension}"
-            files.append(discord.File(io.BytesIO(fitted.data), filename=name))
+        files = await self._files(job_id, presser, images)
         embed = infotext_embed(images[0].infotext)
         text = f"Job {job_id}, as you asked:"
         if withheld:

@@ -111,6 +111,8 @@ def result_view(
     job_id = outcome.job.id
     if outcome.params.mask_preview:
         return preview_view(job_id)
+    if outcome.params.mode == "interpolate":
+        return animation_view(job_id)
     view = discord.ui.View(timeout=None)
     images = outcome.images
     single = len(images) == 1
@@ -162,6 +164,19 @@ def add_reframes(view: discord.ui.View, job_id: int, square_too: bool, first_row
         view.add_item(ResultButton(name, job_id, 0, label=label, emoji="🔍", row=first_row))
     for name, emoji in (("panleft", "⬅️"), ("panright", "➡️"), ("panup", "⬆️"), ("pandown", "⬇️")):
         view.add_item(ResultButton(name, job_id, 0, emoji=emoji, row=first_row + 1))
+
+
+def animation_view(job_id: int) -> discord.ui.View:
+    """Under an interpolation: Reroll (new seeds), Info and Delete. Upscales, variations and
+    reframes work on one picture, which an animation is not; Edit's form has one prompt."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ResultButton("reroll", job_id, label="Reroll", emoji="🔄"))
+    view.add_item(ResultButton("info", job_id, label="Info", emoji="ℹ️"))
+    delete = ResultButton(
+        "delete", job_id, label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger
+    )
+    view.add_item(delete)
+    return view
 
 
 def preview_view(job_id: int) -> discord.ui.View:

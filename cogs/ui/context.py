@@ -64,7 +64,7 @@ class DirectPresenter(DreamPresenter):
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         user = self.interaction.user
         files = await asyncio.to_thread(
-            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT, outcome.params
         )
         view = self.view(outcome) if self.view is not None else None
         extra: dict[str, Any] = {"view": view} if view is not None else {}

@@ -48,7 +48,11 @@ class DreamPresenter(LiveMessage):
 
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         files = await asyncio.to_thread(
-            result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
+            result_files,
+            outcome.job.id,
+            outcome.images,
+            self.interaction.filesize_limit,
+            outcome.params,
         )
         embed = result_embed(outcome, self.interaction.user, self.note)
         mention = self.interaction.user.mention
@@ -73,7 +77,11 @@ class DreamPresenter(LiveMessage):
         if not isinstance(channel, discord.abc.Messageable):
             return None
         files = await asyncio.to_thread(
-            result_files, outcome.job.id, outcome.images, self.interaction.filesize_limit
+            result_files,
+            outcome.job.id,
+            outcome.images,
+            self.interaction.filesize_limit,
+            outcome.params,
         )
         sent = await channel.send(
             mention,
@@ -147,7 +155,7 @@ class ReplyPresenter(LiveMessage):
 
     async def succeeded(self, outcome: JobOutcome) -> int | None:
         files = await asyncio.to_thread(
-            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT, outcome.params
         )
         content = f"{self.label} for {self.requester.mention}"
         if outcome.params.mask_preview:
@@ -168,7 +176,11 @@ class ReplyPresenter(LiveMessage):
                         raise
                     log.info("job %s: posting as a new message (%s)", outcome.job.id, error)
                     files = await asyncio.to_thread(
-                        result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+                        result_files,
+                        outcome.job.id,
+                        outcome.images,
+                        DEFAULT_FILE_LIMIT,
+                        outcome.params,
                     )
             sent = await self._send(
                 content=content, embed=embed, files=files, allowed_mentions=mentions, **extra
@@ -258,7 +270,7 @@ class ChannelPresenter:
         job); by DM for a private result or when the channel is gone. None when neither
         can be reached: there is nowhere left to post it."""
         files = await asyncio.to_thread(
-            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+            result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT, outcome.params
         )
         kwargs: dict[str, Any] = {
             "embed": result_embed(outcome, None),
@@ -281,14 +293,14 @@ class ChannelPresenter:
                 )
                 return sent.id
             kwargs["files"] = await asyncio.to_thread(
-                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT, outcome.params
             )
         try:
             sent = await channel.send(text, **kwargs)
         except discord.Forbidden as error:  # no right to post there any more: by DM then
             log.info("job %s: cannot post in its channel (%s); sending by DM", self.job.id, error)
             kwargs["files"] = await asyncio.to_thread(
-                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT
+                result_files, outcome.job.id, outcome.images, DEFAULT_FILE_LIMIT, outcome.params
             )
             return await self._send_to_member(text, kwargs)
         return sent.id

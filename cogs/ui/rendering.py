@@ -12,6 +12,7 @@ from bot.jobs.contracts import JobOutcome, StoredImage
 from data.jobs import Job
 from engine.api.params import GenerationParams
 from engine.api.samplers import AUTOMATIC, resolved_schedule
+from engine.imaging.animation import encode_animation
 from engine.imaging.images import EncodedImage, fit_to_limit
 
 # Discord: 25 MiB per request in all, whatever a single file may be.
@@ -28,6 +29,7 @@ MODE_TITLES = {
     "outpaint": "Outpainting",
     "upscale": "Upscale",
     "edit": "Edit",
+    "interpolate": "Interpolation",
 }
 
 
@@ -64,6 +66,8 @@ def result_embed(
     embed.add_field(name="Model", value=params.model)
     if params.mode == "edit":  # it runs from noise: the picture's hold is its image CFG
         embed.add_field(name="Image CFG", value=f"{params.image_cfg:g}")
+    if params.mode == "interpolate":
+        add_interpolation_fields(embed, params)
     elif params.mode != "txt2img":
         embed.add_field(name="Denoising", value=f"{params.denoise:g}")
     if params.mode == "upscale":
@@ -94,7 +98,24 @@ def encode_for_upload(images: list[StoredImage], file_limit: int) -> list[Encode
     return [fit_to_limit(image.png, image.infotext, per_file) for image in images]
 
 
-def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> list[discord.File]:
+def add_interpolation_fields(embed: discord.Embed, params: GenerationParams) -> None:
+    """An interpolation's other end and how it plays."""
+    if params.prompt_to is not None:
+        embed.add_field(name="To", value=_clip(params.prompt_to, FIELD_LIMIT), inline=False)
+    if params.seed_to is not None:
+        embed.add_field(name="To seed", value=str(params.seed_to))
+    embed.add_field(name="Frames", value=f"{params.frames} at {params.fps} fps")
+
+
+def result_files(
+    job_id: int,
+    images: list[StoredImage],
+    file_limit: int,
+    params: GenerationParams | None = None,
+) -> list[discord.File]:
+    """The files of a result's message; an interpolation's (`params`) is its animation."""
+    if params is not None and params.mode == "interpolate":
+        return animation_files(job_id, images, file_limit, params)
     encoded = encode_for_upload(images, file_limit)
     return [
         # Discord hides a file whose name starts SPOILER_ until it is clicked.
@@ -103,6 +124,42 @@ def result_files(job_id: int, images: list[StoredImage], file_limit: int) -> lis
             f"{'SPOILER_' if image.spoiler else ''}{job_id}-{idx}-{image.seed}.{item.extension}",
         )
         for idx, (image, item) in enumerate(zip(images, encoded, strict=True))
+    ]
+
+
+def animation_files(
+    job_id: int,
+    images: list[StoredImage],
+    file_limit: int,
+    params: GenerationParams,
+) -> list[discord.File]:
+    """The frames as one animation, then the first frame's PNG, whose infotext /reproduce
+    and A1111's PNG Info read. Together under the request limit; the animation shrinks to
+    fit what is left (engine/imaging/animation.py), the PNG is never the one dropped."""
+    if not images:
+        return []
+    # One flagged frame hides the whole animation behind Discord's cover.
+    spoiler = any(image.spoiler for image in images)
+    pngs = [image.png for image in images]
+    return frames_as_files(job_id, pngs, images[0].infotext, file_limit, params, spoiler)
+
+
+def frames_as_files(
+    job_id: int,
+    pngs: list[bytes],
+    infotext: str,
+    file_limit: int,
+    params: GenerationParams,
+    spoiler: bool = False,
+) -> list[discord.File]:
+    """An interpolation's animation and its first frame, as files of one message."""
+    first = fit_to_limit(pngs[0], infotext, file_limit)
+    room = min(file_limit, REQUEST_LIMIT - len(first.data))
+    animation = encode_animation(pngs, params.animation, params.fps, room, infotext)
+    name = f"{'SPOILER_' if spoiler else ''}{job_id}-{params.seed}"
+    return [
+        png_file(animation.data, f"{name}-{len(pngs)}-frames.{animation.extension}"),
+        png_file(first.data, f"{name}-first.{first.extension}"),
     ]
 
 
@@ -128,8 +185,10 @@ def failure_text(message: str, refunded: int) -> str:
 
 
 def describe(params: GenerationParams) -> str:
+    # An interpolation's images are its frames.
+    amount = f"{params.frames} frames" if params.mode == "interpolate" else f"{params.count}×"
     return (
-        f"{params.count}× {params.size}, {params.steps} steps, {_sampler_text(params)}, "
+        f"{amount} {params.size}, {params.steps} steps, {_sampler_text(params)}, "
         f"CFG {params.cfg:g}, seed {params.seed}, {params.model}"
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine.api.edits import edit_problem
 from engine.api.family_checks import family_problem
 from engine.api.hires import hires_problem
+from engine.api.interpolation import interpolation_problem
 from engine.api.params import (
     CONTROL_TYPES,
     IMAGE_MODES,
@@ -114,6 +115,7 @@ def check_params(
         edit_problem(params, spec)
         or hires_problem(params, spec, max_prompt)
         or family_problem(params, spec.family_row())
+        or interpolation_problem(params)
     )
     if problem is not None:
         raise InvalidParams(problem)

@@ -37,7 +37,7 @@ Architecture = Literal["unet", "flow"]
 
 # Every A1111 sampler in engine/api/samplers.py; flow-matching models have one scheduler.
 ALL_SAMPLERS: tuple[str, ...] = ()
-_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
+_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale", "interpolate"})
 # InstructPix2Pix (/edit) UNets exist for SD 1.5 (timbrooks/instruct-pix2pix) and run on
 # SD 1.x/2.x's pipeline; SDXL's take another pipeline, not run here yet.
 _EDIT_MODES = _SD_MODES | {"edit"}

@@ -23,6 +23,7 @@ _MODE_NAMES = {
     "outpaint": "Outpainting",
     "upscale": "Upscaling",
     "edit": "/edit",
+    "interpolate": "Interpolation",
 }
 
 

@@ -14,6 +14,7 @@ writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler` after `RNG`, 
 `Size` the first pass's. `Model` is the checkpoint's name as A1111 writes it (a file's
 stem, a folder's or Hub repository's name), never a path. Ours after A1111's
 inpainting keys: `Mask prompt` and `Mask cell` (Vary (Region)'s words and grid cell),
+/interpolate's `Frames`, `Interpolate to`, `Interpolate seed`, `Frame rate` and `Animation`,
 `Prompt syntax` (only when the optimized fork's sub-prompts were read); A1111 shows a key
 it does not know and otherwise ignores it.
 Last, as A1111 ends with its own, `Version: sdbot-0.1.0`: a name A1111's version parser
@@ -32,6 +33,7 @@ from importlib import metadata
 from typing import Any
 
 from engine.api.hires import NO_RESIZE, has_hires_keys, hires_options, second_pass_params
+from engine.api.interpolation import DEFAULT_FPS, INTERPOLATE
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import resolve_syntax
 from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
@@ -43,6 +45,13 @@ DISTILLED_CFG = "Distilled CFG Scale"
 # Forge's default schedule for FLUX: evenly spaced (shifted) sigmas, what diffusers' flow
 # matching runs as our Automatic.
 _FORGE_FLUX_SCHEDULE = "Simple"
+# /interpolate's keys (issue 18).
+FRAMES = "Frames"
+INTERPOLATE_TO = "Interpolate to"
+INTERPOLATE_SEED = "Interpolate seed"
+FRAME_RATE = "Frame rate"
+ANIMATION = "Animation"
+INTERPOLATION_KEYS = (FRAMES, INTERPOLATE_TO, INTERPOLATE_SEED, FRAME_RATE, ANIMATION)
 
 # A1111's own pattern for `key: value` pairs on the last line, quoted values included.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -159,6 +168,7 @@ def build_infotext(
         "RNG": rng,
         **_inpaint_fields(params),
         **_hires_fields(params),
+        **_interpolation_fields(params),
         **(extra or {}),
         "Prompt syntax": _prompt_syntax(params),
         "Version": version(),
@@ -190,7 +200,7 @@ def _prompt_syntax(params: GenerationParams) -> str | None:
 def _denoising_strength(params: GenerationParams) -> str | None:
     # A1111 writes it for every image-to-image job (0 included), and for txt2img only with
     # hires fix: the second pass's.
-    if params.mode == "txt2img":
+    if params.mode in ("txt2img", INTERPOLATE):
         return format_number(params.hires_denoise) if params.has_hires else None
     return format_number(params.denoise)
 
@@ -214,6 +224,20 @@ def _hires_fields(params: GenerationParams) -> dict[str, str | None]:
         "Hires resize": "{}x{}".format(*params.hires_resize) if resized else None,
         "Hires steps": str(params.hires_steps) if params.hires_steps else None,
         "Hires upscaler": params.hires_upscaler,
+    }
+
+
+def _interpolation_fields(params: GenerationParams) -> dict[str, str | None]:
+    """/interpolate's keys (ours; A1111 shows and ignores them): the frames, the other end
+    and how the animation plays. `Seed` and the prompt are the first frame's."""
+    if params.mode != INTERPOLATE:
+        return {}
+    return {
+        FRAMES: str(params.frames),
+        INTERPOLATE_TO: params.prompt_to,
+        INTERPOLATE_SEED: str(params.seed_to) if params.seed_to is not None else None,
+        FRAME_RATE: str(params.fps),
+        ANIMATION: params.animation,
     }
 
 
@@ -293,6 +317,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             variation_seed=_optional_int(values.get("Variation seed")),
             variation_strength=float(values.get("Variation seed strength", "0")),
             **_image_options(values),
+            **_interpolation_options(values),
             **hires_options(values, int(size.group(1)), int(size.group(2))),
         )
     except KeyError as missing:
@@ -322,6 +347,21 @@ def _image_options(values: dict[str, str]) -> dict[str, Any]:
     if "Mask cell" in values:
         options["mask_cell"] = values["Mask cell"]
     return options
+
+
+def _interpolation_options(values: dict[str, str]) -> dict[str, Any]:
+    """An interpolation's keys back into its parameters: `Frames` makes the job one."""
+    if FRAMES not in values:
+        return {}
+    seed_to = values.get(INTERPOLATE_SEED)
+    return {
+        "mode": INTERPOLATE,
+        "frames": int(values[FRAMES]),
+        "prompt_to": values.get(INTERPOLATE_TO),
+        "seed_to": int(seed_to) if seed_to is not None else None,
+        "fps": int(values.get(FRAME_RATE, str(DEFAULT_FPS))),
+        "animation": values.get(ANIMATION, "webp"),
+    }
 
 
 def _optional_int(text: str | None) -> int | None:

@@ -16,11 +16,11 @@ MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
 MIN_CLIP_SKIP, MAX_CLIP_SKIP = 1, 12
 MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH = 0.0, 1.0
 MIN_SIDE = 64
-# How a job makes its images. Every mode but txt2img starts from a stored input image.
-# `edit` (issue 18's /edit) is InstructPix2Pix: the picture conditions the model, words say
-# what to change.
-MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale", "edit")
-IMAGE_MODES = frozenset(MODES) - {"txt2img"}
+# How a job makes its images. Every mode but txt2img and interpolate (frames from text,
+# issue 18) starts from a stored input image. `edit` (issue 18's /edit) is InstructPix2Pix:
+# the picture conditions the model, words say what to change.
+MODES = ("txt2img", "img2img", "inpaint", "outpaint", "upscale", "edit", "interpolate")
+IMAGE_MODES = frozenset(MODES) - {"txt2img", "interpolate"}
 MIN_DENOISE, MAX_DENOISE = 0.0, 1.0
 MAX_MASK_BLUR = 64
 MAX_INPAINT_PADDING = 256
@@ -105,6 +105,14 @@ class GenerationParams:
     # /edit (issue 18): how strongly the result holds to the picture (A1111's Image CFG
     # scale); `cfg` is how strongly it follows the instruction. Read by the edit mode only.
     image_cfg: float = DEFAULT_IMAGE_CFG
+    # /interpolate (issue 18): `frames` images from (prompt, seed) to (prompt_to, seed_to),
+    # embeddings lerped and starting noise slerped (engine/api/interpolation.py); None: the
+    # same prompt or seed at both ends. The animation's speed and file format ride along.
+    prompt_to: str | None = None
+    seed_to: int | None = None
+    frames: int = 0
+    fps: int = 8
+    animation: str = "webp"
 
     def __post_init__(self) -> None:
         # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
@@ -142,6 +150,12 @@ class GenerationParams:
         if self.variation_seed is None or not self.has_variation:
             return [None] * self.count
         return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def images(self) -> int:
+        """How many images the job makes: an interpolation's frames, else `count`. What the
+        batch budget and the price count."""
+        return self.frames if self.mode == "interpolate" else self.count
 
     @property
     def size(self) -> str:

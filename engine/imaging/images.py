@@ -79,14 +79,14 @@ def _decode_user_comment(comment: bytes) -> str | None:
     return comment.decode("utf-8", errors="replace") or None
 
 
-def _user_comment(infotext: str) -> bytes:
+def user_comment(infotext: str) -> bytes:
     # EXIF's UNICODE comment is UTF-16; A1111 (through piexif) writes it big-endian.
     return b"UNICODE\0" + infotext.encode("utf-16-be")
 
 
 def _encode_webp(image: Image.Image, infotext: str, quality: int) -> bytes:
     exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = _user_comment(infotext)
+    exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = user_comment(infotext)
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=quality, method=4, exif=exif.tobytes())
     return buffer.getvalue()

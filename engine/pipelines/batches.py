@@ -18,6 +18,7 @@ from engine.api.jobs import EngineJob
 from engine.api.params import GenerationResult
 from engine.pipelines.conditioned import generate_conditioned
 from engine.pipelines.flow import generate_flow_batch
+from engine.pipelines.interpolate import generate_interpolations
 from engine.pipelines.lora import adapters_for
 from engine.pipelines.txt2img import generate_batch
 from engine.pipelines.upscale import UpscaleConfig
@@ -47,6 +48,8 @@ def run_batch(
     with torch.inference_mode(), adapters_for(loaded, first):
         if row.flow:
             return generate_flow_batch(loaded, jobs, config.preview_interval, config.noise)
+        if first.mode == "interpolate":
+            return generate_interpolations(loaded, jobs, config.preview_interval, config.noise)
         if first.mode != "txt2img" or first.control_type is not None:
             upscale = UpscaleConfig(
                 config.upscaler, config.upscale_tile, config.upscale_tile_overlap
