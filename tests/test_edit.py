@@ -241,8 +241,9 @@ def test_the_edit_model_is_the_preferred_one_that_can_edit(models):
 def test_an_edit_is_priced_as_the_steps_it_runs():
     # Every step runs (from noise), as img2img at full strength: 20 steps of 512x512 is one.
     standard = edit_params(steps=20, width=512, height=512, sampler="DDIM")
-    assert price_units(standard) == pytest.approx(1.0)
-    assert price_units(replace(standard, steps=40, count=2)) == pytest.approx(4.0)
+    # Three UNet rows a step against CFG's two: half as dear again as a /dream step.
+    assert price_units(standard) == pytest.approx(1.5)
+    assert price_units(replace(standard, steps=40, count=2)) == pytest.approx(6.0)
 
 
 def test_the_doctor_checks_an_edit_source(tiny_sd1, tiny_pix2pix, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.generation.options import DreamOptions
+from bot.generation.options import DreamOptions, price_units
 from data.jobs import JobStatus
 from engine.api.edits import NOT_SET_UP
 from engine.api.params import GenerationParams, InvalidParams
@@ -125,9 +125,11 @@ async def test_edit_changes_the_picture_and_posts_it_with_the_usual_buttons(sim)
     assert {"Upscale", "Vary (subtle)", "Vary (strong)", "Reroll", "Info", "Edit"} <= set(
         labels(message)
     )
-    # Priced as img2img at those steps: every step runs, from noise.
+    # Every step runs, from noise, as img2img at full strength; each runs three UNet rows
+    # against CFG's two, so it is half as dear again.
     price = sim.bot.dreams.price(params_of(job))
-    assert price == sim.bot.dreams.price(replace(params_of(job), mode="img2img", denoise=1.0))
+    as_img2img = price_units(replace(params_of(job), mode="img2img", denoise=1.0))
+    assert price_units(params_of(job)) == pytest.approx(1.5 * as_img2img)
     assert job.cost == price
     assert await balance(sim, alice) == before - price
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NewType
 
 from engine.api.checks import DEFAULT_UPSCALE_PIXELS, check_params
-from engine.api.edits import FROM_NOISE_MODES
+from engine.api.edits import EDIT, EDIT_STEP_COST, FROM_NOISE_MODES
 from engine.api.families import Family
 from engine.api.hires import second_pass_params
 from engine.api.infotext import DISTILLED_CFG, INTERPOLATION_KEYS
@@ -112,7 +112,8 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     """How many standard images (512x512, 20 steps) a job is worth.
 
     Image-conditioned modes run only the steps A1111 runs for their denoise (about `denoise`
-    of them: engine/api/samplers.py img2img_steps), so they cost those; hires fix adds its
+    of them: engine/api/samplers.py img2img_steps), so they cost those; an edit runs every
+    step, each half as dear again (EDIT_STEP_COST); hires fix adds its
     img2img pass, at its size. A mask preview paints nothing (and is never charged).
     `spec`, the job's model: a step of its family costs `Family.cost` SD 1.5 steps per pixel
     (an estimate from published step times: a FLUX.1 dev step about 6); without it, 1.
@@ -125,7 +126,7 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
         if params.mode in FROM_NOISE_MODES or params.mode == INTERPOLATE
         else img2img_steps(params.sampler, params.steps, params.denoise)
     )
-    work = pixels * steps
+    work = pixels * steps * (EDIT_STEP_COST if params.mode == EDIT else 1.0)
     if params.has_hires:  # hires fix's img2img pass, at its final size (issue 16)
         second = second_pass_params(params)
         second_steps = img2img_steps(second.sampler, second.steps, second.denoise)
