@@ -108,10 +108,11 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     if params.mask_preview:
         return MASK_PREVIEW_UNITS
     pixels = params.width * params.height / STANDARD_PIXELS
+    flow = spec is not None and spec.family_row().flow
     steps = (
         params.steps
         if params.mode == "txt2img"
-        else img2img_steps(params.sampler, params.steps, params.denoise)
+        else img2img_steps(params.sampler, params.steps, params.denoise, flow=flow)
     )
     work = pixels * steps
     if params.has_hires:  # hires fix's img2img pass, at its size (issue 16)

@@ -37,7 +37,8 @@ Architecture = Literal["unet", "flow"]
 
 # Every A1111 sampler in engine/api/samplers.py; flow-matching models have one scheduler.
 ALL_SAMPLERS: tuple[str, ...] = ()
-_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
+# Every family runs these through its diffusers img2img and inpaint pipelines.
+IMAGE_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class Family:
     # alternation, AND and weighted sub-prompts. Emphasis `(word:1.2)` works everywhere.
     prompt_chunks: bool = True
     prompt_tokens: int = 0  # T5's sequence length (flow families); 0: CLIP chunks
-    image_modes: frozenset[str] = _SD_MODES
+    image_modes: frozenset[str] = IMAGE_MODES
     controlnet: bool = True
     embeddings: bool = True  # textual inversion
     training: bool = True  # /train
@@ -91,7 +92,6 @@ _FLOW: dict[str, Any] = {
     "sampler": "Euler",
     "clip_skip": False,
     "prompt_chunks": False,
-    "image_modes": frozenset(),
     "controlnet": False,
     "embeddings": False,
     "training": False,
