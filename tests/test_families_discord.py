@@ -1,10 +1,12 @@
-"""/dream and /models on a FLUX.1 model through discord.py's real stack (SimCord), the engine
-thread and SQLite: what the family cannot do is refused in one sentence before anything is
-charged, and what it can do posts an image whose infotext Forge reads."""
+"""/dream, /models and the result buttons on FLUX.1 and SD 3 models through discord.py's real
+stack (SimCord), the engine thread and SQLite: what the family cannot do is refused in one
+sentence before anything is charged, and what it can do posts an image whose infotext Forge
+reads; every button under such a result runs and posts a picture."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,7 @@ from engine.imaging.images import read_png_infotext
 from engine.pipelines.tiny_families import save_tiny_family
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result
+from tests.test_reframe_discord import dream, job_of, picture, replies
 
 TINY = {"default_size": (64, 64), "max_pixels": 128 * 128}
 
@@ -23,11 +26,17 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_family(tmp_path_factory.mktemp("models") / "tiny-flux", "flux")
 
 
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_family(tmp_path_factory.mktemp("models") / "tiny-sd3", "sd3")
+
+
 @pytest.fixture
-def settings(make_settings, tiny_flux, tiny_sd1):
+def settings(make_settings, tiny_flux, tiny_sd3, tiny_sd1):
     return make_settings(
         models={
             "flux": {"source": str(tiny_flux), **TINY, "note": "tiny random FLUX.1 dev"},
+            "sd3": {"source": str(tiny_sd3), **TINY},
             "tiny": {"source": str(tiny_sd1), **TINY},
         },
         default_model="flux",
@@ -77,7 +86,48 @@ async def test_models_says_what_flux_cannot_do(sim):
     listed = await sim.member("alice").slash(sim.channel, "models")
     assert listed.response.content.splitlines() == [
         "**flux** (default), 64x64 (FLUX.1 dev: 28 steps, distilled CFG 3.5, Euler only; no "
-        "negative prompt, clip skip, BREAK, prompt editing and AND, img2img, inpaint and "
-        "upscale, ControlNet, embeddings, /train): tiny random FLUX.1 dev",
+        "negative prompt, clip skip, BREAK, prompt editing and AND, ControlNet, embeddings, "
+        "/train): tiny random FLUX.1 dev",
+        "**sd3**, 64x64 (SD 3.x: 28 steps, CFG 3.5, Euler only; no clip skip, BREAK, prompt "
+        "editing and AND, ControlNet, embeddings, /train)",
         "**tiny**, 64x64",
     ]
+
+
+async def clicked(sim: Any, member: Any, message: Any, custom_id: str) -> Any:
+    """Press a button under `message`; the finished reply it posts."""
+    click = await member.click(message, custom_id=custom_id)
+    assert click.response.content.startswith("Queued as job "), click.response.content
+    job = int(click.response.content.split()[3].rstrip(","))
+    await wait_until(sim.env, lambda: any(job_of(m) == job for m in replies(sim, message)))
+    await sim.bot.scheduler.drain()
+    [reply] = [m for m in replies(sim, message) if job_of(m) == job]
+    return reply
+
+
+# Each button, and the size of the picture it makes from a 128x128 result (the model's
+# largest): U doubles it, in tiles; a zoom out keeps it; a pan left widens it by half, shrunk
+# to fit the model, in FLUX's and SD 3's multiples of 16.
+BUTTONS = {
+    "upscale": (256, 256),
+    "vary": (128, 128),
+    "strong": (128, 128),
+    "reroll": (128, 128),
+    "zoom2": (128, 128),
+    "panleft": (144, 96),
+}
+
+
+@pytest.mark.parametrize("model", ["flux", "sd3"])
+async def test_every_button_under_a_flow_result_runs_and_posts_a_picture(sim, model):
+    alice = sim.member("alice")
+    message = await dream(sim, alice, model=model, seed=7)
+    job = job_of(message)
+    for name, size in BUTTONS.items():
+        custom_id = f"sd:{name}:{job}" + ("" if name == "reroll" else ":0")
+        image, infotext = await picture(await clicked(sim, alice, message, custom_id))
+        assert image.size == size, name
+        params = params_from_infotext(infotext)
+        assert (params.model, params.prompt) == (f"tiny-{model}", "a cat"), name
+        assert ("Distilled CFG Scale" in infotext) is (model == "flux"), name
+    sim.expected_errors()  # none: every click ran
