@@ -328,14 +328,19 @@ def test_a_models_transformer_quantization_and_defaults_are_settings():
     assert line.startswith("Setting SDBOT_MODELS (flux.quantize): Input should be 'nf4'")
 
 
-def test_train_is_refused_on_families_it_cannot_train() -> None:
+def test_train_takes_a_lora_on_every_family_and_an_embedding_on_sd_only() -> None:
     from engine.api.params import InvalidParams
     from engine.api.training_params import TrainingLimits, check_training, make_training_params
 
     params = make_training_params(
         name="rex", model="flux", resolution=512, seed=1, class_word="dog", steps=10
     )
+    embedding = make_training_params(
+        name="rex", model="flux", resolution=512, seed=1, class_word="dog", method="embedding"
+    )
+    for family in ("flux", "flux-schnell", "sd3", "sdxl"):  # LoRAs train on all of them
+        check_training(params, TrainingLimits(), family)
     for family in ("flux", "flux-schnell", "sd3"):
-        with pytest.raises(InvalidParams, match="cannot be trained here yet"):
-            check_training(params, TrainingLimits(), family)
-    check_training(params, TrainingLimits(), "sdxl")  # LoRA on SDXL trains
+        with pytest.raises(InvalidParams, match=r"^Textual inversion is not available for"):
+            check_training(embedding, TrainingLimits(), family)
+    check_training(embedding, TrainingLimits(), "sd1")

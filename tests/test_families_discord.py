@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from safetensors.torch import load as safetensors_load
 
 from data import JobStatus
-from engine.api.infotext import params_from_infotext
+from engine.api.infotext import params_from_infotext, parse_infotext
 from engine.imaging.images import read_png_infotext
 from engine.pipelines.tiny_families import save_tiny_family
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result
 from tests.test_reframe_discord import dream, job_of, picture, replies
+from tests.test_train_discord import private_answer, trained
 
 TINY = {"default_size": (64, 64), "max_pixels": 128 * 128}
 
@@ -131,3 +133,29 @@ async def test_every_button_under_a_flow_result_runs_and_posts_a_picture(sim, mo
         assert (params.model, params.prompt) == (f"tiny-{model}", "a cat"), name
         assert ("Distilled CFG Scale" in infotext) is (model == "flux"), name
     sim.expected_errors()  # none: every click ran
+
+
+async def test_train_a_flux_lora_then_dream_with_its_tag_and_not_on_sd1(sim):
+    alice = sim.member("alice")
+    done = await trained(sim, alice)  # the default model: FLUX.1 dev
+    assert "`/dream prompt: <lora:rex:0.8> a photo of zwxrex dog`" in done.content
+    sample = parse_infotext(read_png_infotext(await done.attachments[0].read())).values
+    assert sample["Distilled CFG Scale"] == "3.5"
+    [dm] = alice.user.dm_channel.history()
+    assert "`rex.safetensors` is attached for Forge and ComfyUI" in dm.content
+    copy = safetensors_load(await dm.attachments[-1].read())
+    assert all(key.startswith("transformer.") for key in copy)  # diffusers' keys, as they read
+
+    prompt = "<lora:rex:0.8> a photo of zwxrex dog"
+    used = await alice.slash(sim.channel, "dream", prompt=prompt, steps=2)
+    await wait_until(sim.env, lambda: has_result(used))
+    png = await used.response.attachments[0].read()
+    assert parse_infotext(read_png_infotext(png)).values["Lora hashes"].startswith("rex: ")
+
+    before = await sim.bot.scheduler.jobs.with_status(*JobStatus)
+    on_sd1 = await alice.slash(sim.channel, "dream", prompt=prompt, model="tiny", steps=2)
+    assert private_answer(on_sd1) == (
+        "❌ rex was trained on flux (flux); it cannot be used with a sd1 model."
+    )
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == before  # no job, no charge
+    sim.expected_errors()

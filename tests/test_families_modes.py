@@ -17,6 +17,7 @@ from PIL import Image
 
 from bot.generation.options import price_units
 from engine.api.checks import check_params
+from engine.api.errors import EngineError
 from engine.api.families import FAMILIES, ModelFamily
 from engine.api.infotext import params_from_infotext, parse_infotext
 from engine.api.params import GenerationParams, InvalidParams, Progress
@@ -215,3 +216,11 @@ def test_an_image_job_on_flux_is_priced_by_the_steps_diffusers_runs():
     txt2img = price_units(flow_params("flux", mode="txt2img", steps=28), spec)
     img2img = price_units(flow_params("flux", steps=28, denoise=0.75), spec)
     assert img2img == pytest.approx(txt2img * 21 / 28)  # not A1111's 22 steps
+
+
+def test_an_sd_inpainting_unet_on_a_flux_model_is_refused_in_words(folders):
+    spec = ModelSpec("flux", str(folders["flux"]), inpaint_source="/models/sd-inpainting")
+    loaded = load_model(spec, CPU, torch.float32)
+    p = flow_params("flux", mode="inpaint", mask_image="mask", denoise=0.9)
+    with pytest.raises(EngineError, match=r"FLUX\.1 dev models cannot use"):
+        run(loaded, job(p, init=picture(), mask=square_mask()))

@@ -94,7 +94,6 @@ _FLOW: dict[str, Any] = {
     "prompt_chunks": False,
     "controlnet": False,
     "embeddings": False,
-    "training": False,
     "size_multiple": 16,
     "half_dtype": "bfloat16",
     "native_size": (1024, 1024),

@@ -25,7 +25,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from engine.api.errors import JobCancelled
+from engine.api.errors import EngineError, JobCancelled
 from engine.api.families import family
 from engine.api.infotext import build_infotext
 from engine.api.jobs import EngineJob
@@ -191,6 +191,12 @@ def inpaint_pipe(loaded: LoadedModel) -> Any:
         source = loaded.spec.inpaint_source
         if not source:
             return from_base(cls, loaded)
+        row = family(loaded.family)
+        if row.flow:  # an owner's setting this family cannot use: said, never ignored
+            raise EngineError(
+                f"Model {loaded.spec.name} names an inpainting UNet (inpaint_source), which "
+                f"{row.label} models cannot use; the bot's owner should remove it."
+            )
         with torch.inference_mode(False):  # ordinary weights, usable outside inference too
             unet = load_unet(source, loaded.family, loaded.pipe.device, loaded.pipe.dtype)
         return from_base(cls, loaded, unet=unet)
