@@ -202,6 +202,10 @@ def test_a_picture_off_the_patch_grid_comes_back_at_its_size(models):
         ({"init_image": None}, "img2img needs an image to start from."),
         ({"mode": "inpaint", "negative": "blurry"}, "FLUX.1 dev has no negative prompt"),
         ({"width": 72}, "multiples of 16 for FLUX.1 dev models."),
+        (
+            {"mode": "txt2img", "init_image": None, "hires_scale": 2.0},
+            "Hires fix is for SD 1.x/SDXL models here, without ControlNet.",
+        ),
     ],
 )
 def test_bad_image_jobs_on_flux_are_refused_in_one_sentence(overrides, message):
