@@ -5,10 +5,12 @@ reads; every button under such a result runs and posts a picture."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from safetensors.torch import load as safetensors_load
 
 from data import JobStatus
@@ -17,6 +19,8 @@ from engine.imaging.images import read_png_infotext
 from engine.pipelines.tiny_families import save_tiny_family
 from tests.conftest import wait_until
 from tests.discord_helpers import has_result
+from tests.test_images_discord import picture as images_picture
+from tests.test_images_discord import png as images_png
 from tests.test_reframe_discord import dream, job_of, picture, replies
 from tests.test_train_discord import private_answer, trained
 
@@ -158,4 +162,29 @@ async def test_train_a_flux_lora_then_dream_with_its_tag_and_not_on_sd1(sim):
         "❌ rex was trained on flux (flux); it cannot be used with a sd1 model."
     )
     assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == before  # no job, no charge
+    sim.expected_errors()
+
+
+async def test_img2img_on_flux_sizes_an_odd_picture_to_sixteens_and_inpaint_needs_a_mask(sim):
+    alice = sim.member("alice")
+    odd = images_picture((100, 75))
+    result = await alice.slash(
+        sim.channel, "img2img", image=("odd.png", images_png(odd)), prompt="a cat", steps=2
+    )
+    await wait_until(sim.env, lambda: has_result(result))
+    [attachment] = result.response.attachments
+    data = await attachment.read()
+    width, height = Image.open(io.BytesIO(data)).size
+    assert (width % 16, height % 16) == (0, 0)
+    values = parse_infotext(read_png_infotext(data)).values
+    assert (values["Denoising strength"], values["Distilled CFG Scale"]) == ("0.75", "3.5")
+
+    jobs = await sim.bot.scheduler.jobs.with_status(*JobStatus)
+    refused = await alice.slash(
+        sim.channel, "inpaint", image=("flat.png", images_png(odd)), prompt="a hole", steps=2
+    )
+    assert private_answer(refused) == (
+        "❌ Attach a mask, or an image with transparent pixels where it should change."
+    )
+    assert await sim.bot.scheduler.jobs.with_status(*JobStatus) == jobs  # nothing queued
     sim.expected_errors()

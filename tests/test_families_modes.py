@@ -131,9 +131,17 @@ def test_the_step_count_is_the_one_diffusers_runs(models, steps, denoise):
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
-def test_inpaint_repaints_only_the_masked_area(models, family):
+def test_inpaint_repaints_only_the_masked_area_with_previews(models, family):
     p = flow_params(family, mode="inpaint", mask_image="mask", denoise=0.9, mask_blur=2)
-    [out] = run(models[family], job(p, init=picture(), mask=square_mask()))
+    seen: list[Progress] = []
+    j = job(p, init=picture(), mask=square_mask())
+    j.report = seen.append
+    with torch.inference_mode():  # previews at every step but the last
+        [result] = generate_conditioned(models[family], [j], 0.0, "cpu")
+    out = result.images[0].png
+    previews = [s.preview_png for s in seen if s.preview_png is not None]
+    assert len(previews) == flow_img2img_steps(4, 0.9) - 1
+    assert Image.open(io.BytesIO(previews[0])).size[0] > 0
     before, after = np.asarray(picture(), dtype=np.int16), pixels(out)
     keep = far_from(square_mask(), 8)
     assert (after[keep] == before[keep]).all()
