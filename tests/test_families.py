@@ -258,7 +258,7 @@ def test_models_says_what_each_family_lacks():
     assert lacks(FAMILIES["sd1"]) == []
     assert summary(FAMILIES["flux"], 28, 3.5) == (
         "FLUX.1 dev: 28 steps, distilled CFG 3.5, Euler only; no negative prompt, clip skip, "
-        "BREAK, prompt editing and AND, ControlNet, embeddings, /train"
+        "BREAK, prompt editing and AND, ControlNet, embeddings"
     )
     assert summary(FAMILIES["sd3"], 28, 3.5).startswith(
         "SD 3.x: 28 steps, CFG 3.5, Euler only; no clip"

@@ -88,14 +88,14 @@ async def test_dream_on_flux_posts_an_image_whose_infotext_forge_reads(sim):
     assert (params.model, params.sampler) == ("tiny-flux", "Euler")  # the folder, no path
 
 
-async def test_models_says_what_flux_cannot_do(sim):
+async def test_models_says_what_flux_and_sd3_cannot_do(sim):
     listed = await sim.member("alice").slash(sim.channel, "models")
     assert listed.response.content.splitlines() == [
         "**flux** (default), 64x64 (FLUX.1 dev: 28 steps, distilled CFG 3.5, Euler only; no "
-        "negative prompt, clip skip, BREAK, prompt editing and AND, ControlNet, embeddings, "
-        "/train): tiny random FLUX.1 dev",
+        "negative prompt, clip skip, BREAK, prompt editing and AND, ControlNet, embeddings): "
+        "tiny random FLUX.1 dev",
         "**sd3**, 64x64 (SD 3.x: 28 steps, CFG 3.5, Euler only; no clip skip, BREAK, prompt "
-        "editing and AND, ControlNet, embeddings, /train)",
+        "editing and AND, ControlNet, embeddings)",
         "**tiny**, 64x64",
     ]
 
