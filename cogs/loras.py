@@ -15,6 +15,7 @@ from bot.jobs.contracts import JobRefused
 from bot.training.loras import FOLDER_OWNER
 from bot.training.outcomes import a1111_name
 from cogs.ui.options import MAX_CHOICES
+from engine.api.lora_files import copy_readers
 from engine.api.params import InvalidParams
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Loras(commands.Cog):
             return
         data = await asyncio.to_thread(path.read_bytes)
         await interaction.followup.send(
-            f"`{file_name}` for A1111, Forge and ComfyUI.",
+            f"`{file_name}` for {copy_readers(lora.metadata)}.",
             file=discord.File(io.BytesIO(data), filename=file_name),
             ephemeral=True,
         )

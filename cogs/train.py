@@ -29,6 +29,7 @@ from cogs.ui.presenter import DreamPresenter
 from cogs.ui.rendering import credits_text, failure_text
 from cogs.ui.starting import download
 from data.jobs import Job
+from engine.api.lora_files import copy_readers
 from engine.api.params import InvalidParams
 from engine.api.training_params import TrainingProgress
 
@@ -229,6 +230,7 @@ async def _a1111_attachment(outcome: TrainedOutcome) -> tuple[str, list[discord.
     if path is None:
         return "", []
     name, lora = outcome.a1111_name, outcome.lora
+    readers = copy_readers(lora.metadata)
     if lora.method == "lora":
         where = f"put it in `models/Lora` (ComfyUI: `models/loras`), use `<lora:{lora.name}:0.8>`"
     else:
@@ -236,13 +238,13 @@ async def _a1111_attachment(outcome: TrainedOutcome) -> tuple[str, list[discord.
     size = await asyncio.to_thread(lambda: path.stat().st_size)
     if size > DM_FILE_LIMIT:
         return (
-            f"The file for A1111, Forge and ComfyUI ({size / 1024**2:.1f} MB) is over Discord's "
+            f"The file for {readers} ({size / 1024**2:.1f} MB) is over Discord's "
             f"{DM_FILE_LIMIT // 1024**2} MB limit for a DM, so it is not attached; the bot's "
             "owner can give it to you.",
             [],
         )
     data = await asyncio.to_thread(path.read_bytes)
-    return f"`{name}` is attached for A1111, Forge and ComfyUI: {where}.", [
+    return f"`{name}` is attached for {readers}: {where}.", [
         discord.File(io.BytesIO(data), filename=name)
     ]
 

@@ -208,14 +208,13 @@ def test_a_model_can_set_its_own_defaults():
             "FLUX.1 dev models; weigh words with A1111's (word:1.2) instead.",
         ),
         (
-            {"mode": "img2img", "init_image": "abc"},
-            "img2img is not available for FLUX.1 dev models here yet; /dream makes images with "
-            "them from text.",
+            {"mode": "img2img", "init_image": "abc", "denoise": 1.2},
+            "Denoising strength must be 0-1, not 1.2.",
         ),
         (
-            {"mode": "inpaint", "init_image": "abc"},
-            "Inpainting is not available for FLUX.1 dev models here yet; /dream makes images "
-            "with them from text.",
+            {"mode": "inpaint", "init_image": "abc", "negative": "blurry"},
+            "FLUX.1 dev has no negative prompt (its guidance is distilled into the model, so "
+            "nothing runs against one): leave it empty and say in the prompt what you want.",
         ),
         (
             {"control_type": "canny", "control_image": "abc"},
@@ -240,6 +239,13 @@ def test_what_a_family_can_do_passes():
     check_params(flux(loras=(("style", "/l/style.safetensors", 0.8),)), MODELS, 1000)
     check_params(flux(model="sd35", negative="blurry", cfg=4.5), MODELS, 1000)
     check_params(flux(model="schnell", cfg=0.0, steps=4), MODELS, 1000)
+    for mode, extra in (
+        ("img2img", {}),
+        ("inpaint", {}),
+        ("outpaint", {"outpaint": (16, 0, 0, 0)}),
+    ):
+        check_params(flux(mode=mode, init_image="abc", denoise=0.6, **extra), MODELS, 1000)
+    check_params(flux(mode="upscale", init_image="abc", upscale=2.0), MODELS, 1000)
     # SD 1.x keeps every option
     check_params(
         standard_params(negative="x", clip_skip=2, prompt="a [cat:dog:5] BREAK x AND y"),
@@ -252,8 +258,7 @@ def test_models_says_what_each_family_lacks():
     assert lacks(FAMILIES["sd1"]) == []
     assert summary(FAMILIES["flux"], 28, 3.5) == (
         "FLUX.1 dev: 28 steps, distilled CFG 3.5, Euler only; no negative prompt, clip skip, "
-        "BREAK, prompt editing and AND, img2img, inpaint and upscale, ControlNet, embeddings, "
-        "/train"
+        "BREAK, prompt editing and AND, ControlNet, embeddings"
     )
     assert summary(FAMILIES["sd3"], 28, 3.5).startswith(
         "SD 3.x: 28 steps, CFG 3.5, Euler only; no clip"
@@ -323,14 +328,19 @@ def test_a_models_transformer_quantization_and_defaults_are_settings():
     assert line.startswith("Setting SDBOT_MODELS (flux.quantize): Input should be 'nf4'")
 
 
-def test_train_is_refused_on_families_it_cannot_train() -> None:
+def test_train_takes_a_lora_on_every_family_and_an_embedding_on_sd_only() -> None:
     from engine.api.params import InvalidParams
     from engine.api.training_params import TrainingLimits, check_training, make_training_params
 
     params = make_training_params(
         name="rex", model="flux", resolution=512, seed=1, class_word="dog", steps=10
     )
+    embedding = make_training_params(
+        name="rex", model="flux", resolution=512, seed=1, class_word="dog", method="embedding"
+    )
+    for family in ("flux", "flux-schnell", "sd3", "sdxl"):  # LoRAs train on all of them
+        check_training(params, TrainingLimits(), family)
     for family in ("flux", "flux-schnell", "sd3"):
-        with pytest.raises(InvalidParams, match="cannot be trained here yet"):
-            check_training(params, TrainingLimits(), family)
-    check_training(params, TrainingLimits(), "sdxl")  # LoRA on SDXL trains
+        with pytest.raises(InvalidParams, match=r"^Textual inversion is not available for"):
+            check_training(embedding, TrainingLimits(), family)
+    check_training(embedding, TrainingLimits(), "sd1")

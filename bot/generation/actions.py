@@ -245,23 +245,24 @@ class ResultActions(Results):
     ) -> GenerationParams:
         """Zoom out, pan or make square: the picture shrunk into a larger canvas whose new
         border is outpainted, within the model's size (so a zoom keeps the resolution)."""
-        cap = self.dreams.models[params.model].pixel_cap()
+        spec = self.dreams.models[params.model]
+        cap, multiple = spec.pixel_cap(), spec.family_row().size_multiple
         width, height = chosen.width, chosen.height
         if factor is not None or action in _ZOOMS:
-            frame = attachments.zoom_out(width, height, factor or _ZOOMS[action], cap)
+            frame = attachments.zoom_out(width, height, factor or _ZOOMS[action], cap, multiple)
         elif action in _PANS:
-            frame = attachments.pan(width, height, _PANS[action], cap)
+            frame = attachments.pan(width, height, _PANS[action], cap, multiple)
         else:
-            frame = attachments.make_square(width, height, cap)
+            frame = attachments.make_square(width, height, cap, multiple)
         inner = await asyncio.to_thread(
             attachments.shrunk_png, png, frame.inner, max_pixels=self.settings.max_attachment_pixels
         )
         key = await self.inputs.put_async(inner)
-        canvas_w, canvas_h = attachments.outpaint_size(*frame.inner, frame.pads)
+        canvas_w, canvas_h = attachments.outpaint_size(*frame.inner, frame.pads, multiple)
         return replace(
             from_image(params, key),
             mode="outpaint",
-            outpaint=attachments.outpaint_pads(*frame.inner, frame.pads),
+            outpaint=attachments.outpaint_pads(*frame.inner, frame.pads, multiple),
             seed=random_seed(),
             count=1,
             denoise=DEFAULT_OUTPAINT_DENOISE,
@@ -276,7 +277,7 @@ class ResultActions(Results):
             self.inputs,
             png,
             max_pixels=self.settings.max_attachment_pixels,
-            pixel_cap=spec.pixel_cap(),
+            spec=spec,
         )
         return replace(
             from_image(params, key),
@@ -302,7 +303,7 @@ class ResultActions(Results):
             self.inputs,
             png,
             max_pixels=self.settings.max_attachment_pixels,
-            pixel_cap=self.dreams.models[model].pixel_cap(),
+            spec=self.dreams.models[model],
         )
         return replace(
             from_image(params, key),
@@ -325,8 +326,9 @@ class ResultActions(Results):
     async def _upscale(
         self, params: GenerationParams, chosen: JobImage, png: bytes
     ) -> GenerationParams:
+        multiple = self.dreams.models[params.model].family_row().size_multiple
         width, height = attachments.upscale_size(
-            chosen.width, chosen.height, self.settings.upscale_factor
+            chosen.width, chosen.height, self.settings.upscale_factor, multiple
         )
         key = await self.inputs.put_async(png)
         return replace(

@@ -91,12 +91,13 @@ class ImageRequests:
             raise InvalidParams(f"Unknown model {name!r}. Models: {known}.")
         return spec
 
-    async def _init(self, data: bytes, pixel_cap: int) -> PreparedImage:
+    async def _init(self, data: bytes, spec: ModelSpec, pixel_cap: int) -> PreparedImage:
         return await asyncio.to_thread(
             attachments.prepare_init,
             data,
             max_pixels=self.settings.max_attachment_pixels,
             pixel_cap=pixel_cap,
+            multiple=spec.family_row().size_multiple,
         )
 
     async def _store(self, prepared: PreparedImage) -> str:
@@ -116,7 +117,7 @@ class ImageRequests:
         control: ControlRequest | None = None,
     ) -> Prepared:
         spec = self._spec(options)
-        init = await self._init(image, spec.pixel_cap())
+        init = await self._init(image, spec, spec.pixel_cap())
         key = await self._store(init)
         fields: dict[str, object] = {
             "mode": "img2img",
@@ -151,7 +152,8 @@ class ImageRequests:
         model = edit_model(self.dreams.models, options.model, self.settings.default_model)
         if model is None:
             raise InvalidParams(NOT_SET_UP)
-        init = await self._init(image, self.dreams.models[model].pixel_cap())
+        spec = self.dreams.models[model]
+        init = await self._init(image, spec, spec.pixel_cap())
         fields: dict[str, object] = {
             "mode": "edit",
             "init_image": _UNSTORED,
@@ -178,7 +180,7 @@ class ImageRequests:
         padding: int | None = None,
     ) -> Prepared:
         spec = self._spec(options)
-        init = await self._init(image, spec.pixel_cap())
+        init = await self._init(image, spec, spec.pixel_cap())
         prepared_mask = await asyncio.to_thread(
             attachments.prepare_mask,
             mask,
@@ -212,10 +214,11 @@ class ImageRequests:
             )
         spec = self._spec(options)
         cap = spec.pixel_cap()
-        init = await self._init(image, cap)
+        init = await self._init(image, spec, cap)
+        multiple = spec.family_row().size_multiple
         # The grown canvas must fit the model too: shrink the picture until it does.
         scale = 1.0
-        width, height = attachments.outpaint_size(init.width, init.height, pads)
+        width, height = attachments.outpaint_size(init.width, init.height, pads, multiple)
         while width * height > cap:
             scale *= 0.9
             if scale < MIN_OUTPAINT_SCALE:
@@ -223,12 +226,12 @@ class ImageRequests:
                     f"Growing the picture by {sum(pads)} pixels leaves too little room for it "
                     f"within the model's {cap:,} pixels; grow it less."
                 )
-            init = await self._init(image, int(cap * scale * scale))
-            width, height = attachments.outpaint_size(init.width, init.height, pads)
+            init = await self._init(image, spec, int(cap * scale * scale))
+            width, height = attachments.outpaint_size(init.width, init.height, pads, multiple)
         fields: dict[str, object] = {
             "mode": "outpaint",
             "init_image": await self._store(init),
-            "outpaint": attachments.outpaint_pads(init.width, init.height, pads),
+            "outpaint": attachments.outpaint_pads(init.width, init.height, pads, multiple),
             "denoise": DEFAULT_OUTPAINT_DENOISE if denoise is None else denoise,
         }
         params = self._params(replace(options, size=(width, height)), **fields)
@@ -256,7 +259,8 @@ class ImageRequests:
             options = replace(
                 options, prompt=carried[0], negative=options.negative or carried[1] or None
             )
-        width, height = attachments.upscale_size(init.width, init.height, factor)
+        multiple = self._spec(options).family_row().size_multiple
+        width, height = attachments.upscale_size(init.width, init.height, factor, multiple)
         # Refused before anything is stored: a refused request leaves nothing on disk.
         check_upscale_size(width, height, self.settings.max_upscale_pixels)
         fields: dict[str, object] = {
@@ -302,12 +306,16 @@ class ImageRequests:
 
 
 async def store_init(
-    inputs: InputStore, png: bytes, *, max_pixels: int, pixel_cap: int
+    inputs: InputStore, png: bytes, *, max_pixels: int, spec: ModelSpec
 ) -> tuple[PreparedImage, str]:
-    """A result's picture sized for the model (off the event loop) and stored by content:
-    the input of a job a button starts from it."""
+    """A result's picture sized for the model `spec` (off the event loop) and stored by
+    content: the input of a job a button starts from it."""
     prepared = await asyncio.to_thread(
-        attachments.prepare_init, png, max_pixels=max_pixels, pixel_cap=pixel_cap
+        attachments.prepare_init,
+        png,
+        max_pixels=max_pixels,
+        pixel_cap=spec.pixel_cap(),
+        multiple=spec.family_row().size_multiple,
     )
     return prepared, await inputs.put_async(prepared.png)
 

@@ -121,10 +121,11 @@ def price_units(params: GenerationParams, spec: ModelSpec | None = None) -> floa
     if params.mask_preview:
         return MASK_PREVIEW_UNITS
     pixels = params.width * params.height / STANDARD_PIXELS
+    flow = spec is not None and spec.family_row().flow
     steps = (
         params.steps  # an edit runs every step too, from noise (engine/api/edits.py)
         if params.mode in FROM_NOISE_MODES or params.mode == INTERPOLATE
-        else img2img_steps(params.sampler, params.steps, params.denoise)
+        else img2img_steps(params.sampler, params.steps, params.denoise, flow=flow)
     )
     work = pixels * steps * (EDIT_STEP_COST if params.mode == EDIT else 1.0)
     if params.has_hires:  # hires fix's img2img pass, at its final size (issue 16)

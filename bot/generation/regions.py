@@ -81,7 +81,7 @@ class RegionEdits:
             self.inputs,
             png,
             max_pixels=self.settings.max_attachment_pixels,
-            pixel_cap=spec.pixel_cap(),
+            spec=spec,
         )
         return replace(
             from_image(params, key),

@@ -37,7 +37,10 @@ Architecture = Literal["unet", "flow"]
 
 # Every A1111 sampler in engine/api/samplers.py; flow-matching models have one scheduler.
 ALL_SAMPLERS: tuple[str, ...] = ()
-_SD_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale", "interpolate"})
+# Every family runs these through its diffusers img2img and inpaint pipelines.
+IMAGE_MODES = frozenset({"img2img", "inpaint", "outpaint", "upscale"})
+# Interpolation (/interpolate) runs on the UNet families' pipelines only, so far.
+_SD_MODES = IMAGE_MODES | {"interpolate"}
 # InstructPix2Pix (/edit) UNets exist for SD 1.5 (timbrooks/instruct-pix2pix) and run on
 # SD 1.x/2.x's pipeline; SDXL's take another pipeline, not run here yet.
 _EDIT_MODES = _SD_MODES | {"edit"}
@@ -94,10 +97,9 @@ _FLOW: dict[str, Any] = {
     "sampler": "Euler",
     "clip_skip": False,
     "prompt_chunks": False,
-    "image_modes": frozenset(),
+    "image_modes": IMAGE_MODES,
     "controlnet": False,
     "embeddings": False,
-    "training": False,
     "size_multiple": 16,
     "half_dtype": "bfloat16",
     "native_size": (1024, 1024),

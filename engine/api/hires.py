@@ -130,7 +130,9 @@ def hires_problem(params: GenerationParams, spec: ModelSpec, max_prompt: int) ->
         return f"Hires steps must be 0-{MAX_HIRES_STEPS}, not {params.hires_steps}."
     if not 0 < params.hires_denoise <= 1:
         return f"Hires denoising must be above 0 and at most 1, not {params.hires_denoise:g}."
-    if params.control_type is not None or "img2img" not in spec.family_row().image_modes:
+    row = spec.family_row()
+    # SD 3 and FLUX have img2img, but their txt2img path has no second pass (yet).
+    if params.control_type is not None or row.flow or "img2img" not in row.image_modes:
         return "Hires fix is for SD 1.x/SDXL models here, without ControlNet."
     second = second_pass_params(params)
     if params.hires_sampler is not None or params.hires_schedule is not None:

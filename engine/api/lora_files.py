@@ -153,7 +153,14 @@ def lora_family(header: SafetensorsHeader) -> ModelFamily | None:
 
 
 def _family_from_metadata(metadata: dict[str, str]) -> ModelFamily | None:
+    ours = metadata.get("sdbot.family", "")  # /train's own files say it
+    if ours in FAMILIES:
+        return ours  # type: ignore[return-value]
     version = metadata.get("ss_base_model_version", "")
+    if version.startswith("flux"):
+        return "flux"
+    if version.startswith("sd3"):
+        return "sd3"
     architecture = metadata.get("modelspec.architecture", "")
     if version.startswith("sdxl") or architecture.startswith("stable-diffusion-xl"):
         return "sdxl"
@@ -169,6 +176,14 @@ def _family_from_metadata(metadata: dict[str, str]) -> ModelFamily | None:
 def _family_from_shapes(tensors: dict[str, TensorInfo]) -> ModelFamily | None:
     if any(key.startswith("lora_te2_") for key in tensors):  # SDXL's second text encoder
         return "sdxl"
+    # FLUX's single-stream blocks (diffusers' names, BFL's in kohya's); SD 3's joint blocks.
+    if any("single_transformer_blocks" in key or "single_blocks" in key for key in tensors):
+        return "flux"
+    if any(
+        key.startswith(("transformer.transformer_blocks.", "lora_unet_joint_blocks_"))
+        for key in tensors
+    ):
+        return "sd3"
     for key, info in tensors.items():
         down = ".lora_down." in key or ".lora_A." in key or ".lora.down." in key
         if down and ("attn2_to_k" in key or "attn2.to_k" in key) and len(info.shape) >= 2:
@@ -179,13 +194,25 @@ def _family_from_shapes(tensors: dict[str, TensorInfo]) -> ModelFamily | None:
 def check_family(header: SafetensorsHeader, family: ModelFamily, model: str) -> None:
     """LoraFileError when the file says it was made for another family than `model`'s."""
     made_for = lora_family(header)
-    if made_for is None or made_for == family:
+    # FLUX.1 dev's and schnell's transformers are one architecture: LoRAs cross over.
+    if made_for is None or _architecture(made_for) == _architecture(family):
         return
     if family not in _TOLD_APART:  # a family whose LoRAs this module does not tell apart
         raise LoraFileError(f"is for {FAMILY_NAMES[made_for]} models, which {model} is not")
     raise LoraFileError(
         f"is for {FAMILY_NAMES[made_for]} models; {model} is an {FAMILY_NAMES[family]} model"
     )
+
+
+def _architecture(family: ModelFamily) -> str:
+    return "flux" if family == "flux-schnell" else family
+
+
+def copy_readers(metadata: dict[str, Any]) -> str:
+    """Who loads /train's copy of a file with this metadata, in members' words: A1111 runs
+    no SD 3 LoRA or FLUX at all; Forge and ComfyUI read those in diffusers' layout."""
+    row = FAMILIES.get(str(metadata.get("sdbot.family")))  # type: ignore[call-overload]
+    return "Forge and ComfyUI" if row is not None and row.flow else "A1111, Forge and ComfyUI"
 
 
 def a1111_copy(path: Path) -> Path:

@@ -218,6 +218,26 @@ def make_training_params(
     )
 
 
+def training_problem(params: TrainingParams, family: str) -> str | None:
+    """What a model of `family` cannot train of `params`, in one sentence; None if it can."""
+    row = families.family(family)
+    if not row.training:
+        return f"{row.label} models cannot be trained here."
+    if params.method == "embedding" and family == "sdxl":
+        return "Embeddings can be trained for SD 1.x and 2.x models; use a LoRA."
+    if params.method == "embedding" and not row.embeddings:
+        return (
+            f"Textual inversion is not available for {row.label} models (their T5 encoder "
+            "reads no embeddings here); train a LoRA instead."
+        )
+    if params.prior_preservation and row.flow:
+        return (
+            f"Prior preservation is not available for {row.label} models here; train "
+            "without class images."
+        )
+    return None
+
+
 def check_training(
     params: TrainingParams, limits: TrainingLimits, family: str | None = None
 ) -> None:
@@ -229,13 +249,9 @@ def check_training(
         raise InvalidParams(f"The name {params.name!r} must be lowercase letters, digits, - or _.")
     if params.method not in METHODS:
         raise InvalidParams(f"Unknown method {params.method!r}. Methods: {', '.join(METHODS)}.")
-    if family is not None and not families.family(family).training:
-        raise InvalidParams(
-            f"/train works on SD 1.x, SD 2.x and SDXL models; {families.family(family).label} "
-            "models cannot be trained here yet."
-        )
-    if params.method == "embedding" and family == "sdxl":
-        raise InvalidParams("Embeddings can be trained for SD 1.x and 2.x models; use a LoRA.")
+    problem = training_problem(params, family) if family is not None else None
+    if problem is not None:
+        raise InvalidParams(problem)
     _check_words(params)
     _check_numbers(params, limits)
     _check_prior(params, limits)

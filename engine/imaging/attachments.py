@@ -140,9 +140,10 @@ def _prepared(image: Image.Image, note: str) -> PreparedImage:
     return PreparedImage(_png(image), image.width, image.height, note, image.mode == "RGBA")
 
 
-def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
-    """The closest size to `width`x`height` in multiples of 8, at most `pixel_cap` pixels
-    and at least 64 a side, with the aspect ratio kept as well as those allow.
+def fit_size(width: int, height: int, pixel_cap: int, multiple: int = _MULTIPLE) -> tuple[int, int]:
+    """The closest size to `width`x`height` in multiples of 8 (`multiple`: the model
+    family's, SD 3's and FLUX's 16), at most `pixel_cap` pixels and at least 64 a side, with
+    the aspect ratio kept as well as those allow.
 
     InvalidParams for a picture too long and thin to fit: without that check a 4000x1
     strip would be scaled to 256000x64 before anything refused it.
@@ -157,8 +158,8 @@ def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
     ratio = width / height
     candidates = [
         (fitted_w, fitted_h)
-        for fitted_w in _multiples_around(width * scale)
-        for fitted_h in _multiples_around(height * scale)
+        for fitted_w in _multiples_around(width * scale, multiple)
+        for fitted_h in _multiples_around(height * scale, multiple)
     ]
     within = [(w, h) for w, h in candidates if w * h <= pixel_cap]
     if not within:
@@ -169,17 +170,20 @@ def fit_size(width: int, height: int, pixel_cap: int) -> tuple[int, int]:
     )
 
 
-def _multiples_around(value: float) -> set[int]:
-    below = max(_MIN_SIDE, math.floor(value / _MULTIPLE) * _MULTIPLE)
-    above = max(_MIN_SIDE, math.ceil(value / _MULTIPLE) * _MULTIPLE)
+def _multiples_around(value: float, multiple: int) -> set[int]:
+    below = max(_MIN_SIDE, math.floor(value / multiple) * multiple)
+    above = max(_MIN_SIDE, math.ceil(value / multiple) * multiple)
     return {below, above}
 
 
-def prepare_init(data: bytes, *, max_pixels: int, pixel_cap: int) -> PreparedImage:
+def prepare_init(
+    data: bytes, *, max_pixels: int, pixel_cap: int, multiple: int = _MULTIPLE
+) -> PreparedImage:
     """The starting image of img2img, inpaint, outpaint: resized to what the model works
-    with. Transparency is kept: inpainting without a mask repaints the transparent pixels."""
+    with (`multiple`: its family's size multiple). Transparency is kept: inpainting without
+    a mask repaints the transparent pixels."""
     image = load_image(data, max_pixels=max_pixels)
-    size = fit_size(image.width, image.height, pixel_cap)
+    size = fit_size(image.width, image.height, pixel_cap, multiple)
     if size == image.size:
         return _prepared(image, "")
     note = f"Resized from {image.width}x{image.height} to {size[0]}x{size[1]} to fit the model."
@@ -258,18 +262,18 @@ def prepare_for_reading(data: bytes, *, max_pixels: int, longest: int) -> Prepar
 
 
 def outpaint_pads(
-    width: int, height: int, pads: tuple[int, int, int, int]
+    width: int, height: int, pads: tuple[int, int, int, int], multiple: int = _MULTIPLE
 ) -> tuple[int, int, int, int]:
-    """`pads` (left, right, up, down) grown so the canvas is a multiple of 8 each way; the
-    extra pixels go to the sides the member chose (split between them)."""
+    """`pads` (left, right, up, down) grown so the canvas is a multiple of 8 (`multiple`)
+    each way; the extra pixels go to the sides the member chose (split between them)."""
     left, right, up, down = pads
-    left, right = _grow_to_multiple(width, left, right)
-    up, down = _grow_to_multiple(height, up, down)
+    left, right = _grow_to_multiple(width, left, right, multiple)
+    up, down = _grow_to_multiple(height, up, down, multiple)
     return left, right, up, down
 
 
-def _grow_to_multiple(side: int, before: int, after: int) -> tuple[int, int]:
-    extra = -(side + before + after) % _MULTIPLE
+def _grow_to_multiple(side: int, before: int, after: int, multiple: int) -> tuple[int, int]:
+    extra = -(side + before + after) % multiple
     if before and after:
         return before + extra // 2, after + extra - extra // 2
     if before:
@@ -277,9 +281,11 @@ def _grow_to_multiple(side: int, before: int, after: int) -> tuple[int, int]:
     return before, after + extra
 
 
-def outpaint_size(width: int, height: int, pads: tuple[int, int, int, int]) -> tuple[int, int]:
-    """The canvas an outpaint of a `width`x`height` image makes (multiples of 8)."""
-    left, right, up, down = outpaint_pads(width, height, pads)
+def outpaint_size(
+    width: int, height: int, pads: tuple[int, int, int, int], multiple: int = _MULTIPLE
+) -> tuple[int, int]:
+    """The canvas an outpaint of a `width`x`height` image makes (multiples of `multiple`)."""
+    left, right, up, down = outpaint_pads(width, height, pads, multiple)
     return width + left + right, height + up + down
 
 
@@ -302,22 +308,27 @@ PAN_DIRECTIONS = ("left", "right", "up", "down")
 PAN_FRACTION = 0.5
 
 
-def zoom_out(width: int, height: int, factor: float, pixel_cap: int) -> Reframe:
+def zoom_out(
+    width: int, height: int, factor: float, pixel_cap: int, multiple: int = _MULTIPLE
+) -> Reframe:
     """The picture `factor` times smaller in the middle of a canvas of its own size (or the
-    largest the model takes), so zooming can repeat without the picture growing."""
-    canvas_w, canvas_h = fit_size(width, height, pixel_cap)
+    largest the model takes), so zooming can repeat without the picture growing. Canvases
+    here are in multiples of `multiple` (the model family's); the picture inside in 8s."""
+    canvas_w, canvas_h = fit_size(width, height, pixel_cap, multiple)
     inner = (_round8(canvas_w / factor), _round8(canvas_h / factor))
     return Reframe(inner, _centred(canvas_w - inner[0], canvas_h - inner[1]))
 
 
-def pan(width: int, height: int, direction: str, pixel_cap: int) -> Reframe:
+def pan(
+    width: int, height: int, direction: str, pixel_cap: int, multiple: int = _MULTIPLE
+) -> Reframe:
     """The canvas grown by half a side towards `direction`, the whole within the model."""
     if direction not in PAN_DIRECTIONS:
         raise InvalidParams(f"Pan {direction!r}: choose one of {', '.join(PAN_DIRECTIONS)}.")
     sideways = direction in ("left", "right")
     grow_w = width * PAN_FRACTION if sideways else 0.0
     grow_h = 0.0 if sideways else height * PAN_FRACTION
-    total_w, total_h = fit_size(round(width + grow_w), round(height + grow_h), pixel_cap)
+    total_w, total_h = fit_size(round(width + grow_w), round(height + grow_h), pixel_cap, multiple)
     scale = min(total_w / (width + grow_w), total_h / (height + grow_h))
     inner = (_round8(width * scale), _round8(height * scale))
     extra_w, extra_h = max(0, total_w - inner[0]), max(0, total_h - inner[1])
@@ -330,12 +341,12 @@ def pan(width: int, height: int, direction: str, pixel_cap: int) -> Reframe:
     return Reframe(inner, pads)
 
 
-def make_square(width: int, height: int, pixel_cap: int) -> Reframe:
+def make_square(width: int, height: int, pixel_cap: int, multiple: int = _MULTIPLE) -> Reframe:
     """The short side grown evenly on both ends until the canvas is square."""
     if width == height:
         raise InvalidParams("That picture is square already.")
     side = max(width, height)
-    square, _ = fit_size(side, side, pixel_cap)
+    square, _ = fit_size(side, side, pixel_cap, multiple)
     scale = square / side
     inner = (_round8(width * scale), _round8(height * scale))
     return Reframe(inner, _centred(square - inner[0], square - inner[1]))
@@ -356,10 +367,12 @@ def _centred(extra_w: int, extra_h: int) -> tuple[int, int, int, int]:
     return extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2
 
 
-def upscale_size(width: int, height: int, factor: float) -> tuple[int, int]:
-    """The target of an upscale by `factor`, rounded to multiples of 8."""
+def upscale_size(
+    width: int, height: int, factor: float, multiple: int = _MULTIPLE
+) -> tuple[int, int]:
+    """The target of an upscale by `factor`, rounded to multiples of 8 (`multiple`)."""
 
     def side(value: int) -> int:
-        return max(_MIN_SIDE, round(value * factor / _MULTIPLE) * _MULTIPLE)
+        return max(_MIN_SIDE, round(value * factor / multiple) * multiple)
 
     return side(width), side(height)

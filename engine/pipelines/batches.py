@@ -46,7 +46,7 @@ def run_batch(
         if problem is not None:
             raise EngineError(problem)
     with torch.inference_mode(), adapters_for(loaded, first):
-        if row.flow:
+        if row.flow and first.mode == "txt2img":
             return generate_flow_batch(loaded, jobs, config.preview_interval, config.noise)
         if first.mode == "interpolate":
             return generate_interpolations(loaded, jobs, config.preview_interval, config.noise)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from engine.api.edits import FROM_NOISE_MODES
 from engine.api.errors import EngineError, JobCancelled
+from engine.api.families import family
 from engine.api.jobs import EngineJob
 from engine.api.params import GeneratedImage, GenerationParams, GenerationResult, Progress
 from engine.imaging.attachments import outpaint_pads
@@ -29,6 +30,7 @@ from engine.imaging.masks import (
 )
 from engine.pipelines.control import control_img2img, control_txt2img
 from engine.pipelines.edit import edit
+from engine.pipelines.flow import FlowJobPrompts, encode_flow_jobs
 from engine.pipelines.image_pipes import (
     ModeRun,
     call_pipeline,
@@ -39,6 +41,7 @@ from engine.pipelines.image_pipes import (
     steps_run,
 )
 from engine.pipelines.loading import LoadedModel
+from engine.pipelines.scheduled_conditioning import JobPrompts
 from engine.pipelines.segment import region_mask, region_preview
 from engine.pipelines.txt2img import encode_prompts
 from engine.pipelines.upscale import UpscaleConfig, upscale
@@ -59,9 +62,13 @@ def generate_conditioned(
     if any(job.params.batch_key() != first.batch_key() for job in jobs):
         raise ValueError("generate_conditioned got jobs that cannot share a batch")
     config = upscale_config or UpscaleConfig()
+    flow = family(loaded.family).flow
     for job in jobs:
-        job.report(Progress(step=0, total=planned_steps(job.params)))
-    prompts = encode_prompts(loaded, [job.params for job in jobs])
+        job.report(Progress(step=0, total=planned_steps(job.params, flow)))
+    texts = [job.params for job in jobs]
+    prompts: Sequence[JobPrompts | FlowJobPrompts] = (
+        encode_flow_jobs(loaded, texts) if flow else encode_prompts(loaded, texts)
+    )
     results = []
     for job, job_prompts in zip(jobs, prompts, strict=True):
         started = time.perf_counter()
@@ -80,12 +87,12 @@ def generate_conditioned(
     return results
 
 
-def planned_steps(params: GenerationParams) -> int:
+def planned_steps(params: GenerationParams, flow: bool = False) -> int:
     """The step count progress starts from (a tiled upscale corrects it once it knows its
-    tiles)."""
+    tiles); `flow`: an SD 3 or FLUX model, which runs diffusers' count."""
     if params.mode in FROM_NOISE_MODES:
         return params.steps
-    return steps_run(params)
+    return steps_run(params, flow)
 
 
 def _make(run: ModeRun, config: UpscaleConfig) -> Made:
@@ -138,7 +145,7 @@ def img2img(run: ModeRun) -> Made:
     (image_pipes.effective_strength)."""
     params = run.params
     init = _init_rgb(run)
-    strength = effective_strength(params)
+    strength = effective_strength(params, run.flow)
     if strength == 0:  # denoise 0 keeps the image; diffusers would fail on zero steps
         return [init.copy() for _ in run.seeds], {}
     if params.control_type is not None:
@@ -190,7 +197,7 @@ def outpaint(run: ModeRun) -> Made:
 
 def _paint(run: ModeRun, work: MaskedWork) -> list[Image.Image]:
     params = run.params
-    strength = effective_strength(params)
+    strength = effective_strength(params, run.flow)
     if strength == 0:
         return [work.image.copy() for _ in run.seeds]
     return call_pipeline(

@@ -65,8 +65,7 @@ def generate_flow_batch(
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(loaded.base_scheduler_config)
     for job in jobs:
         job.report(Progress(step=0, total=first.steps))
-    encoder = FlowPromptEncoder(pipe, row)
-    prompts = [_encode_job(loaded, encoder, job.params, row) for job in jobs]
+    prompts = encode_flow_jobs(loaded, [job.params for job in jobs])
     if all(job.cancel.is_set() for job in jobs):
         raise JobCancelled()
     produced = iter(_run_pipeline(loaded, jobs, prompts, row, preview_interval, noise))
@@ -81,12 +80,19 @@ def generate_flow_batch(
     return results
 
 
-Prompts = tuple[FlowConditioning, FlowConditioning | None]
+# A job's prompt and, where its family runs classifier-free guidance, its negative prompt.
+FlowJobPrompts = tuple[FlowConditioning, FlowConditioning | None]
+
+
+def encode_flow_jobs(loaded: LoadedModel, jobs: Sequence[GenerationParams]) -> list[FlowJobPrompts]:
+    row = family(loaded.family)
+    encoder = FlowPromptEncoder(loaded.pipe, row)
+    return [_encode_job(loaded, encoder, params, row) for params in jobs]
 
 
 def _encode_job(
     loaded: LoadedModel, encoder: FlowPromptEncoder, params: GenerationParams, row: Family
-) -> Prompts:
+) -> FlowJobPrompts:
     """The prompt, and the negative prompt where the family runs classifier-free guidance."""
     positive = encoder.encode(prompt_text(loaded, params.prompt))
     if row.guidance != "cfg":
@@ -132,7 +138,7 @@ def _per_image(parts: list[torch.Tensor], jobs: Sequence[EngineJob]) -> torch.Te
 def _run_pipeline(
     loaded: LoadedModel,
     jobs: Sequence[EngineJob],
-    prompts: Sequence[Prompts],
+    prompts: Sequence[FlowJobPrompts],
     row: Family,
     preview_interval: float,
     noise: str,

@@ -1,7 +1,8 @@
 """Pipelines derived from the loaded model for the image modes, and one call of them.
 
 Every pipeline here comes from `from_pipe` on the loaded base pipeline: it shares the base's
-UNet, VAE and text encoders, so an img2img or inpaint pipeline costs no extra memory. They
+UNet (SD 3's and FLUX's transformer), VAE and text encoders, so an img2img or inpaint
+pipeline costs no extra memory. They
 are cached on the LoadedModel (`derived`) and freed with it. Runs on the engine thread only.
 """
 
@@ -14,6 +15,10 @@ from typing import Any
 
 import torch
 from diffusers import (
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionXLImg2ImgPipeline,
@@ -21,7 +26,8 @@ from diffusers import (
 )
 from PIL import Image
 
-from engine.api.errors import JobCancelled
+from engine.api.errors import EngineError, JobCancelled
+from engine.api.families import family
 from engine.api.infotext import build_infotext
 from engine.api.jobs import EngineJob
 from engine.api.params import GeneratedImage, GenerationParams, Progress
@@ -34,6 +40,8 @@ from engine.api.samplers import (
 from engine.imaging.images import encode_png
 from engine.pipelines.brownian import seed_noise
 from engine.pipelines.composable import ComposableGuidance
+from engine.pipelines.flow import FlowJobPrompts
+from engine.pipelines.flow_modes import call_flow_pipeline
 from engine.pipelines.guidance import a1111_guidance
 from engine.pipelines.loading import LoadedModel, load_unet
 from engine.pipelines.memory import hooked_for
@@ -56,7 +64,7 @@ class ModeRun:
 
     loaded: LoadedModel
     job: EngineJob
-    prompts: JobPrompts
+    prompts: JobPrompts | FlowJobPrompts  # the UNet path's schedules, or SD 3's/FLUX's pair
     batch: Sequence[EngineJob]
     preview_interval: float
     noise: str
@@ -67,6 +75,11 @@ class ModeRun:
     @property
     def params(self) -> GenerationParams:
         return self.job.params
+
+    @property
+    def flow(self) -> bool:
+        """SD 3 or FLUX: diffusers' own strength rule and the flow-matching call."""
+        return family(self.loaded.family).flow
 
     def input_image(self, key: str | None) -> Image.Image:
         """A stored input image (RGB or RGBA), read as defensively as an attachment."""
@@ -92,14 +105,18 @@ class ModeRun:
         return replace(self, job=part, seeds=(seed,), variation_seeds=(None,))
 
 
-def steps_run(params: GenerationParams) -> int:
+def steps_run(params: GenerationParams, flow: bool = False) -> int:
     """The sampler steps an image-conditioned job runs: A1111's count for its sampler and
-    denoise (engine/api/samplers.py `img2img_steps`), 0 when denoise 0 keeps the image."""
-    return img2img_steps(params.sampler, params.steps, params.denoise)
+    denoise (engine/api/samplers.py `img2img_steps`; diffusers' on SD 3 and FLUX, `flow`),
+    0 when denoise 0 keeps the image."""
+    return img2img_steps(params.sampler, params.steps, params.denoise, flow=flow)
 
 
-def effective_strength(params: GenerationParams) -> float:
+def effective_strength(params: GenerationParams, flow: bool = False) -> float:
     """diffusers' `strength` that starts its pipeline where A1111 starts, 0 for "keep the image".
+
+    SD 3 and FLUX (`flow`) run A1111's nowhere: their strength is the denoise itself, and the
+    steps they run diffusers' (`img2img_steps`).
 
     diffusers' img2img pipelines run the last int(steps * strength) entries of the scheduler's
     timesteps. For the k-diffusion samplers that is A1111's t_enc + 1 steps from sigma number
@@ -108,9 +125,11 @@ def effective_strength(params: GenerationParams) -> float:
     first step's second timestep too. Half an entry more keeps int() off a float's rounding
     edge.
     """
-    entries = steps_run(params)
+    entries = steps_run(params, flow)
     if entries == 0:
         return 0.0
+    if flow:
+        return min(1.0, params.denoise)
     sampler = split_sampler(params.sampler)[0]
     if sampler in A1111_TIMESTEP_SAMPLERS:
         if timestep_img2img_start(params.steps, params.denoise) is None:
@@ -142,29 +161,43 @@ def from_base(pipeline_cls: Any, loaded: LoadedModel, **components: Any) -> Any:
     return pipe
 
 
+# Each family's img2img and inpaint pipelines (SD 1.x and 2.x: the default's).
+_IMG2IMG: dict[str, Any] = {
+    "sdxl": StableDiffusionXLImg2ImgPipeline,
+    "sd3": StableDiffusion3Img2ImgPipeline,
+    "flux": FluxImg2ImgPipeline,
+    "flux-schnell": FluxImg2ImgPipeline,
+}
+_INPAINT: dict[str, Any] = {
+    "sdxl": StableDiffusionXLInpaintPipeline,
+    "sd3": StableDiffusion3InpaintPipeline,
+    "flux": FluxInpaintPipeline,
+    "flux-schnell": FluxInpaintPipeline,
+}
+
+
 def img2img_pipe(loaded: LoadedModel) -> Any:
-    cls = (
-        StableDiffusionXLImg2ImgPipeline
-        if loaded.family == "sdxl"
-        else StableDiffusionImg2ImgPipeline
-    )
+    cls = _IMG2IMG.get(loaded.family, StableDiffusionImg2ImgPipeline)
     return derived_pipe(loaded, "img2img", lambda: from_base(cls, loaded))
 
 
 def inpaint_pipe(loaded: LoadedModel) -> Any:
     """The inpainting pipeline: on the model's dedicated inpainting UNet (9 input channels:
     latents, mask, masked image) when its spec names one, else on its own UNet, which
-    diffusers' inpaint pipeline drives by blending the kept latents back in at each step."""
-    cls = (
-        StableDiffusionXLInpaintPipeline
-        if loaded.family == "sdxl"
-        else StableDiffusionInpaintPipeline
-    )
+    diffusers' inpaint pipeline drives by blending the kept latents back in at each step
+    (SD 3's and FLUX's inpaint pipelines on their transformer do the same)."""
+    cls = _INPAINT.get(loaded.family, StableDiffusionInpaintPipeline)
 
     def make() -> Any:
         source = loaded.spec.inpaint_source
         if not source:
             return from_base(cls, loaded)
+        row = family(loaded.family)
+        if row.flow:  # an owner's setting this family cannot use: said, never ignored
+            raise EngineError(
+                f"Model {loaded.spec.name} names an inpainting UNet (inpaint_source), which "
+                f"{row.label} models cannot use; the bot's owner should remove it."
+            )
         with torch.inference_mode(False):  # ordinary weights, usable outside inference too
             unet = load_unet(source, loaded.family, loaded.pipe.device, loaded.pipe.dtype)
         return from_base(cls, loaded, unet=unet)
@@ -178,6 +211,8 @@ def conditioning(run: ModeRun, pipe: Any) -> RunConditioning:
     A1111 counts an img2img schedule's steps from the first step it actually runs, over a
     schedule laid out for all the steps: the pipeline loop's index is that count here too.
     """
+    if not isinstance(run.prompts, JobPrompts):
+        raise TypeError("a flow-matching job's prompts have no A1111 schedules")
     return RunConditioning(
         [run.prompts], [len(run.seeds)], run.loaded.family, pipe.device, embeds_dtype(pipe)
     )
@@ -207,6 +242,8 @@ def call_pipeline(
     starting noise of that size (`noised_with`). `guidance`: the pipeline's guidance
     keywords for the call (an edit's two scales); by default A1111's CFG at the job's scale.
     """
+    if run.flow:
+        return call_flow_pipeline(run, pipe, **inputs)
     params = run.params
     # from_pipe shares the base's scheduler object at derivation time; a fresh one per call
     # on the pipe actually used (engine thread only: schedulers hold per-call state).
@@ -293,15 +330,17 @@ def encode_image(
     noise: str,
     extra: dict[str, str],
 ) -> GeneratedImage:
-    """Copied from engine.pipelines.txt2img._encode, with the mode's own infotext keys (`extra`)."""
+    """Copied from engine.pipelines.txt2img._encode, with the mode's own infotext keys (`extra`),
+    and FLUX's guidance and checkpoint name as engine.pipelines.flow writes them."""
     infotext = build_infotext(
         params,
         seed=seed,
         model_hash=loaded.model_hash,
-        checkpoint=loaded.spec.source,
+        checkpoint=loaded.spec.transformer or loaded.spec.source,
         variation_seed=variation_seed,
         rng="CPU" if noise == "cpu" else None,
         extra={**extra, **(loaded.active.infotext if loaded.active is not None else {})},
+        distilled=family(loaded.family).guidance != "cfg",
     )
     return GeneratedImage(
         seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed

@@ -202,14 +202,17 @@ class TrainingPlacement:
         if self.plan.gradient_checkpointing:
             # Recompute activations in the backward pass: about a third slower per step,
             # a fraction of the activation memory (diffusers' training scripts' switch).
-            self.pipe.unet.enable_gradient_checkpointing()
+            self._denoiser().enable_gradient_checkpointing()
         return self
+
+    def _denoiser(self) -> Any:
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
 
     def unet_only(self) -> None:
         """Latents and prompt embeddings are cached: the encoders can leave the card."""
         if not self.moves:
             return
-        for name in ("vae", "text_encoder", "text_encoder_2"):
+        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to("cpu")
@@ -217,7 +220,7 @@ class TrainingPlacement:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.plan.gradient_checkpointing:
-            self.pipe.unet.disable_gradient_checkpointing()
+            self._denoiser().disable_gradient_checkpointing()
         if self.moves:
             self.pipe.to("cpu")
             torch.cuda.empty_cache()

@@ -155,7 +155,9 @@ def build_tiny_sd3(workdir: Path, seed: int = 0) -> StableDiffusion3Pipeline:
         caption_projection_dim=32,
         joint_attention_dim=T5_WIDTH,  # CLIP-L + CLIP-G side by side is as wide as T5 here
         pooled_projection_dim=2 * CLIP_WIDTH,
-        pos_embed_max_size=32,
+        # Room for 256 pixels a side through the tiny VAE's 2x (a real SD 3.5 reaches 3072):
+        # the tests' upscales and pans.
+        pos_embed_max_size=64,
     )
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),

@@ -26,6 +26,7 @@ from diffusers import (
 from PIL import Image
 
 from engine.api.errors import ModelLoadError
+from engine.api.families import family
 from engine.api.specs import NATIVE_SIZE
 from engine.imaging.masks import Box, flatten
 from engine.pipelines.image_pipes import (
@@ -123,8 +124,10 @@ def process_tiles(
 
 
 def tile_side(loaded: LoadedModel, config: UpscaleConfig) -> int:
+    """The tiles' side: a multiple of what the family's latents take (SD 3's and FLUX's 16)."""
+    multiple = family(loaded.family).size_multiple
     side = config.tile or NATIVE_SIZE[loaded.family][0]
-    return max(64, side // 8 * 8)
+    return max(64, side // multiple * multiple)
 
 
 def upscale(run: ModeRun, config: UpscaleConfig) -> tuple[list[Image.Image], dict[str, str]]:
@@ -134,7 +137,7 @@ def upscale(run: ModeRun, config: UpscaleConfig) -> tuple[list[Image.Image], dic
     source = flatten(run.input_image(params.init_image))
     enlarged, upscaler_name = enlarge(run, source, target, config)
     extra = {"SD upscale overlap": str(config.overlap), "SD upscale upscaler": upscaler_name}
-    strength = effective_strength(params)
+    strength = effective_strength(params, run.flow)
     if strength == 0:
         return [enlarged.copy() for _ in run.seeds], extra
     if target[0] * target[1] <= run.loaded.spec.pixel_cap():
@@ -154,7 +157,7 @@ def tiled_img2img(
     side = tile_side(run.loaded, config)
     tile = (min(side, image.width), min(side, image.height))
     boxes = tile_boxes(image.width, image.height, tile[0], tile[1], config.overlap)
-    per_tile = steps_run(run.params)
+    per_tile = steps_run(run.params, run.flow)
     total = per_tile * len(boxes) * len(run.seeds)
     pipe = img2img_pipe(run.loaded)
     log.info("upscale job %s: %d tiles of %dx%d", run.job.job_id, len(boxes), *tile)

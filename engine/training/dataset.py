@@ -63,10 +63,11 @@ def encode_images(loaded: LoadedModel, pngs: Sequence[bytes], resolution: int) -
         vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16; put back afterwards
     means, stds = [], []
     scale = vae.config.scaling_factor
+    shift = vae.config.get("shift_factor") or 0.0  # SD 3's and FLUX's VAEs are shifted too
     for png in pngs:
         pixels = _pixels(png, resolution).unsqueeze(0).to(vae.device, vae.dtype)
         dist = vae.encode(pixels).latent_dist
-        means.append(dist.mean.float() * scale)
+        means.append((dist.mean.float() - shift) * scale)
         stds.append(dist.std.float() * scale)
     return Latents(torch.cat(means), torch.cat(stds))
 

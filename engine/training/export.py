@@ -10,6 +10,11 @@ bot loads (engine/api/lora_files.py's `a1111_copy`), on the engine thread.
 - An embedding as kohya writes one for SD 1.x/2.x: `{"emb_params": (vectors, width)}`.
   A1111 names an embedding by its file name, so the member saves it as `<token>.safetensors`.
 
+- A LoRA of SD 3 or FLUX.1 as diffusers writes it (`transformer.<module>.lora_A.weight`):
+  A1111 has no FLUX; ComfyUI and Forge read this layout for both families themselves
+  (comfy/lora.py maps `transformer.` keys, the "regular diffusers" SD 3 and FLUX format,
+  and Forge's copy of it does the same), so the copy is those tensors in fp16 with the
+  `ss_` keys, not kohya's names.
 Both in fp16, kohya's usual save precision: A1111 and ComfyUI apply them in the model's
 fp16 anyway, and a LoRA half the size fits Discord's upload limit twice as often.
 """
@@ -28,7 +33,17 @@ from engine.training.methods import write_atomically
 
 COPY_DTYPE = torch.float16
 # kohya's `ss_base_model_version` per family, which A1111 reads to tell SDXL LoRAs apart.
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSIONS = {
+    "sd1": "sd_v1",
+    "sd2": "sd_v2",
+    "sdxl": "sdxl_base_v1-0",
+    # SD 3 and FLUX: labels of ours in the same key (A1111 reads neither family).
+    "sd3": "sd3",
+    "flux": "flux1",
+    "flux-schnell": "flux1",
+}
+# Families whose copy keeps diffusers' keys (see the module's docstring).
+DIFFUSERS_LAYOUT = frozenset({"sd3", "flux", "flux-schnell"})
 
 
 def kohya_lora(diffusers_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -81,7 +96,14 @@ def write_lora_copy(
 ) -> str:
     """Write the A1111 copy of the LoRA whose file is `path`; returns the copy's LoRA hash
     (the full sha256 of its tensor data), which the infotext of its images names."""
-    data = encoded(kohya_lora(diffusers_state, alpha), copy_metadata(metadata, rank, alpha))
+    if metadata.get("sdbot.family") in DIFFUSERS_LAYOUT:
+        tensors = {
+            key: value.detach().to(device="cpu", dtype=COPY_DTYPE).contiguous()
+            for key, value in diffusers_state.items()
+        }
+    else:
+        tensors = kohya_lora(diffusers_state, alpha)
+    data = encoded(tensors, copy_metadata(metadata, rank, alpha))
     write_atomically(a1111_copy(path), data)
     return tensor_data_sha256(data)
 

@@ -1,4 +1,5 @@
-"""The training loop: one seeded batch per step through the UNet, the loss, the optimizer.
+"""The training loop: one seeded batch per step through the denoiser (the UNet, or SD 3's
+and FLUX's transformer: engine/training/objectives.py), the loss, the optimizer.
 
 Every random draw (data order, latent sampling, timesteps, noise) comes from a generator
 seeded by (seed, purpose, step), not from running generator state, so a run resumed from
@@ -13,8 +14,6 @@ import time
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
-from torch.nn import functional
 
 from engine.api.errors import JobCancelled
 from engine.api.training_params import TrainingParams, TrainingProgress
@@ -23,6 +22,7 @@ from engine.pipelines.memory import training_optimizer
 from engine.training.checkpoint import Checkpoint
 from engine.training.dataset import Latents, ReportFn
 from engine.training.methods import Method
+from engine.training.objectives import Noised, denoiser, objective_for
 
 MAX_GRAD_NORM = 1.0  # diffusers' examples' default
 ADAM_WEIGHT_DECAY = 1e-2  # diffusers' examples' default
@@ -68,13 +68,13 @@ class TrainingLoop:
         self.checkpoint = checkpoint
         # The UNet's device: an offloaded pipeline's own `device` is the CPU it rests on.
         self.device: torch.device = loaded.device or pipe.device
-        self.noise_scheduler = DDPMScheduler.from_config(loaded.base_scheduler_config)
-        self.prediction = self.noise_scheduler.config.prediction_type
+        self.objective = objective_for(loaded, self.device)
         self.optimizer = training_optimizer(
             method.trainable(), params.learning_rate, ADAM_WEIGHT_DECAY, loaded.plan
         )
         cuda = self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if pipe.unet.dtype == torch.bfloat16 else torch.float16
+        half = denoiser(pipe).dtype
+        self.amp_dtype = torch.bfloat16 if half == torch.bfloat16 else torch.float16
         self.autocast = cuda
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.amp_dtype == torch.float16)
         self.step = 0
@@ -136,24 +136,11 @@ class TrainingLoop:
         if self.priors is not None:
             prior_index = example_index(seed, "class", step, len(self.priors))
             latents.append(self.priors.sample(prior_index, draws))
-        batch = torch.cat(latents)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=draws
-        ).to(self.device)
-        noise = torch.randn(batch.shape, generator=draws).to(self.device)
-        noisy = self.noise_scheduler.add_noise(batch, noise, timesteps)
-        target = noise
-        if self.prediction == "v_prediction":
-            target = self.noise_scheduler.get_velocity(batch, noise, timesteps)
+        noised = self.objective.noised(torch.cat(latents), draws)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
             cond = self.method.conditioning(draws, self.priors is not None)
-            prediction = self.pipe.unet(
-                noisy.to(self.pipe.unet.dtype),
-                timesteps,
-                encoder_hidden_states=cond.embeds.to(self.pipe.unet.dtype),
-                added_cond_kwargs=cond.added,
-            ).sample
-        loss = self._loss(prediction.float(), target.float())
+            prediction = self.objective.predict(noised, cond)
+        loss = self._loss(prediction.float(), noised)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.method.trainable(), MAX_GRAD_NORM)
@@ -162,12 +149,22 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, prediction: torch.Tensor, noised: Noised) -> torch.Tensor:
+        target = noised.target.float()
         if self.priors is None:
-            return functional.mse_loss(prediction, target)
+            return _mse(prediction, target, noised.weighting)
         # DreamBooth: the class half keeps the model's idea of the class while it learns ours.
         instance, prior = prediction.chunk(2)
         instance_target, prior_target = target.chunk(2)
-        prior_loss = functional.mse_loss(prior, prior_target)
-        instance_loss = functional.mse_loss(instance, instance_target)
+        weights = (None, None) if noised.weighting is None else noised.weighting.chunk(2)
+        prior_loss = _mse(prior, prior_target, weights[1])
+        instance_loss = _mse(instance, instance_target, weights[0])
         return instance_loss + self.params.prior_loss_weight * prior_loss
+
+
+def _mse(prediction: torch.Tensor, target: torch.Tensor, weighting: torch.Tensor | None) -> Any:
+    """The mean squared error; weighted per image as diffusers' SD 3/FLUX scripts weigh it."""
+    if weighting is None:
+        return torch.nn.functional.mse_loss(prediction, target)
+    squared = (weighting.float() * (prediction - target) ** 2).reshape(target.shape[0], -1)
+    return squared.mean(dim=1).mean()

@@ -1,8 +1,8 @@
 """The two things /train can train, and the files they become.
 
 - A LoRA on the UNet's attention projections through peft, as diffusers'
-  train_dreambooth_lora.py configures it, saved in diffusers' format (what
-  `pipe.load_lora_weights` reads).
+  train_dreambooth_lora.py configures it (SD 3's and FLUX's transformer's, as its _sd3.py
+  and _flux.py do), saved in diffusers' format (what `pipe.load_lora_weights` reads).
 - A textual-inversion embedding for SD 1.x/2.x that never touches the tokenizer or the
   embedding table while it trains: the new token is a reserved id that a pair of hooks on
   the token embedding maps to the trained vector, an fp32 master copy (the right thing on
@@ -31,13 +31,17 @@ import safetensors
 import safetensors.torch
 import torch
 
+from engine.api.families import family
 from engine.api.hashes import A1111_HASH_KEY
 from engine.api.training_params import TrainingParams
+from engine.pipelines.flow_prompts import FlowPromptEncoder
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.prompts import Chunk, PromptEncoder, frame_chunk
+from engine.training.objectives import denoiser
 
 ADAPTER_NAME = "sdbot_training"
-# diffusers' train_dreambooth_lora.py targets the attention projections of the UNet.
+# diffusers' train_dreambooth_lora.py targets the attention projections of the UNet; its
+# _sd3.py and _flux.py the same of the transformer's (joint) attention.
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 METADATA_PREFIX = "sdbot."
 
@@ -65,7 +69,8 @@ STYLE_TEMPLATES = (
 @dataclass(frozen=True, slots=True)
 class Conditioning:
     embeds: torch.Tensor
-    added: dict[str, torch.Tensor] | None = None  # SDXL's pooled text and time ids
+    # SDXL's pooled text and time ids; SD 3's and FLUX's pooled text (`pooled_projections`).
+    added: dict[str, torch.Tensor] | None = None
 
 
 class Method(Protocol):
@@ -79,7 +84,7 @@ class Method(Protocol):
 
 
 class LoraMethod:
-    """A DreamBooth LoRA on the UNet's attention projections, through peft."""
+    """A DreamBooth LoRA on the UNet's (or transformer's) attention projections, through peft."""
 
     def __init__(self, loaded: LoadedModel, params: TrainingParams) -> None:
         from peft import LoraConfig
@@ -98,7 +103,7 @@ class LoraMethod:
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        unet: Any = self.loaded.pipe.unet
+        unet: Any = denoiser(self.loaded.pipe)
         loaded_flag = unet.__dict__.get("_hf_peft_config_loaded", False)
         try:
             # The gaussian init draws from the global RNG: seed it without disturbing it.
@@ -118,13 +123,16 @@ class LoraMethod:
             unet._hf_peft_config_loaded = loaded_flag
 
     def _encode_prompts(self) -> None:
-        encoder = PromptEncoder(self.loaded.pipe, self.loaded.family)
-        self._instance = self._condition(encoder, self.params.instance_prompt)
+        self._instance = self._condition(self.params.instance_prompt)
         if self.params.prior_preservation:
-            self._prior = self._condition(encoder, self.params.class_prompt)
+            self._prior = self._condition(self.params.class_prompt)
 
-    def _condition(self, encoder: PromptEncoder, prompt: str) -> Conditioning:
-        cond = encoder.encode(prompt)
+    def _condition(self, prompt: str) -> Conditioning:
+        row = family(self.loaded.family)
+        if row.flow:  # T5 (and CLIP) as the flow path encodes a prompt
+            flow = FlowPromptEncoder(self.loaded.pipe, row).encode(prompt)
+            return Conditioning(flow.embeds.clone(), {"pooled_projections": flow.pooled.clone()})
+        cond = PromptEncoder(self.loaded.pipe, self.loaded.family).encode(prompt)
         # Encoded under inference_mode: clone into ordinary tensors autograd may save.
         embeds = cond.embeds.clone()
         if self.loaded.family != "sdxl":
@@ -153,16 +161,21 @@ class LoraMethod:
         from engine.training.export import write_lora_copy  # it imports this module
 
         pipe: Any = self.loaded.pipe
-        state = get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER_NAME)
-        state = convert_state_dict_to_diffusers(state)
+        flow = family(self.loaded.family).flow
+        state = get_peft_model_state_dict(denoiser(pipe), adapter_name=ADAPTER_NAME)
+        if not flow:  # the SD 3/FLUX scripts keep peft's lora_A/lora_B names; the UNet's not
+            state = convert_state_dict_to_diffusers(state)
         state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+        part = "transformer" if flow else "unet"
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             # diffusers' own writer: the key layout and adapter metadata load_lora_weights reads.
             type(pipe).save_lora_weights(
                 scratch,
-                unet_lora_layers=state,
                 weight_name="lora.safetensors",
-                unet_lora_adapter_metadata=self.config.to_dict(),
+                **{
+                    f"{part}_lora_layers": state,
+                    f"{part}_lora_adapter_metadata": self.config.to_dict(),
+                },
             )
             written = Path(scratch) / "lora.safetensors"
             tensors = safetensors.torch.load_file(str(written))

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from engine.api.families import Family, family
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GeneratedImage, GenerationParams
 from engine.api.training_params import TrainingParams, sample_prompts
+from engine.pipelines.flow import generate_flow_batch
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.lora import adapters_for
 from engine.pipelines.memory import freed_on_oom
@@ -22,7 +24,7 @@ SAMPLE_SAMPLER = "DPM++ 2M Karras"  # converges in 20 steps, as most A1111 users
 
 
 def sample_params(
-    training: TrainingParams, path: Path, width: int, height: int
+    training: TrainingParams, path: Path, width: int, height: int, row: Family | None = None
 ) -> list[GenerationParams]:
     """One job per sample prompt, with the LoRA's tag (or the embedding's token) in it, so
     the posted PNGs carry exactly what a member would type."""
@@ -38,11 +40,12 @@ def sample_params(
                 prompt=prompt,
                 negative="",
                 seed=training.seed,
-                steps=SAMPLE_STEPS,
-                cfg=7.0,
+                # SD 3 and FLUX: their own scheduler, steps and guidance.
+                steps=row.steps if row is not None and row.flow else SAMPLE_STEPS,
+                cfg=row.cfg if row is not None and row.flow else 7.0,
                 width=width,
                 height=height,
-                sampler=SAMPLE_SAMPLER,
+                sampler=row.sampler if row is not None and row.flow else SAMPLE_SAMPLER,
                 count=1,
                 model=training.model,
                 **adapters,  # type: ignore[arg-type]
@@ -55,9 +58,12 @@ def make_samples(
     loaded: LoadedModel, training: TrainingParams, path: Path, noise: str
 ) -> list[GeneratedImage]:
     width, height = loaded.spec.size_default()
-    jobs = [EngineJob(0, params) for params in sample_params(training, path, width, height)]
+    row = family(loaded.family)
+    made = sample_params(training, path, width, height, row)
+    jobs = [EngineJob(0, params) for params in made]
+    generate = generate_flow_batch if row.flow else generate_batch
     with adapters_for(loaded, jobs[0].params):
-        results = generate_batch(loaded, jobs, preview_interval=math.inf, noise=noise)
+        results = generate(loaded, jobs, preview_interval=math.inf, noise=noise)
     return [image for result in results for image in result.images]
 
 

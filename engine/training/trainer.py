@@ -37,7 +37,12 @@ from typing import Any
 import torch
 
 from engine.api.errors import EngineError
-from engine.api.training_params import TrainingParams, TrainingResult, sanitize_name
+from engine.api.training_params import (
+    TrainingParams,
+    TrainingResult,
+    sanitize_name,
+    training_problem,
+)
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.memory import TrainingPlacement
 from engine.training.checkpoint import CHECKPOINT_FILE, Checkpoint, job_fingerprint
@@ -117,8 +122,9 @@ def _check_request(
         raise EngineError(f"The name {params.name!r} is not a safe file name.")
     if params.method not in ("lora", "embedding"):
         raise EngineError(f"Unknown training method {params.method!r}.")
-    if params.method == "embedding" and loaded.family == "sdxl":
-        raise EngineError("Embeddings can be trained for SD 1.x and 2.x models; use a LoRA.")
+    problem = training_problem(params, loaded.family)
+    if problem is not None:  # as the submit checks say it (a family they could not tell)
+        raise EngineError(problem)
     if params.prior_preservation and (class_dir is None or params.method != "lora"):
         raise EngineError("Prior preservation needs a LoRA and a folder for class images.")
     if not images:
@@ -134,7 +140,7 @@ def _check_request(
 
 
 def _pipeline_modules(pipe: Any) -> list[torch.nn.Module]:
-    names = ("unet", "vae", "text_encoder", "text_encoder_2")
+    names = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
     return [module for name in names if (module := getattr(pipe, name, None)) is not None]
 
 
