@@ -26,6 +26,7 @@ from cogs.ui.options import (
 )
 from cogs.ui.presenter import ChannelPresenter
 from cogs.ui.starting import CONTROL_IMAGE, Uploads, start_from_uploads, start_job
+from engine.api.image_prompts import MAX_IMAGE_WEIGHT, MIN_IMAGE_WEIGHT
 from engine.api.params import (
     MAX_CFG,
     MAX_CLIP_SKIP,
@@ -34,6 +35,7 @@ from engine.api.params import (
     MAX_SEED,
     MAX_STEPS,
     MIN_CLIP_SKIP,
+    GenerationParams,
     InvalidParams,
 )
 
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from bot.client.app import SDBot
 
 DEFAULT_LORA_WEIGHT = 0.8
+IMAGE_PROMPT = "image prompt"
+STYLE_IMAGE = "style image"
 
 
 class Dream(commands.Cog):
@@ -80,6 +84,9 @@ class Dream(commands.Cog):
         lora_weight="How strongly the LoRA applies (default 0.8)",
         hires="Hires fix: draw at the size, upscale the latents, then refine (A1111's Latent)",
         hires_denoise="How much the hires pass repaints (0-1, default 0.7)",
+        image_prompt="A picture to draw like (Midjourney's image prompt)",
+        style_image="A picture whose style to take, not its content (Midjourney's --sref)",
+        image_weight="How strongly the image prompt or style image guides (0-2, default 0.6)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.choices(hires=HIRES_CHOICES)
@@ -111,6 +118,9 @@ class Dream(commands.Cog):
         scheduler: str | None = None,
         hires: float | None = None,
         hires_denoise: app_commands.Range[float, 0.0, 1.0] | None = None,
+        image_prompt: discord.Attachment | None = None,
+        style_image: discord.Attachment | None = None,
+        image_weight: app_commands.Range[float, MIN_IMAGE_WEIGHT, MAX_IMAGE_WEIGHT] | None = None,
     ) -> None:
         if lora is not None:
             prompt = with_lora_tag(
@@ -143,6 +153,16 @@ class Dream(commands.Cog):
         )
         options = filled.options
         params = dreams.build_params(options)
+        pictures = {IMAGE_PROMPT: image_prompt, STYLE_IMAGE: style_image}
+        if image_prompt is not None or style_image is not None:
+            if control_image is not None:
+                raise InvalidParams("Image prompts and a control image cannot be used together.")
+            await self._start_with_pictures(
+                interaction, options, params, pictures, image_weight, dm=filled.dm
+            )
+            return
+        if image_weight is not None:
+            raise InvalidParams("An image weight needs an image prompt or a style image.")
         if control_image is None:
             if control_type is not None or control_weight is not None:
                 raise InvalidParams("A control type or weight needs a control image.")
@@ -158,6 +178,32 @@ class Dream(commands.Cog):
 
         uploads = {CONTROL_IMAGE: control_image}
         await start_from_uploads(self.bot, interaction, uploads, prepare, dm=filled.dm)
+
+    async def _start_with_pictures(
+        self,
+        interaction: discord.Interaction,
+        options: DreamOptions,
+        params: GenerationParams,
+        pictures: dict[str, discord.Attachment | None],
+        weight: float | None,
+        *,
+        dm: bool | None,
+    ) -> None:
+        """/dream with image prompts: the model's IP-Adapter checked before anything is
+        downloaded, then the pictures stored with the job."""
+        requests = self.bot.images.prompts
+        requests.check_available(params.model)
+
+        async def prepare(data: Uploads) -> Prepared:
+            prompts, styles = _given(data, IMAGE_PROMPT), _given(data, STYLE_IMAGE)
+            return Prepared(await requests.prepare(options, prompts, styles, weight))
+
+        await start_from_uploads(self.bot, interaction, pictures, prepare, dm=dm)
+
+
+def _given(data: Uploads, what: str) -> list[tuple[str, bytes]]:
+    picture = data.get(what)
+    return [(what, picture)] if picture is not None else []
 
 
 def with_lora_tag(prompt: str, name: str, weight: float) -> str:

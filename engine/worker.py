@@ -235,11 +235,13 @@ class EngineWorker:
     def _train(self, job: TrainingJob) -> TrainingOutcome:
         import torch
 
+        from engine.pipelines.ip_adapter import detach
         from engine.pipelines.memory import freed_on_oom
         from engine.training.samples import make_samples
         from engine.training.trainer import train
 
         loaded = self._models().get(job.params.model)
+        detach(loaded)  # a UNet carrying image prompts' adapter wants their embeddings
         images = [job.inputs[key] for key in job.params.image_keys]
         with freed_on_oom(f"training job {job.job_id}"):
             result = train(

@@ -37,6 +37,7 @@ UNKNOWN_BUTTON = "That button no longer does anything; use the newest message's 
 EXTENSIONS = (
     "cogs.dream",
     "cogs.images",
+    "cogs.blend",
     "cogs.results",
     "cogs.admin",
     "cogs.credits",

@@ -12,8 +12,9 @@ it. Hires fix writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler`
 `RNG`, with `Size` the first pass's. `Model` is the checkpoint's name as A1111 writes it
 (a file's stem, a folder's or Hub repository's name), never a path. Ours after A1111's
 inpainting keys: `Mask prompt` and `Mask cell` (Vary (Region)'s words and grid cell),
-`Prompt syntax` (only when the optimized fork's sub-prompts were read); A1111 shows a key
-it does not know and otherwise ignores it.
+`Prompt syntax` (only when the optimized fork's sub-prompts were read), and image prompts'
+`IP-Adapter ...` keys (engine/api/image_prompts.py); A1111 shows a key it does not know and
+otherwise ignores it.
 Last, as A1111 ends with its own, `Version: sdbot-0.1.0`: a name A1111's version parser
 cannot read, so it turns on none of the compatibility settings it keeps for its old
 versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 1.6").
@@ -31,6 +32,7 @@ from importlib import metadata
 from typing import Any
 
 from engine.api.hires import LATENT
+from engine.api.image_prompts import image_prompt_fields, image_prompt_options
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import resolve_syntax
 from engine.api.samplers import AUTOMATIC, SAMPLERS, resolved_schedule, split_sampler
@@ -157,6 +159,7 @@ def build_infotext(
         **_inpaint_fields(params),
         **_hires_fields(params),
         **(extra or {}),
+        **image_prompt_fields(params),
         "Prompt syntax": _prompt_syntax(params),
         "Version": version(),
     }
@@ -279,6 +282,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             variation_seed=_optional_int(values.get("Variation seed")),
             variation_strength=float(values.get("Variation seed strength", "0")),
             **_image_options(values),
+            **image_prompt_options(values),
             **_size_options(values, int(size.group(1)), int(size.group(2))),
         )
     except KeyError as missing:

@@ -18,6 +18,7 @@ from engine.api.jobs import EngineJob
 from engine.api.params import GenerationResult
 from engine.pipelines.conditioned import generate_conditioned
 from engine.pipelines.flow import generate_flow_batch
+from engine.pipelines.ip_adapter import image_prompting
 from engine.pipelines.lora import adapters_for
 from engine.pipelines.txt2img import generate_batch
 from engine.pipelines.upscale import UpscaleConfig
@@ -44,9 +45,11 @@ def run_batch(
         problem = family_problem(job.params, row)
         if problem is not None:
             raise EngineError(problem)
-    with torch.inference_mode(), adapters_for(loaded, first):
-        if row.flow:
+    if row.flow:
+        with torch.inference_mode(), adapters_for(loaded, first):
             return generate_flow_batch(loaded, jobs, config.preview_interval, config.noise)
+    # Image prompts' IP-Adapter is in the UNet only for batches that have them.
+    with torch.inference_mode(), adapters_for(loaded, first), image_prompting(loaded, jobs):
         if first.mode != "txt2img" or first.control_type is not None:
             upscale = UpscaleConfig(
                 config.upscaler, config.upscale_tile, config.upscale_tile_overlap

@@ -34,6 +34,7 @@ from engine.imaging.images import encode_png
 from engine.pipelines.brownian import seed_noise
 from engine.pipelines.composable import ComposableGuidance
 from engine.pipelines.guidance import a1111_guidance
+from engine.pipelines.ip_adapter import image_prompt_inputs
 from engine.pipelines.loading import LoadedModel, load_unet
 from engine.pipelines.memory import hooked_for
 from engine.pipelines.scheduled_conditioning import JobPrompts, RunConditioning
@@ -225,6 +226,7 @@ def call_pipeline(
             generator=generators,
             callback_on_step_end=reporter,
             output_type="pil",
+            **image_prompt_inputs(run.loaded, pipe, guidance),
         )
     return list(output.images)
 
