@@ -112,6 +112,8 @@ async def test_blend_mixes_two_pictures_into_a_result_with_buttons(sim):
     assert values["IP-Adapter weight"] == "1"  # /blend's pictures are the whole prompt
     assert "Reroll" in labels(message)
     assert "Upscale" in labels(message)
+    fields = {field.name: field.value for field in message.embeds[0].fields}
+    assert fields["Image prompts"] == "2 (weight 1)"
     [job] = await jobs_of(sim)
     assert job.kind == "dream"
     assert job.params["prompt"] == ""
@@ -184,8 +186,11 @@ async def test_dream_takes_an_image_prompt_and_a_style_image(sim):
         style_image=("blue.png", BLUE),
         image_weight=1.2,
     )
-    values = await values_of(await finished(sim, styled))
+    styled_message = await finished(sim, styled)
+    values = await values_of(styled_message)
     assert (values["IP-Adapter mode"], values["IP-Adapter weight"]) == ("style", "1.2")
+    fields = {field.name: field.value for field in styled_message.embeds[0].fields}
+    assert fields["Image prompts"] == "1 style (weight 1.2)"
     plain = await alice.slash(sim.channel, "dream", prompt="a cat", steps=2)
     assert "IP-Adapter" not in await values_of(await finished(sim, plain))
 

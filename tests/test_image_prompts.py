@@ -272,3 +272,24 @@ def test_local_files_and_folders_are_located_and_bad_sources_refused(tmp_path, m
     models = {"tiny": {"source": "x/y", "ip_adapter": "/models/ip-adapter.txt"}}
     with pytest.raises(ValidationError, match="not an IP-Adapter weights file"):
         make_settings(models=models)
+
+
+async def test_sdxl_takes_image_prompts_style_images_and_and(tmp_path_factory, tiny_sdxl):
+    """SDXL's UNet gets its pooled text and time ids beside the image embeddings; its style
+    layer is up_blocks.0's middle attention (diffusers' InstantStyle recipe)."""
+    adapter = save_tiny_ip_adapter(tmp_path_factory.mktemp("models") / "xl-ip", tiny_sdxl)
+    model = ModelSpec("xl", str(tiny_sdxl), ip_adapter=str(adapter / WEIGHT_NAME))
+    async with EngineWorker(EngineConfig({"xl": model}, device="cpu")) as worker:
+        base = params(model="xl")
+        [plain] = await generate(worker, base)
+        [red] = await generate(worker, replace(base, image_prompts=(RED,), image_weight=1.0))
+        [style] = await generate(worker, replace(base, style_images=(RED,), image_weight=1.0))
+        [off] = await generate(worker, replace(base, image_prompts=(RED,), image_weight=0.0))
+        [anded] = await generate(
+            worker, replace(base, prompt="a cat AND a dog", image_prompts=(RED,))
+        )
+    assert difference(red, plain) > 1
+    assert difference(style, plain) > 0.5
+    assert difference(style, red) > 0.5
+    assert np.array_equal(pixels(off), pixels(plain))
+    assert pixels(anded).shape == (64, 64, 3)
