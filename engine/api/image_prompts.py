@@ -61,6 +61,19 @@ class AdapterLocation:
     image_encoder_folder: str
 
     @property
+    def weights_path(self) -> str:
+        """The weights file within `source`."""
+        return "/".join(part for part in (self.subfolder, self.weight_name) if part)
+
+    @property
+    def encoder_path(self) -> str:
+        """The image encoder's folder within `source`, by diffusers' rule: a bare name is
+        beside the weights, a path is from the top of the repo or folder."""
+        if "/" in self.image_encoder_folder or not self.subfolder:
+            return self.image_encoder_folder
+        return f"{self.subfolder}/{self.image_encoder_folder}"
+
+    @property
     def name(self) -> str:
         """The adapter as infotext names it: its file's stem, never a path."""
         return Path(self.weight_name).stem
