@@ -156,6 +156,9 @@ async def test_a_blend_reroll_blends_the_same_pictures_again(sim):
     first = await finished(
         sim, await alice.slash(sim.channel, "blend", image1=("r.png", RED), image2=("b.png", BLUE))
     )
+    info = await alice.click(first, label="Info")
+    told = ([m.content for m in info.followups] or [info.response.content])[-1]
+    assert told.startswith("Its image prompts are pictures no command line carries")
     click = await alice.click(first, label="Reroll")
     assert "Queued as job" in ([m.content for m in click.followups] or [click.response.content])[-1]
 
