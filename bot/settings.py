@@ -18,11 +18,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from bot.fleet.protocol import queue_url_problem
 from data.credits import CreditPolicy
+from engine.api.image_prompts import adapter_problem
 from engine.api.memory import MemorySetting
 from engine.api.params import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.api.specs import ModelFamily, ModelSpec, Quantization
@@ -74,6 +76,23 @@ class ModelSettings(BaseModel):
     # empty: the family's own (engine/api/families.py).
     default_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
     default_cfg: float | None = Field(default=None, ge=MIN_CFG, le=MAX_CFG)
+    ip_adapter: str | None = Field(
+        default=None,
+        description="Image prompts and /blend: this model's IP-Adapter weights (file, folder "
+        "or Hub file owner/repo/path/file.safetensors)",
+    )
+    ip_adapter_encoder: str | None = Field(
+        default=None,
+        description="The IP-Adapter's image encoder folder in the same repo or folder "
+        "(default: image_encoder beside the weights)",
+    )
+
+    @model_validator(mode="after")
+    def _usable_ip_adapter(self) -> ModelSettings:
+        problem = adapter_problem(self.ip_adapter, self.ip_adapter_encoder)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     def to_spec(self, name: str) -> ModelSpec:
         return ModelSpec(
@@ -93,6 +112,8 @@ class ModelSettings(BaseModel):
             quantize=self.quantize,
             default_steps=self.default_steps,
             default_cfg=self.default_cfg,
+            ip_adapter=self.ip_adapter,
+            ip_adapter_encoder=self.ip_adapter_encoder,
         )
 
 

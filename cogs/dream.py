@@ -35,6 +35,7 @@ from engine.api.params import (
     MAX_SEED,
     MAX_STEPS,
     MIN_CLIP_SKIP,
+    GenerationParams,
     InvalidParams,
 )
 
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from bot.client.app import SDBot
 
 DEFAULT_LORA_WEIGHT = 0.8
+IMAGE_PROMPT = "image prompt"
+STYLE_IMAGE = "style image"
 
 
 class Dream(commands.Cog):
@@ -82,7 +85,8 @@ class Dream(commands.Cog):
         hires="Hires fix: draw at the size, upscale the latents, then refine (A1111's Latent)",
         hires_denoise="How much the hires pass repaints (0-1, default 0.7)",
         hires_size="Hires fix to WIDTHxHEIGHT, not an upscale (a side of 0 keeps the aspect)",
-        hires_prompt="Another prompt for the hires pass (default: the prompt)",
+        image_prompt="A picture to draw like (Midjourney's image prompt)",
+        style_image="A picture whose style to take, not its content (Midjourney's --sref)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES, scheduler=SCHEDULE_CHOICES)
     @app_commands.choices(hires=HIRES_CHOICES)
@@ -115,7 +119,8 @@ class Dream(commands.Cog):
         hires: float | None = None,
         hires_denoise: app_commands.Range[float, 0.0, 1.0] | None = None,
         hires_size: app_commands.Transform[tuple[int, int], HiresSizeTransformer] | None = None,
-        hires_prompt: app_commands.Range[str, 1, 6000] | None = None,
+        image_prompt: discord.Attachment | None = None,
+        style_image: discord.Attachment | None = None,
     ) -> None:
         if lora is not None:
             prompt = with_lora_tag(
@@ -142,7 +147,6 @@ class Dream(commands.Cog):
             hires=hires,
             hires_denoise=hires_denoise,
             hires_size=hires_size,
-            hires_prompt=hires_prompt,
         )
         # The member's preferences and the server's defaults fill what was not typed.
         filled = await self.bot.prefs.fill(
@@ -150,6 +154,12 @@ class Dream(commands.Cog):
         )
         options = filled.options
         params = dreams.build_params(options)
+        pictures = {IMAGE_PROMPT: image_prompt, STYLE_IMAGE: style_image}
+        if image_prompt is not None or style_image is not None:
+            if control_image is not None:
+                raise InvalidParams("Image prompts and a control image cannot be used together.")
+            await self._start_with_pictures(interaction, options, params, pictures, dm=filled.dm)
+            return
         if control_image is None:
             if control_type is not None or control_weight is not None:
                 raise InvalidParams("A control type or weight needs a control image.")
@@ -165,6 +175,32 @@ class Dream(commands.Cog):
 
         uploads = {CONTROL_IMAGE: control_image}
         await start_from_uploads(self.bot, interaction, uploads, prepare, dm=filled.dm)
+
+    async def _start_with_pictures(
+        self,
+        interaction: discord.Interaction,
+        options: DreamOptions,
+        params: GenerationParams,
+        pictures: dict[str, discord.Attachment | None],
+        *,
+        dm: bool | None,
+    ) -> None:
+        """/dream with image prompts: the model's IP-Adapter checked before anything is
+        downloaded, then the pictures stored with the job. Their weight is the default
+        (0.6): /dream has no room for a 26th option; /blend takes one."""
+        requests = self.bot.images.prompts
+        requests.check_available(params.model)
+
+        async def prepare(data: Uploads) -> Prepared:
+            prompts, styles = _given(data, IMAGE_PROMPT), _given(data, STYLE_IMAGE)
+            return Prepared(await requests.prepare(options, prompts, styles, None))
+
+        await start_from_uploads(self.bot, interaction, pictures, prepare, dm=dm)
+
+
+def _given(data: Uploads, what: str) -> list[tuple[str, bytes]]:
+    picture = data.get(what)
+    return [(what, picture)] if picture is not None else []
 
 
 def with_lora_tag(prompt: str, name: str, weight: float) -> str:

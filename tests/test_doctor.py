@@ -366,3 +366,37 @@ def test_describes_two_models_are_checked_as_a_pair(good, tmp_path, capsys):
         f"✗ SDBOT_CLIP_RANKER: there is no file or folder {tmp_path / 'none'}: fix "
         "SDBOT_CLIP_RANKER (a Hub id or a diffusers folder)"
     ]
+
+
+def test_an_ip_adapter_is_found_where_load_ip_adapter_looks(good, tmp_path, tiny_sd1, capsys):
+    from engine.pipelines.tiny_ip_adapter import WEIGHT_NAME, save_tiny_ip_adapter
+
+    adapter = save_tiny_ip_adapter(tmp_path / "ip", tiny_sd1)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "ip-adapter_sd15.safetensors").write_bytes((adapter / WEIGHT_NAME).read_bytes())
+    hub = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
+    settings = good(
+        models={
+            "tiny": {"source": str(tiny_sd1), "ip_adapter": str(adapter / WEIGHT_NAME)},
+            "lonely": {"source": str(tiny_sd1), "ip_adapter": str(lonely)},
+            "hub": {"source": str(tiny_sd1), "ip_adapter": hub},
+        }
+    )
+    code, lines = report(settings, capsys)
+    assert code == 1
+    encoder = adapter / "image_encoder"
+    assert (
+        f"✓ SDBOT_MODELS (tiny.ip_adapter): ip-adapter_tiny, its image encoder in {encoder}"
+        in lines
+    )
+    assert failures(lines) == [
+        f"✗ SDBOT_MODELS (lonely.ip_adapter): {lonely} has no image_encoder/config.json: put the "
+        "adapter's image encoder (a CLIP vision model folder) there, or name its folder in "
+        '"ip_adapter_encoder"',
+        "✗ SDBOT_MODELS (hub.ip_adapter): h94/IP-Adapter's models/ip-adapter_sd15.safetensors or "
+        "its image encoder is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download "
+        "them once with the network (hf download h94/IP-Adapter --include "
+        "'models/ip-adapter_sd15.safetensors' 'models/image_encoder/*'), or point \"ip_adapter\" "
+        "at a local file",
+    ]

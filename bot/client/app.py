@@ -40,6 +40,7 @@ EXTENSIONS = (
     "cogs.images",
     "cogs.edit",
     "cogs.interpolate",
+    "cogs.blend",
     "cogs.results",
     "cogs.admin",
     "cogs.credits",

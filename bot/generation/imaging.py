@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
+from bot.generation.image_prompts import ImagePromptRequests
 from bot.generation.options import Checked, DreamOptions
 from bot.generation.service import DreamService
 from bot.jobs.inputs import InputStore
@@ -68,6 +69,7 @@ class ImageRequests:
         self.dreams = dreams
         self.inputs = inputs
         self.settings = dreams.settings
+        self.prompts = ImagePromptRequests(dreams, inputs)  # /blend and image prompts
 
     @property
     def max_attachment_bytes(self) -> int:
@@ -336,6 +338,9 @@ def from_image(params: GenerationParams, init_key: str) -> GenerationParams:
         mask_prompt=None,
         mask_cell=None,
         mask_preview=False,
+        # The picture carries what its image prompts gave it.
+        image_prompts=(),
+        style_images=(),
     )
 
 

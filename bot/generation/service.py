@@ -44,9 +44,10 @@ from data.jobs import (
 )
 from engine.api.checks import check_params
 from engine.api.hires import has_hires_keys
+from engine.api.image_prompts import INFOTEXT_KEYS, infotext_image_count
 from engine.api.infotext import configured_model, params_from_infotext, parse_infotext
 from engine.api.jobs import EngineJob
-from engine.api.params import GenerationParams
+from engine.api.params import GenerationParams, InvalidParams
 from engine.api.samplers import DEFAULT_SAMPLER, SAMPLERS
 from engine.api.specs import ModelSpec
 
@@ -137,6 +138,15 @@ class DreamService:
         honoured = set(HONOURED_KEYS)
         if has_hires_keys(values):
             honoured.add("Denoising strength")  # the hires pass's, which a paste runs
+        pictures = infotext_image_count(values)
+        if pictures:  # as img2img's picture, an image prompt's is not in the infotext
+            honoured |= INFOTEXT_KEYS
+            which = f"{pictures} image prompt{'s are' if pictures > 1 else ' is'}"
+            if not parsed.prompt.strip():  # a /blend: its pictures were the whole prompt
+                raise InvalidParams(
+                    f"Its {which} not in the infotext and it has no text: /blend the pictures."
+                )
+            notes.append(f"Its {which} not in the infotext: made from the text alone.")
         ignored = [key for key in values if key not in honoured]
         ours = "CPU" if self.settings.noise == "cpu" else "GPU"
         if values.get("RNG", "GPU") != ours:

@@ -20,6 +20,11 @@ from engine.api.params import GenerationParams
 INPUT_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
+def input_key(data: bytes) -> str:
+    """The key `put` stores `data` under, known before anything is written."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def input_path(folder: Path, key: str) -> Path:
     """Where the input `key` (already matched against INPUT_KEY) lives under `folder`."""
     return folder / key[:2] / f"{key}.png"
@@ -39,7 +44,7 @@ class InputStore:
         return input_path(self.folder, key)
 
     def put(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
+        key = input_key(data)
         path = self._path(key)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

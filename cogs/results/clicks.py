@@ -174,7 +174,11 @@ class Results(commands.Cog, name=RESULTS_COG):
         params = GenerationParams.from_dict(job.params)
         embed = infotext_embed(infotexts[0]) if infotexts else discord.Embed(title="Parameters")
         embed.title = f"Job {job.id}"
-        if params.mode == "txt2img":
+        if params.has_image_prompts:  # no slash command line carries the pictures
+            text = (
+                "Its image prompts are pictures no command line carries: Reroll blends them again."
+            )
+        elif params.mode == "txt2img":
             command = reproduce_command(params)
             text = f"Make it again:\n```\n{command[:1900]}\n```"
         else:

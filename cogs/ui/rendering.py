@@ -74,6 +74,8 @@ def result_embed(
         embed.add_field(name="Upscale", value=f"{params.upscale:g}x")
     if params.control_type is not None:
         embed.add_field(name="Control", value=f"{params.control_type} ({params.control_scale:g})")
+    if params.has_image_prompts:
+        embed.add_field(name="Image prompts", value=_image_prompts_text(params))
     embed.add_field(name="Time", value=f"{outcome.run_seconds:.1f}s")
     if note:
         embed.add_field(name="Note", value=_clip(note, FIELD_LIMIT), inline=False)
@@ -197,3 +199,13 @@ def _sampler_text(params: GenerationParams) -> str:
     """`DPM++ 2M Karras`: the sampler and the schedule that ran, as members say it."""
     schedule = resolved_schedule(params.sampler, params.schedule)
     return params.sampler if schedule == AUTOMATIC else f"{params.sampler} {schedule}"
+
+
+def _image_prompts_text(params: GenerationParams) -> str:
+    """`2 (weight 1)`, `1 style (weight 0.6)`: how many pictures guided, and how strongly."""
+    parts = []
+    if params.image_prompts:
+        parts.append(str(len(params.image_prompts)))
+    if params.style_images:
+        parts.append(f"{len(params.style_images)} style")
+    return f"{' + '.join(parts)} (weight {params.image_weight:g})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine.api.edits import edit_problem
 from engine.api.family_checks import family_problem
 from engine.api.hires import hires_problem
+from engine.api.image_prompts import image_prompt_problem
 from engine.api.interpolation import interpolation_problem
 from engine.api.params import (
     CONTROL_TYPES,
@@ -80,8 +81,9 @@ def check_params(
     max_upscale_pixels: int = DEFAULT_UPSCALE_PIXELS,
 ) -> None:
     """Raise InvalidParams naming the first bad value; checks what Discord cannot."""
-    # An upscale may go without one: the picture itself guides its detail pass.
-    if not params.prompt.strip() and params.mode != "upscale":
+    # An upscale may go without one: the picture itself guides its detail pass; so may
+    # image prompts (/blend), whose pictures are the prompt.
+    if not params.prompt.strip() and params.mode != "upscale" and not params.has_image_prompts:
         raise InvalidParams("The prompt is empty.")
     if len(params.prompt) > max_prompt:
         raise InvalidParams(
@@ -116,6 +118,7 @@ def check_params(
         or hires_problem(params, spec, max_prompt)
         or family_problem(params, spec.family_row())
         or interpolation_problem(params)
+        or image_prompt_problem(params, spec)
     )
     if problem is not None:
         raise InvalidParams(problem)

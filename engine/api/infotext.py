@@ -15,8 +15,9 @@ writes A1111's `Hires upscale`, `Hires steps` and `Hires upscaler` after `RNG`, 
 stem, a folder's or Hub repository's name), never a path. Ours after A1111's
 inpainting keys: `Mask prompt` and `Mask cell` (Vary (Region)'s words and grid cell),
 /interpolate's `Frames`, `Interpolate to`, `Interpolate seed`, `Frame rate` and `Animation`,
-`Prompt syntax` (only when the optimized fork's sub-prompts were read); A1111 shows a key
-it does not know and otherwise ignores it.
+`Prompt syntax` (only when the optimized fork's sub-prompts were read), and image prompts'
+`IP-Adapter ...` keys (engine/api/image_prompts.py); A1111 shows a key it does not know and
+otherwise ignores it.
 Last, as A1111 ends with its own, `Version: sdbot-0.1.0`: a name A1111's version parser
 cannot read, so it turns on none of the compatibility settings it keeps for its old
 versions (modules/infotext_versions.py), which a bare `0.1.0` would (as "before 1.6").
@@ -33,6 +34,7 @@ from importlib import metadata
 from typing import Any
 
 from engine.api.hires import NO_RESIZE, has_hires_keys, hires_options, second_pass_params
+from engine.api.image_prompts import image_prompt_fields, image_prompt_options
 from engine.api.interpolation import DEFAULT_FPS, INTERPOLATE
 from engine.api.params import GenerationParams, InvalidParams
 from engine.api.prompt_syntax import resolve_syntax
@@ -170,6 +172,7 @@ def build_infotext(
         **_hires_fields(params),
         **_interpolation_fields(params),
         **(extra or {}),
+        **image_prompt_fields(params),
         "Prompt syntax": _prompt_syntax(params),
         "Version": version(),
     }
@@ -318,6 +321,7 @@ def params_from_infotext(text: str, *, count: int = 1) -> GenerationParams:
             variation_strength=float(values.get("Variation seed strength", "0")),
             **_image_options(values),
             **_interpolation_options(values),
+            **image_prompt_options(values),
             **hires_options(values, int(size.group(1)), int(size.group(2))),
         )
     except KeyError as missing:

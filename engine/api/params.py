@@ -113,6 +113,12 @@ class GenerationParams:
     frames: int = 0
     fps: int = 8
     animation: str = "webp"
+    # Image prompts (issue 18; engine/api/image_prompts.py): stored pictures whose CLIP image
+    # embeddings guide the UNet through the model's IP-Adapter at `image_weight` (0: off),
+    # `style_images` in the style layers only (InstantStyle), as Midjourney's --sref.
+    image_prompts: tuple[str, ...] = ()
+    style_images: tuple[str, ...] = ()
+    image_weight: float = 0.6
 
     def __post_init__(self) -> None:
         # A combined name (`DPM++ 2M Karras`: A1111 before 1.9, this bot's stored jobs,
@@ -125,7 +131,14 @@ class GenerationParams:
     def input_keys(self) -> list[str]:
         """The stored images this job reads."""
         keys = (self.init_image, self.mask_image, self.control_image)
-        return [key for key in keys if key is not None]
+        return [key for key in keys if key is not None] + [
+            *self.image_prompts,
+            *self.style_images,
+        ]
+
+    @property
+    def has_image_prompts(self) -> bool:
+        return bool(self.image_prompts or self.style_images)
 
     @property
     def has_region(self) -> bool:
@@ -182,6 +195,8 @@ class GenerationParams:
         # (each job's own prompts then run its own second pass).
         key += (self.hires_scale, self.hires_upscaler, self.hires_steps, self.hires_denoise)
         key += (self.hires_resize, self.hires_sampler, self.hires_schedule, self.hires_cfg)
+        if self.has_image_prompts:  # one UNet batch carries one set of image embeddings
+            key += (self.image_prompts, self.style_images, self.image_weight)
         if self.mode == "txt2img" and self.control_type is None:
             return key
         return (
@@ -215,6 +230,9 @@ class GenerationParams:
         for name in ("loras", "embeddings"):
             if name in values:
                 values[name] = tuple(tuple(item) for item in values[name])
+        for name in ("image_prompts", "style_images"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 

@@ -82,6 +82,10 @@ class ModelSpec:
     # What a job gets when the member says nothing; None: the family's (engine/api/families.py).
     default_steps: int | None = None
     default_cfg: float | None = None
+    # Image prompts (engine/api/image_prompts.py): the IP-Adapter made for this model's
+    # family (weights file or folder, here or on the Hub) and its image encoder's folder.
+    ip_adapter: str | None = None
+    ip_adapter_encoder: str | None = None
 
     @property
     def is_single_file(self) -> bool:

@@ -4,6 +4,7 @@ verdicts on its images before they leave it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -19,6 +20,7 @@ from engine.api.params import GenerationResult
 from engine.pipelines.conditioned import generate_conditioned
 from engine.pipelines.flow import generate_flow_batch
 from engine.pipelines.interpolate import generate_interpolations
+from engine.pipelines.ip_adapter import image_prompting
 from engine.pipelines.lora import adapters_for
 from engine.pipelines.txt2img import generate_batch
 from engine.pipelines.upscale import UpscaleConfig
@@ -45,7 +47,9 @@ def run_batch(
         problem = family_problem(job.params, row)
         if problem is not None:
             raise EngineError(problem)
-    with torch.inference_mode(), adapters_for(loaded, first):
+    # Image prompts' IP-Adapter is in the UNet only for batches that have them (SD only).
+    prompting = contextlib.nullcontext() if row.flow else image_prompting(loaded, jobs)
+    with torch.inference_mode(), adapters_for(loaded, first), prompting:
         if row.flow and first.mode == "txt2img":
             return generate_flow_batch(loaded, jobs, config.preview_interval, config.noise)
         if first.mode == "interpolate":

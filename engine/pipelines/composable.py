@@ -82,11 +82,12 @@ class ComposableGuidance:
         }
         kwargs["encoder_hidden_states"] = layout.hidden
         added = kwargs.get("added_cond_kwargs")
-        if added is not None and layout.pooled is not None:
-            # A new dict: SDXL's ControlNet pipeline hands the UNet the very same one.
+        if added is not None:
+            # A new dict: SDXL's ControlNet pipeline hands the UNet the very same one. Its
+            # rows (SDXL's time ids, image prompts' embeddings) widen with the batch.
             added = {key: _select(value, layout.source, rows) for key, value in added.items()}
-
-            added["text_embeds"] = layout.pooled
+            if layout.pooled is not None:
+                added["text_embeds"] = layout.pooled
             kwargs["added_cond_kwargs"] = added
         return args, kwargs
 
@@ -155,6 +156,8 @@ def _pooled(cond: Any) -> list[torch.Tensor]:
 
 def _select(value: Any, source: torch.Tensor, rows: int) -> Any:
     """A per-row tensor of diffusers' batch, widened; anything else (a scalar timestep) as it is."""
+    if isinstance(value, list):  # image prompts' embeddings: one tensor per IP-Adapter
+        return [_select(item, source, rows) for item in value]
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
         return value.index_select(0, source.to(value.device))
     return value

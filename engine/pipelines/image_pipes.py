@@ -43,6 +43,7 @@ from engine.pipelines.composable import ComposableGuidance
 from engine.pipelines.flow import FlowJobPrompts
 from engine.pipelines.flow_modes import call_flow_pipeline
 from engine.pipelines.guidance import a1111_guidance
+from engine.pipelines.ip_adapter import image_prompt_inputs
 from engine.pipelines.loading import LoadedModel, load_unet
 from engine.pipelines.memory import hooked_for
 from engine.pipelines.scheduled_conditioning import JobPrompts, RunConditioning
@@ -274,6 +275,7 @@ def call_pipeline(
             generator=generators,
             callback_on_step_end=reporter,
             output_type="pil",
+            **image_prompt_inputs(run.loaded, pipe, scales.get("guidance_scale", params.cfg)),
         )
     return list(output.images)
 

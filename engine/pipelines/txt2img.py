@@ -19,6 +19,7 @@ from engine.imaging.images import encode_png
 from engine.pipelines.brownian import brownian_mixin, seed_noise
 from engine.pipelines.composable import ComposableGuidance
 from engine.pipelines.guidance import a1111_guidance
+from engine.pipelines.ip_adapter import image_prompt_infotext, image_prompt_inputs
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.lora import prompt_text
 from engine.pipelines.memory import hooked_for
@@ -344,6 +345,7 @@ def _run_pipeline(
             latents=torch.cat(noises),
             callback_on_step_end=reporter,
             output_type=output_type,
+            **image_prompt_inputs(loaded, pipe, guidance),
         )
     return list(output.images)
 
@@ -365,7 +367,10 @@ def _encode(
         # A1111 names the noise source unless it is its default, the GPU; with "RNG: CPU"
         # an A1111 install draws the same starting noise as we did.
         rng="CPU" if noise == "cpu" else None,
-        extra=loaded.active.infotext if loaded.active is not None else None,
+        extra={
+            **(loaded.active.infotext if loaded.active is not None else {}),
+            **image_prompt_infotext(loaded),
+        },
     )
     return GeneratedImage(
         seed, encode_png(image, infotext), image.width, image.height, infotext, variation_seed

@@ -12,6 +12,7 @@ from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.params import GeneratedImage, GenerationParams
 from engine.api.training_params import TrainingParams, sample_prompts
 from engine.pipelines.flow import generate_flow_batch
+from engine.pipelines.ip_adapter import detach
 from engine.pipelines.loading import LoadedModel
 from engine.pipelines.lora import adapters_for
 from engine.pipelines.memory import freed_on_oom
@@ -69,6 +70,7 @@ def make_samples(
 
 def train_and_sample(loaded: LoadedModel, job: TrainingJob, noise: str) -> TrainingOutcome:
     """EngineWorker.train on the engine thread: train, then the sample images."""
+    detach(loaded)  # a UNet carrying image prompts' adapter wants their embeddings
     images = [job.inputs[key] for key in job.params.image_keys]
     with freed_on_oom(f"training job {job.job_id}"):
         result = train(

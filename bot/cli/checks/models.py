@@ -16,6 +16,7 @@ from bot.settings import Settings
 from engine.api import families
 from engine.api.families import family_on_disk
 from engine.api.hashes import FileHashCache
+from engine.api.image_prompts import locate_adapter
 from engine.api.specs import SINGLE_FILE_SUFFIXES, ModelSpec, looks_like_hub_id
 
 PIPELINE_FILES = ("model_index.json",)
@@ -142,6 +143,8 @@ def model_findings(
                 files=("unet/config.json", *PIPELINE_FILES),
             )
         )
+    if model.ip_adapter:
+        findings.append(ip_adapter_finding(model))
     for kind, source in sorted(model.controlnets.items()):
         findings.append(
             source_finding(
@@ -194,6 +197,40 @@ def model_family(model: ModelSpec) -> str | None:
     if folder is None:
         return f"{model.guessed_family()} (guessed from its name)"
     return family_on_disk(str(folder)) or "sd1 (model_index.json names no pipeline of ours)"
+
+
+def ip_adapter_finding(model: ModelSpec) -> Finding:
+    """The model's IP-Adapter weights and its image encoder, where diffusers'
+    `load_ip_adapter` will look for them (the settings checked the source's shape)."""
+    assert model.ip_adapter is not None
+    subject = f"SDBOT_MODELS ({model.name}.ip_adapter)"
+    where = locate_adapter(model.ip_adapter, model.ip_adapter_encoder)
+    needed = (where.weights_path, f"{where.encoder_path}/config.json")
+    folder = Path(where.source)
+    if folder.is_dir():
+        missing = [name for name in needed if not (folder / name).is_file()]
+        if not missing:
+            return passed(
+                subject, f"{where.name}, its image encoder in {folder / where.encoder_path}"
+            )
+        return failed(
+            subject,
+            f"{folder} has no {missing[0]}",
+            "put the adapter's image encoder (a CLIP vision model folder) there, or name its "
+            'folder in "ip_adapter_encoder"',
+        )
+    if all(hub_cache_folder(where.source, [name]) is not None for name in needed):
+        return passed(subject, f"{where.name}, in the Hugging Face cache")
+    if hub_offline():
+        return failed(
+            subject,
+            f"{where.source}'s {where.weights_path} or its image encoder is not in the Hugging "
+            "Face cache and HF_HUB_OFFLINE is set",
+            f"download them once with the network (hf download {where.source} --include "
+            f"'{where.weights_path}' '{where.encoder_path}/*'), or point \"ip_adapter\" at a "
+            "local file",
+        )
+    return passed(subject, f"{where.name}, not downloaded yet: fetched at first use")
 
 
 def helper_findings(settings: Settings) -> list[Finding]:
