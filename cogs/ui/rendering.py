@@ -66,7 +66,7 @@ def result_embed(
     embed.add_field(name="Model", value=params.model)
     if params.mode == "edit":  # it runs from noise: the picture's hold is its image CFG
         embed.add_field(name="Image CFG", value=f"{params.image_cfg:g}")
-    if params.mode == "interpolate":
+    elif params.mode == "interpolate":
         add_interpolation_fields(embed, params)
     elif params.mode != "txt2img":
         embed.add_field(name="Denoising", value=f"{params.denoise:g}")
