@@ -10,11 +10,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client.replies import first_delivery, reply_ephemeral
-from bot.jobs.contracts import JobRefused
-from cogs.ui.buttons import NO_SUCH_BUTTON, job_id_of, view_factory
-from cogs.ui.context import presser_of, requester_of
-from cogs.ui.presenter import ReplyPresenter, previews_allowed
-from cogs.ui.rendering import credits_text
+from bot.generation.results import Presser
+from bot.jobs.contracts import JobRefused, Ticket
+from cogs.ui.buttons import NO_SUCH_BUTTON, job_id_of
+from cogs.ui.context import requester_of
+from cogs.ui.presenter import ReplyPresenter
+from cogs.ui.pressing import start_for_presser
 from cogs.ui.starting import download
 from data.descriptions import Description
 from engine.api.params import InvalidParams
@@ -126,46 +127,14 @@ class Describe(commands.Cog, name=DESCRIBE_COG):
         self, interaction: discord.Interaction, description_id: int, number: int
     ) -> None:
         """/dream with the prompt for the presser, posted as a reply to the prompts."""
-        # Deferred first, privately: the queue position is for the presser alone.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        channel = interaction.channel
-        if not isinstance(channel, discord.abc.Messageable):
-            await interaction.followup.send("❌ I cannot post in this channel.", ephemeral=True)
-            return
-        observer = ReplyPresenter(
-            self.bot,
-            channel,
-            interaction.message,
-            interaction.user,
-            f"Prompt {number} of /describe",
-            self.bot.settings.progress_interval,
-            interaction=interaction,
-            view=view_factory(self.bot),
-        )
-        presser = presser_of(
-            self.bot, interaction.user, interaction.guild_id, interaction.channel_id, channel
-        )
-        observer.previews = previews_allowed(self.bot.settings, presser.requester.age_restricted)
-        try:
-            ticket = await self.bot.descriptions.dream(
+
+        async def start(presser: Presser, observer: ReplyPresenter) -> Ticket:
+            return await self.bot.descriptions.dream(
                 description_id, number, presser, observer, interaction_id=interaction.id
             )
-        except (JobRefused, InvalidParams) as refused:
-            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
-            return
-        # As a result's buttons acknowledge (cogs/results/clicks.py).
-        if ticket.duplicate:
-            text = f"That is already on its way as job {ticket.job.id}; nothing more was charged."
-        else:
-            message_id = await observer.queued(ticket)
-            if message_id is not None:
-                await self.bot.scheduler.set_message(ticket.job.id, message_id)
-            note = f" {ticket.note}" if ticket.note else ""
-            text = (
-                f"Queued as job {ticket.job.id}, position {ticket.position}. "
-                f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}.{note}"
-            )
-        await interaction.followup.send(text, ephemeral=True)
+
+        label = f"Prompt {number} of /describe"
+        await start_for_presser(self.bot, interaction, label, start)
 
 
 async def setup(bot: SDBot) -> None:

@@ -13,13 +13,13 @@ from bot.generation.actions import Action, Presser
 from bot.generation.regions import NOT_A_PREVIEW, RegionRequest
 from bot.jobs.contracts import JobRefused, Ticket
 from cogs.results.modals import EditModal, InstructModal, RegionModal, ZoomModal
-from cogs.ui.buttons import RESULTS_COG, ResultButton, view_factory
+from cogs.ui.buttons import RESULTS_COG, ResultButton
 from cogs.ui.context import presser_of
 from cogs.ui.infotext import infotext_embed
-from cogs.ui.presenter import ReplyPresenter, previews_allowed
-from cogs.ui.rendering import credits_text
+from cogs.ui.presenter import ReplyPresenter
+from cogs.ui.pressing import start_for_presser
 from engine.api.edits import NOT_SET_UP, edit_model
-from engine.api.params import GenerationParams, InvalidParams
+from engine.api.params import GenerationParams
 from engine.api.samplers import AUTOMATIC
 
 if TYPE_CHECKING:
@@ -109,27 +109,10 @@ class Results(commands.Cog, name=RESULTS_COG):
         zoom: str | None = None,
         region: RegionRequest | None = None,
     ) -> None:
-        # Deferred first, privately: the queue position is for the presser alone, and the
-        # work below (reading images, the store) may outlast Discord's 3 seconds.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        channel = interaction.channel
-        if not isinstance(channel, discord.abc.Messageable):
-            await interaction.followup.send("❌ I cannot post in this channel.", ephemeral=True)
-            return
-        observer = ReplyPresenter(
-            self.bot,
-            channel,
-            interaction.message,
-            interaction.user,
-            action_label(action, image),
-            self.bot.settings.progress_interval,
-            interaction=interaction,
-            view=view_factory(self.bot),
-        )
-        presser = self._presser(interaction)
-        observer.previews = previews_allowed(self.bot.settings, presser.requester.age_restricted)
-        try:
-            ticket = await self.bot.actions.start(
+        label = action_label(action, image)
+
+        async def start(presser: Presser, observer: ReplyPresenter) -> Ticket:
+            return await self.bot.actions.start(
                 action,
                 job_id,
                 presser,
@@ -141,27 +124,8 @@ class Results(commands.Cog, name=RESULTS_COG):
                 region=region,
                 interaction_id=interaction.id,
             )
-        except (JobRefused, InvalidParams) as refused:
-            await interaction.followup.send(f"❌ {refused}", ephemeral=True)
-            return
-        await interaction.followup.send(await self._acknowledge(ticket, observer), ephemeral=True)
 
-    async def _acknowledge(self, ticket: Ticket, observer: ReplyPresenter) -> str:
-        if ticket.duplicate:
-            return f"That is already on its way as job {ticket.job.id}; nothing more was charged."
-        message_id = await observer.queued(ticket)
-        if message_id is not None:
-            await self.bot.scheduler.set_message(ticket.job.id, message_id)
-        note = f" {ticket.note}" if ticket.note else ""
-        if ticket.params.mask_preview:
-            return (
-                f"Mask preview queued as job {ticket.job.id}, position {ticket.position}: "
-                f"nothing is charged unless you press Run under it.{note}"
-            )
-        return (
-            f"Queued as job {ticket.job.id}, position {ticket.position}. "
-            f"Cost {credits_text(ticket.job.cost)}, balance {ticket.balance}.{note}"
-        )
+        await start_for_presser(self.bot, interaction, label, start)
 
     async def show_info(self, interaction: discord.Interaction, job_id: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -206,33 +206,25 @@ def save_tiny_controlnet(folder: Path, model: Path, seed: int = 0) -> Path:
 
 def save_tiny_inpainting(folder: Path, seed: int = 1) -> Path:
     """A tiny SD1 inpainting model: its UNet takes 9 channels (latents, mask, masked image)."""
-    with tempfile.TemporaryDirectory() as workdir:
-        base = build_tiny_sd1(Path(workdir), seed=seed)
-        torch.manual_seed(seed)
-        StableDiffusionInpaintPipeline(
-            vae=base.vae,
-            text_encoder=base.text_encoder,
-            tokenizer=base.tokenizer,
-            unet=_unet(in_channels=9),
-            scheduler=base.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        ).save_pretrained(str(folder))
-    return folder
+    return _save_with_wider_unet(folder, StableDiffusionInpaintPipeline, 9, seed)
 
 
 def save_tiny_instruct_pix2pix(folder: Path, seed: int = 2) -> Path:
     """A tiny InstructPix2Pix model, saved as timbrooks/instruct-pix2pix is: SD1's
     components, its UNet taking 8 channels (the noisy latents and the picture's)."""
+    return _save_with_wider_unet(folder, StableDiffusionInstructPix2PixPipeline, 8, seed)
+
+
+def _save_with_wider_unet(folder: Path, pipeline_cls: Any, in_channels: int, seed: int) -> Path:
+    """The tiny SD1's components around a UNet taking `in_channels`, as `pipeline_cls`."""
     with tempfile.TemporaryDirectory() as workdir:
         base = build_tiny_sd1(Path(workdir), seed=seed)
         torch.manual_seed(seed)
-        StableDiffusionInstructPix2PixPipeline(
+        pipeline_cls(
             vae=base.vae,
             text_encoder=base.text_encoder,
             tokenizer=base.tokenizer,
-            unet=_unet(in_channels=8),
+            unet=_unet(in_channels=in_channels),
             scheduler=base.scheduler,
             safety_checker=None,
             feature_extractor=None,
