@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import shutil
 import sys
 import tempfile
@@ -47,15 +48,25 @@ MEMBERS = 8
 
 
 class TimedEngine(InstantEngine):
-    """The engine thread, taking `seconds` per image as a GPU would."""
+    """The engine thread, taking `seconds` per image as a GPU would. It notes when each
+    batch starts and ends, so the time its GPU sits idle between two batches (the bot's
+    dispatch overhead as a worker feels it) can be read off."""
 
     def __init__(self, settings: Settings, seconds: float) -> None:
         super().__init__(settings)
         self.seconds = seconds
+        self.spans: list[tuple[float, float]] = []
 
     def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
+        started = time.perf_counter()
         time.sleep(self.seconds * sum(job.params.count for job in jobs))
-        return super()._generate(jobs)
+        results = super()._generate(jobs)
+        self.spans.append((started, time.perf_counter()))
+        return results
+
+    def idle_gaps(self) -> list[float]:
+        """Seconds from each batch's end to the next one's start."""
+        return [begin - end for (_, end), (begin, _) in itertools.pairwise(self.spans)]
 
 
 def job_params(number: int) -> GenerationParams:
@@ -177,10 +188,19 @@ async def measure(workdir: Path, counts: list[int], per_image: float, lease: flo
         store = Store(settings.db_path)
         async with running_service(settings, RedisEngine(server.url, [MODEL]), store) as service:
             figures = {}
+            gaps: list[float] = []
             for count in counts:
                 workers = await start_workers(settings, server.url, count, per_image, lease)
+                # One job per worker first, untimed: the bot has seen every worker, as in a
+                # fleet that is running (a worker that joins is noticed within POLL_SECONDS).
+                await throughput(service, count)
+                engines = [w.engine for _, _, w in workers if isinstance(w.engine, TimedEngine)]
+                for engine in engines:
+                    engine.spans.clear()
                 jobs = max(16, 4 * count)
                 figures[count] = await throughput(service, jobs)
+                if count == counts[0]:
+                    gaps = [gap for engine in engines for gap in engine.idle_gaps()]
                 await stop_workers(workers)
                 await poll(lambda: _none(service.scheduler.engine.workers()))
             one = figures[counts[0]]
@@ -190,7 +210,15 @@ async def measure(workdir: Path, counts: list[int], per_image: float, lease: flo
                 print(f"{count:>8} {rate:>8.2f} {rate / one:>7.2f} {0.9 * count:>7.1f}")
             ideal = 1.0 / per_image
             overhead_ms = max(0.0, (1.0 / one - 1.0 / ideal) * 1000)
-            print(f"dispatch overhead with one worker: {overhead_ms:.1f} ms per job (target < 5)")
+            print(
+                f"dispatch overhead with one worker: {overhead_ms:.1f} ms per job from the "
+                "throughput (the first batch's dispatch and the last one's storing included)"
+            )
+            idle = sorted(gaps)
+            print(
+                f"a worker's GPU idle between two batches: median {idle[len(idle) // 2] * 1000:.1f}"
+                f" ms, worst {idle[-1] * 1000:.1f} ms over {len(idle)} gaps (target < 5)"
+            )
             seconds = await takeover(settings, server.url, service, lease)
             print(
                 f"a worker killed mid-batch: its batch ran elsewhere {seconds:.1f} s later "
