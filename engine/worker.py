@@ -201,6 +201,11 @@ class EngineWorker:
         loaded = self._cache.loaded if self._cache is not None else None
         return images_per_batch(self.config, loaded, self.card_bytes, params)
 
+    @property
+    def loaded_model(self) -> str | None:  # the model on the card now (the cache holds one)
+        loaded = self._cache.loaded if self._cache is not None else None
+        return loaded.spec.name if loaded is not None else None
+
     async def workers(self) -> list[WorkerState]:
         busy = self._serving is not None
         speed = self._served_seconds / self.served if self.served else None

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from bot.fleet import protocol
 from bot.fleet.files import FileSender
 from bot.fleet.protocol import BadMessage
+from bot.fleet.routing import free_workers, read_peers
 from engine.api.errors import EngineError, EngineStopped, JobCancelled
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.lora_files import a1111_copy
@@ -49,6 +50,7 @@ class _Sent:
     outcome: asyncio.Future[Any]
     reports: dict[int, Callable[[Any], None]] = field(default_factory=dict)
     progress: Callable[..., Any] = Progress
+    model: str | None = None  # its stream's model; None: any worker serves it
 
 
 class RedisEngine:
@@ -59,10 +61,9 @@ class RedisEngine:
         self._redis: Any = None
         self._sent: dict[str, _Sent] = {}
         self._reader: asyncio.Task[None] | None = None
-        # Slots the scheduler holds whose batch is not sent yet, and requests out on the
-        # stream: together, the workers they keep busy.
+        # Slots the scheduler holds whose batch is not sent yet: each keeps an idle worker
+        # for itself (the requests out on the streams are counted from self._sent).
         self._reserved = 0
-        self._outstanding = 0
         self._sent_in_slot = 0
         self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
         self._started = False
@@ -112,10 +113,11 @@ class RedisEngine:
     # -- slots --------------------------------------------------------------------------
 
     async def free_slot(self) -> Callable[[], None]:
-        """Wait for a worker with nothing to do (one batch each): woken at once when an
-        outcome arrives (the worker is free before the bot has stored it), and every
-        POLL_SECONDS for workers that start or stop elsewhere."""
-        while self._reserved + self._outstanding >= await self._workers_alive():
+        """Wait for a worker with nothing to do (one batch each) that no batch waiting in
+        Redis could go to (routing.py): woken at once when an outcome arrives (the worker is
+        free before the bot has stored it), and every POLL_SECONDS for workers that start,
+        stop or take a batch elsewhere."""
+        while await self._free_workers() <= 0:
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
@@ -136,11 +138,14 @@ class RedisEngine:
 
         return release
 
-    async def _workers_alive(self) -> int:
+    async def _free_workers(self) -> int:
         try:
-            return len([key async for key in self._db.scan_iter(match=protocol.WORKERS + "*")])
+            peers = await read_peers(self._db)
         except RedisError:
             return 0  # Redis is down: nothing is released until it answers again
+        running = {peer.busy for peer in peers}
+        waiting = [sent.model for batch, sent in self._sent.items() if batch not in running]
+        return free_workers(peers, waiting, self._reserved)
 
     def batch_images(self, params: GenerationParams) -> int | None:
         # Workers' cards differ and are not advertised yet: batches as SDBOT_MAX_BATCH says.
@@ -224,12 +229,11 @@ class RedisEngine:
         cancels: Sequence[Any] = (),
     ) -> Any:
         batch = uuid.uuid4().hex
-        sent = _Sent(asyncio.get_running_loop().create_future(), reports or {}, progress)
+        sent = _Sent(asyncio.get_running_loop().create_future(), reports or {}, progress, model)
         self._sent[batch] = sent
         if self._reserved:  # the batch of a slot: from now on the request holds the worker
             self._reserved -= 1
             self._sent_in_slot += 1
-        self._outstanding += 1
         try:
             stream = protocol.model_stream(model) if model else protocol.BATCHES
             await self._add(stream, {"request": protocol.dumps({**request, "batch": batch})})
@@ -240,7 +244,6 @@ class RedisEngine:
                 watch.cancel()
         finally:
             self._sent.pop(batch, None)
-            self._outstanding -= 1
             self._freed.set()
 
     async def _add(self, stream: str, fields: dict[str, str]) -> None:
