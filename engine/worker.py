@@ -27,7 +27,7 @@ from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.memory import MemorySetting, batch_images, resolve_mode
 from engine.api.params import GenerationParams, GenerationResult, ModelInfo
-from engine.api.port import WorkerState
+from engine.api.port import SteadyPace, WorkerState
 from engine.api.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-class EngineWorker:
+class EngineWorker(SteadyPace):
     """Runs generation on its own thread; `await generate(jobs)` from the event loop."""
 
     def __init__(self, config: EngineConfig) -> None:

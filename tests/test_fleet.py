@@ -31,6 +31,7 @@ from bot.fleet import files, protocol
 from bot.fleet.adapter import RedisEngine
 from bot.fleet.worker import FleetWorker
 from bot.jobs.engines import local_engine
+from bot.jobs.waits import Waits
 from bot.settings import Settings
 from data.jobs import JobStatus
 from engine.api.errors import EngineError
@@ -654,3 +655,65 @@ async def test_a_batch_for_a_busy_workers_model_leaves_an_idle_worker_to_other_j
         await asyncio.wait_for(observer.ended.wait(), DEADLINE)
         assert observer.outcomes
     assert (both.served, common.served) == (2, 1)
+
+
+async def test_waits_in_the_queue_come_from_the_live_workers_speeds(fleet_bot):
+    bot, fleet = fleet_bot
+    quick, slow = await fleet.start("quick"), await fleet.start("slow")
+    # Measured on earlier batches: 1 s a batch and 3 s, so 2 s over all four; the quick
+    # one counts as two GPUs of the typical speed, the slow one as two thirds of one.
+    quick.served, quick.seconds = 2, 2.0
+    slow.served, slow.seconds = 2, 6.0
+    await quick.publish()
+    await slow.publish()
+    await until(lambda: bot.engine.pace().lanes == pytest.approx(8 / 3))
+    held = [HeldEngine(quick), HeldEngine(slow)]
+    bot.scheduler.learned(1.0, 12.0)  # a standard image takes 12 s on a typical GPU
+    observers = [Recorder() for _ in range(4)]
+    try:
+        for index, observer in enumerate(observers):
+            await submit(bot, 10 + index, observer, seed=index, steps=2)
+        await until(lambda: quick.busy and slow.busy)
+        entries = bot.scheduler.queue_entries()
+        assert [entry.position for entry in entries] == [0, 0, 2, 3]
+        one_gpu = Waits(bot.scheduler.handlers)
+        one_gpu.seconds_per_unit = bot.scheduler.waits.seconds_per_unit
+        alone = one_gpu.entries(bot.scheduler.queue)
+        for fleet_entry, one in zip(entries[2:], alone[2:], strict=True):
+            assert fleet_entry.wait_seconds is not None
+            assert one.wait_seconds is not None
+            assert fleet_entry.wait_seconds > 0
+            assert fleet_entry.wait_seconds == pytest.approx(one.wait_seconds / (8 / 3))
+    finally:
+        for hold in held:
+            await hold.open()
+    for observer in observers:
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    await fleet.stop_all()
+    await until(lambda: bot.engine.pace().lanes == 0)
+    await submit(bot, 20, Recorder(), steps=2)
+    [waiting] = bot.scheduler.queue_entries()
+    assert waiting.wait_seconds is None, "no worker: no wait to promise"
+
+
+async def test_a_batch_in_flight_when_redis_loses_its_data_is_sent_again(fleet_bot, redis_server):
+    bot, fleet = fleet_bot
+    doomed = await fleet.start("doomed")
+    held = HeldEngine(doomed)
+    observer = Recorder()
+    ticket = await submit(bot, 10, observer, steps=2)
+    await until(lambda: doomed.busy != "")
+    # Its worker dies and Redis comes back empty: nothing left there to run the batch.
+    await fleet.kill("doomed")
+    redis_server.kill()
+    redis_server.start()
+    survivor = await fleet.start("survivor")
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes
+    assert not observer.failures
+    assert survivor.served == 1, "the bot sent it again on its own"
+    job = await bot.scheduler.jobs.get(ticket.job.id)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1), "ended once, claimed once"
+    assert await bot.dreams.credits.check() == []
+    assert await bot.dreams.credits.balance(10) == 50 - ticket.job.cost, "charged once"
+    await held.open()

@@ -23,8 +23,8 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from bot.fleet import protocol
-from bot.fleet.adapter import ensure_group
 from bot.fleet.files import FileCache
+from bot.fleet.outcomes import ensure_group
 from bot.fleet.protocol import BadMessage
 from bot.fleet.routing import Deferral, Peer, read_unless_rivals_idle
 from bot.fleet.training import train
