@@ -26,7 +26,7 @@ from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.memory import MemorySetting, batch_images, resolve_mode
 from engine.api.params import GenerationParams, GenerationResult, ModelInfo
-from engine.api.port import WorkerState
+from engine.api.port import SteadyPace, WorkerState
 from engine.api.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-class EngineWorker:
+class EngineWorker(SteadyPace):
     """Runs generation on its own thread; `await generate(jobs)` from the event loop."""
 
     def __init__(self, config: EngineConfig) -> None:
@@ -204,6 +204,11 @@ class EngineWorker:
         card is known or without one (the queue then batches nothing)."""
         loaded = self._cache.loaded if self._cache is not None else None
         return images_per_batch(self.config, loaded, self.card_bytes, params)
+
+    @property
+    def loaded_model(self) -> str | None:  # the model on the card now (the cache holds one)
+        loaded = self._cache.loaded if self._cache is not None else None
+        return loaded.spec.name if loaded is not None else None
 
     async def workers(self) -> list[WorkerState]:
         busy = self._serving is not None

@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from bot.fleet import files, protocol
 from bot.fleet.adapter import RedisEngine
 from bot.fleet.worker import FleetWorker
 from bot.jobs.engines import local_engine
+from bot.jobs.waits import Waits
 from bot.settings import Settings
 from data.jobs import JobStatus
 from engine.api.errors import EngineError
@@ -54,7 +55,11 @@ class Fleet:
         self._tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event, Any]] = {}
         self._held: Any = None  # an engine the test holds on other work (not preloaded)
 
-    async def start(self, name: str, engine: Any = None) -> FleetWorker:
+    async def start(
+        self, name: str, engine: Any = None, loaded: Sequence[str] | None = None
+    ) -> FleetWorker:
+        """A worker serving `engine`'s models, with `loaded` loaded in turn first (all of
+        them unless said: the last one stays on its card)."""
         db: Any = redis.Redis.from_url(self.url)
         engine = engine or local_engine(self.settings)
         if not engine.running:
@@ -62,7 +67,7 @@ class Fleet:
         # One at a time: diffusers' loading is not thread-safe within one process, and
         # real workers are processes of their own.
         if engine is not self._held:
-            for model in engine.config.models:
+            for model in engine.config.models if loaded is None else loaded:
                 await engine.preload(model)
         worker = FleetWorker(db, engine, name, self.settings.data_dir / name, self.lease)
         stop = asyncio.Event()
@@ -533,3 +538,182 @@ async def test_a_worker_uses_no_path_and_checks_what_it_fetches(
 
 def pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).tobytes()
+
+
+@pytest.fixture
+async def two_models_bot(
+    make_settings: Callable[..., Settings], redis_server: Any, tiny_sd1: Path
+) -> AsyncIterator[tuple[Any, Fleet]]:
+    """The bot and a fleet with two models of the tiny one's files, "tiny" and "rare"."""
+    tiny = {"source": str(tiny_sd1), "default_size": (64, 64)}
+    settings = make_settings(queue_url=redis_server.url, models={"tiny": tiny, "rare": tiny})
+    bot = build_bot(settings)
+    fleet = Fleet(settings, redis_server.url, lease=1.0)
+    async with bot.store, bot.engine:
+        dispatcher = asyncio.create_task(bot.scheduler.run())
+        try:
+            yield bot, fleet
+        finally:
+            await bot.scheduler.stop(dispatcher, grace=5.0)
+            await bot.scheduler.drain()
+            await fleet.stop_all()
+
+
+class HeldEngine:
+    """A worker's engine thread held on other work, so its next batch waits: busy."""
+
+    def __init__(self, worker: FleetWorker) -> None:
+        self._opened = threading.Event()
+        self._held = asyncio.ensure_future(worker.engine.call(self._opened.wait))
+
+    async def open(self) -> None:
+        self._opened.set()
+        await self._held
+
+
+async def run_one(bot: Any, user_id: int, **params: Any) -> Recorder:
+    observer = Recorder()
+    await submit(bot, user_id, observer, steps=2, **params)
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes, observer.failures
+    return observer
+
+
+async def test_a_batch_goes_to_the_worker_with_its_model_loaded_or_to_another_if_it_is_busy(
+    two_models_bot,
+):
+    bot, fleet = two_models_bot
+    ready = await fleet.start("ready", loaded=["rare", "tiny"])  # tiny stays on its card
+    other = await fleet.start("other", loaded=["tiny", "rare"])  # rare stays on its card
+    assert (ready.engine.loaded_model, other.engine.loaded_model) == ("tiny", "rare")
+    for seed in range(4):
+        await run_one(bot, 10, seed=seed)
+    assert (ready.served, other.served) == (4, 0), "each went where tiny was loaded"
+
+    held = HeldEngine(ready)
+    first, second = Recorder(), Recorder()
+    await submit(bot, 10, first, seed=10, steps=2)
+    await until(lambda: ready.busy != "")
+    await submit(bot, 11, second, seed=11, steps=2)
+    await asyncio.wait_for(second.ended.wait(), DEADLINE)
+    assert second.outcomes
+    assert not first.ended.is_set(), "the first still waits on its busy worker"
+    assert other.served == 1, "the other worker loaded tiny rather than wait"
+    assert other.engine.loaded_model == "tiny"
+    await held.open()
+    await asyncio.wait_for(first.ended.wait(), DEADLINE)
+    assert first.outcomes
+    assert ready.served == 5
+
+
+async def test_of_two_workers_with_the_model_loaded_the_faster_gets_the_batch(fleet_bot):
+    bot, fleet = fleet_bot
+    slow, fast = await fleet.start("slow"), await fleet.start("fast")
+    # What each measured on ten earlier batches: a minute a batch, and a second.
+    slow.served, slow.seconds = 10, 600.0
+    fast.served, fast.seconds = 10, 10.0
+    await slow.publish()
+    await fast.publish()
+    seen = slow.rounds
+    await until(lambda: slow.rounds > seen + 1)  # a round that read them has begun
+    for seed in range(4):
+        await run_one(bot, 10, seed=seed)
+    assert (fast.served, slow.served) == (14, 10), "all four went to the faster"
+    held = HeldEngine(fast)
+    busy = Recorder()
+    await submit(bot, 10, busy, seed=10, steps=2)
+    await until(lambda: fast.busy != "")
+    await run_one(bot, 11, seed=11)
+    assert slow.served == 11, "with the faster busy, the slower took it"
+    await held.open()
+    await asyncio.wait_for(busy.ended.wait(), DEADLINE)
+    assert busy.outcomes
+
+
+async def test_a_batch_for_a_busy_workers_model_leaves_an_idle_worker_to_other_jobs(
+    two_models_bot,
+):
+    bot, fleet = two_models_bot
+    specs = fleet.settings.model_specs()
+    both = await fleet.start("both", local_engine(fleet.settings, specs), loaded=["rare"])
+    common = await fleet.start("common", local_engine(fleet.settings, {"tiny": specs["tiny"]}))
+    held = HeldEngine(both)
+    running, waiting, tiny = Recorder(), Recorder(), Recorder()
+    await submit(bot, 10, running, model="rare", seed=1, steps=2)
+    await until(lambda: both.busy != "")
+    # Only the busy worker can load rare: this one waits in Redis for it...
+    await submit(bot, 11, waiting, model="rare", seed=2, steps=2)
+    # ...and the idle worker is not held back for it: a tiny job behind it runs now.
+    await submit(bot, 12, tiny, model="tiny", seed=3, steps=2)
+    await asyncio.wait_for(tiny.ended.wait(), DEADLINE)
+    assert tiny.outcomes
+    assert common.served == 1
+    assert not running.ended.is_set()
+    assert not waiting.ended.is_set()
+    await held.open()
+    for observer in (running, waiting):
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+        assert observer.outcomes
+    assert (both.served, common.served) == (2, 1)
+
+
+async def test_waits_in_the_queue_come_from_the_live_workers_speeds(fleet_bot):
+    bot, fleet = fleet_bot
+    quick, slow = await fleet.start("quick"), await fleet.start("slow")
+    # Measured on earlier batches: 1 s a batch and 3 s, so 2 s over all four; the quick
+    # one counts as two GPUs of the typical speed, the slow one as two thirds of one.
+    quick.served, quick.seconds = 2, 2.0
+    slow.served, slow.seconds = 2, 6.0
+    await quick.publish()
+    await slow.publish()
+    await until(lambda: bot.engine.pace().lanes == pytest.approx(8 / 3))
+    held = [HeldEngine(quick), HeldEngine(slow)]
+    bot.scheduler.learned(1.0, 12.0)  # a standard image takes 12 s on a typical GPU
+    observers = [Recorder() for _ in range(4)]
+    try:
+        for index, observer in enumerate(observers):
+            await submit(bot, 10 + index, observer, seed=index, steps=2)
+        await until(lambda: quick.busy and slow.busy)
+        entries = bot.scheduler.queue_entries()
+        assert [entry.position for entry in entries] == [0, 0, 2, 3]
+        one_gpu = Waits(bot.scheduler.handlers)
+        one_gpu.seconds_per_unit = bot.scheduler.waits.seconds_per_unit
+        alone = one_gpu.entries(bot.scheduler.queue)
+        for fleet_entry, one in zip(entries[2:], alone[2:], strict=True):
+            assert fleet_entry.wait_seconds is not None
+            assert one.wait_seconds is not None
+            assert fleet_entry.wait_seconds > 0
+            assert fleet_entry.wait_seconds == pytest.approx(one.wait_seconds / (8 / 3))
+    finally:
+        for hold in held:
+            await hold.open()
+    for observer in observers:
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    await fleet.stop_all()
+    await until(lambda: bot.engine.pace().lanes == 0)
+    await submit(bot, 20, Recorder(), steps=2)
+    [waiting] = bot.scheduler.queue_entries()
+    assert waiting.wait_seconds is None, "no worker: no wait to promise"
+
+
+async def test_a_batch_in_flight_when_redis_loses_its_data_is_sent_again(fleet_bot, redis_server):
+    bot, fleet = fleet_bot
+    doomed = await fleet.start("doomed")
+    held = HeldEngine(doomed)
+    observer = Recorder()
+    ticket = await submit(bot, 10, observer, steps=2)
+    await until(lambda: doomed.busy != "")
+    # Its worker dies and Redis comes back empty: nothing left there to run the batch.
+    await fleet.kill("doomed")
+    redis_server.kill()
+    redis_server.start()
+    survivor = await fleet.start("survivor")
+    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert observer.outcomes
+    assert not observer.failures
+    assert survivor.served == 1, "the bot sent it again on its own"
+    job = await bot.scheduler.jobs.get(ticket.job.id)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1), "ended once, claimed once"
+    assert await bot.dreams.credits.check() == []
+    assert await bot.dreams.credits.balance(10) == 50 - ticket.job.cost, "charged once"
+    await held.open()

@@ -10,18 +10,19 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from bot.fleet import protocol
+from bot.fleet import outcomes, protocol
 from bot.fleet.files import FileSender
-from bot.fleet.protocol import BadMessage
-from engine.api.errors import EngineError, EngineStopped, JobCancelled
+from bot.fleet.outcomes import Sent, ensure_group
+from bot.fleet.routing import free_workers, read_peers
+from bot.fleet.watch import FleetWatch
+from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
 from engine.api.lora_files import a1111_copy
 from engine.api.params import (
@@ -31,7 +32,7 @@ from engine.api.params import (
     ModelInfo,
     Progress,
 )
-from engine.api.port import WorkerState
+from engine.api.port import Pace, WorkerState
 from engine.api.training_params import TrainingProgress, TrainingResult
 
 log = logging.getLogger(__name__)
@@ -42,27 +43,19 @@ UNREACHABLE = "The GPU workers cannot be reached right now."
 POLL_SECONDS = 0.5
 
 
-@dataclass(slots=True)
-class _Sent:
-    """A request out on the stream, waiting for its outcome."""
-
-    outcome: asyncio.Future[Any]
-    reports: dict[int, Callable[[Any], None]] = field(default_factory=dict)
-    progress: Callable[..., Any] = Progress
-
-
 class RedisEngine:
     def __init__(self, url: str, models: Sequence[str]) -> None:
         self.url = url
         self._streams = [protocol.model_stream(model) for model in models] + [protocol.BATCHES]
         # redis-py's asyncio client (its stubs type every answer as sync-or-async: Any here).
         self._redis: Any = None
-        self._sent: dict[str, _Sent] = {}
+        self._sent: dict[str, Sent] = {}
         self._reader: asyncio.Task[None] | None = None
-        # Slots the scheduler holds whose batch is not sent yet, and requests out on the
-        # stream: together, the workers they keep busy.
+        self.watch = FleetWatch()  # the live workers, and whether Redis answers
+        self._watching: asyncio.Task[None] | None = None
+        # Slots the scheduler holds whose batch is not sent yet: each keeps an idle worker
+        # for itself (the requests out on the streams are counted from self._sent).
         self._reserved = 0
-        self._outstanding = 0
         self._sent_in_slot = 0
         self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
         self._started = False
@@ -91,6 +84,9 @@ class RedisEngine:
             ) from None
         start = last[0][0] if last else b"0-0"
         self._reader = asyncio.create_task(self._read_events(start), name="sd-fleet-events")
+        self._watching = asyncio.create_task(
+            self.watch.run(lambda: self._db, self._check_sent), name="sd-fleet-watch"
+        )
         log.info("GPU workers served through Redis at %s", protocol.shown_url(self.url))
         return self
 
@@ -99,10 +95,11 @@ class RedisEngine:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EngineStopped):
-                await self._reader
+        for task in (self._reader, self._watching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EngineStopped):
+                    await task
         for sent in self._sent.values():
             if not sent.outcome.done():
                 sent.outcome.set_exception(EngineStopped())
@@ -112,10 +109,11 @@ class RedisEngine:
     # -- slots --------------------------------------------------------------------------
 
     async def free_slot(self) -> Callable[[], None]:
-        """Wait for a worker with nothing to do (one batch each): woken at once when an
-        outcome arrives (the worker is free before the bot has stored it), and every
-        POLL_SECONDS for workers that start or stop elsewhere."""
-        while self._reserved + self._outstanding >= await self._workers_alive():
+        """Wait for a worker with nothing to do (one batch each) that no batch waiting in
+        Redis could go to (routing.py): woken at once when an outcome arrives (the worker is
+        free before the bot has stored it), and every POLL_SECONDS for workers that start,
+        stop or take a batch elsewhere."""
+        while await self._free_workers() <= 0:
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
@@ -136,11 +134,20 @@ class RedisEngine:
 
         return release
 
-    async def _workers_alive(self) -> int:
+    async def _free_workers(self) -> int:
         try:
-            return len([key async for key in self._db.scan_iter(match=protocol.WORKERS + "*")])
+            peers = await read_peers(self._db)
         except RedisError:
             return 0  # Redis is down: nothing is released until it answers again
+        running = {peer.busy for peer in peers}
+        waiting = [sent.model for batch, sent in self._sent.items() if batch not in running]
+        return free_workers(peers, waiting, self._reserved)
+
+    def pace(self) -> Pace:
+        return self.watch.pace()
+
+    async def pace_changed(self, seen: Pace) -> Pace:
+        return await self.watch.pace_changed(seen)
 
     def batch_images(self, params: GenerationParams) -> int | None:
         # Workers' cards differ and are not advertised yet: batches as SDBOT_MAX_BATCH says.
@@ -148,12 +155,7 @@ class RedisEngine:
 
     async def workers(self) -> list[WorkerState]:
         """Each live worker, from its heartbeat: models, whether it runs a batch, speed."""
-        found = []
-        async for key in self._db.scan_iter(match=protocol.WORKERS + "*"):
-            values = {k.decode(): v.decode() for k, v in (await self._db.hgetall(key)).items()}
-            with contextlib.suppress(KeyError, ValueError):  # a heartbeat half written
-                found.append(worker_state(values, time.time()))
-        return sorted(found, key=lambda worker: worker.name)
+        return await live_workers(self._db)
 
     # -- the port -----------------------------------------------------------------------
 
@@ -228,15 +230,20 @@ class RedisEngine:
         cancels: Sequence[Any] = (),
     ) -> Any:
         batch = uuid.uuid4().hex
-        sent = _Sent(asyncio.get_running_loop().create_future(), reports or {}, progress)
+        stream = protocol.model_stream(model) if model else protocol.BATCHES
+        sent = Sent(
+            asyncio.get_running_loop().create_future(), reports or {}, progress, model, stream
+        )
         self._sent[batch] = sent
         if self._reserved:  # the batch of a slot: from now on the request holds the worker
             self._reserved -= 1
             self._sent_in_slot += 1
-        self._outstanding += 1
         try:
-            stream = protocol.model_stream(model) if model else protocol.BATCHES
-            await self._add(stream, {"request": protocol.dumps({**request, "batch": batch})})
+            fields = {"request": protocol.dumps({**request, "batch": batch})}
+            await self._redis_answering(
+                "a batch", partial(outcomes.add, self._db, batch, stream, fields)
+            )
+            sent.fields = fields
             watch = asyncio.create_task(self._pass_on_cancels(batch, cancels))
             try:
                 return await sent.outcome
@@ -244,18 +251,16 @@ class RedisEngine:
                 watch.cancel()
         finally:
             self._sent.pop(batch, None)
-            self._outstanding -= 1
             self._freed.set()
-
-    async def _add(self, stream: str, fields: dict[str, str]) -> None:
-        """XADD, waiting out a Redis that is down: the job waits with it, nothing is lost."""
-        await self._redis_answering(
-            "a batch",
-            lambda: self._db.xadd(stream, fields, maxlen=protocol.STREAM_LENGTH, approximate=True),
-        )
+            with contextlib.suppress(RedisError, EngineStopped):  # a mark left costs nothing
+                await self._db.srem(outcomes.SENT_MARKS, batch)
 
     async def _redis_answering(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
         return await _waiting_out_redis(what, work, lambda: self._stopping)
+
+    async def _check_sent(self) -> None:
+        """Each round of the watch: batches Redis lost with its data are sent again."""
+        await outcomes.send_lost_again(self._db, self._sent)
 
     async def _pass_on_cancels(self, batch: str, cancels: Sequence[Any]) -> None:
         """A member's cancel (the scheduler sets the job's event) reaches the worker, which
@@ -278,47 +283,13 @@ class RedisEngine:
                 if self._stopping:
                     return
                 log.warning("Redis unreachable while waiting for outcomes (%s)", error)
+                self.watch.unreachable(error)
                 await asyncio.sleep(POLL_SECONDS * 4)
                 continue
             for _stream, entries in answer:
                 for entry_id, fields in entries:
                     last = entry_id
-                    self._hear(fields)
-
-    def _hear(self, fields: dict[Any, Any]) -> None:
-        try:
-            event = protocol.field(fields, "event")
-        except BadMessage as bad:
-            log.warning("ignored a message on %s: %s", protocol.EVENTS, bad)
-            return
-        sent = self._sent.get(event["batch"])
-        if sent is None or sent.outcome.done():
-            # Not one this bot is waiting for: sent before a restart (recovery sent it
-            # again), already answered by a worker thought dead, or not ours at all.
-            log.info("ignored an outcome for batch %s, which nobody waits for", event["batch"])
-            return
-        try:
-            _apply(sent, event)
-        except (BadMessage, KeyError, TypeError, ValueError) as bad:
-            log.warning("ignored a malformed outcome for batch %s: %s", event["batch"], bad)
-
-
-def _apply(sent: _Sent, event: dict[str, Any]) -> None:
-    """An outcome or a progress line, delivered to who waits for it."""
-    kind = event["kind"]
-    if kind == "progress":
-        report = sent.reports.get(int(event["job_id"]))
-        if report is not None:
-            report(sent.progress(**event["progress"]))
-    elif kind == "done":
-        sent.outcome.set_result(event["outcome"])
-    elif kind == "failed":
-        if event.get("cancelled"):
-            sent.outcome.set_exception(JobCancelled())
-        else:
-            sent.outcome.set_exception(EngineError(str(event["message"])))
-    else:
-        raise BadMessage(f"unknown event {kind!r}")
+                    outcomes.hear(self._sent, fields)
 
 
 async def _waiting_out_redis(
@@ -332,6 +303,16 @@ async def _waiting_out_redis(
                 raise EngineStopped() from None
             log.warning("Redis refused %s (%s); trying again", what, error)
             await asyncio.sleep(POLL_SECONDS * 4)
+
+
+async def live_workers(db: Any) -> list[WorkerState]:
+    """Each worker whose heartbeat is in Redis, by name."""
+    found = []
+    async for key in db.scan_iter(match=protocol.WORKERS + "*"):
+        values = {k.decode(): v.decode() for k, v in (await db.hgetall(key)).items()}
+        with contextlib.suppress(KeyError, ValueError):  # a heartbeat half written
+            found.append(worker_state(values, time.time()))
+    return sorted(found, key=lambda worker: worker.name)
 
 
 def worker_state(values: dict[str, str], now: float) -> WorkerState:
@@ -349,13 +330,3 @@ def worker_state(values: dict[str, str], now: float) -> WorkerState:
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-async def ensure_group(db: Any, stream: str) -> None:
-    """The workers' consumer group on a batches stream, made once by whoever comes first
-    (before anything is added, so no batch is ever missed)."""
-    try:
-        await db.xgroup_create(stream, protocol.GROUP, id="0", mkstream=True)
-    except ResponseError as error:
-        if "BUSYGROUP" not in str(error):
-            raise

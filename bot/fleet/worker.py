@@ -23,15 +23,14 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from bot.fleet import protocol
-from bot.fleet.adapter import ensure_group
 from bot.fleet.files import FileCache
+from bot.fleet.outcomes import ensure_group
 from bot.fleet.protocol import BadMessage
-from bot.training.folders import TrainingFolders
+from bot.fleet.routing import Deferral, Peer, read_unless_rivals_idle
+from bot.fleet.training import train
 from engine.api.errors import EngineError, JobCancelled
-from engine.api.jobs import EngineJob, TrainingJob
-from engine.api.lora_files import a1111_copy
+from engine.api.jobs import EngineJob
 from engine.api.params import GenerationParams
-from engine.api.training_params import TrainingParams
 from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ class FleetWorker:
         self.seconds = 0.0
         self._emitting: set[asyncio.Task[None]] = set()  # progress lines on their way
         self.heartbeats = 0
+        self.deferral = Deferral(db)  # leaves a batch to a better idle peer (routing.py)
+        self.rounds = 0  # reads of the streams, each after a look at the peers
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Take batches until `stop` is set: a batch a dead worker left first, then new ones."""
@@ -93,9 +94,13 @@ class FleetWorker:
                 if claimed:
                     log.warning("took over %s %s from a worker that stopped", stream, claimed[0][0])
                     return stream, *claimed[0]
-            answer = await self.db.xreadgroup(
-                protocol.GROUP, self.name, dict.fromkeys(self.streams, ">"), count=1, block=1000
-            )
+            plan = await self.deferral.round(Peer.from_heartbeat(self.state()), self.models)
+            self.rounds += 1
+            answer: list[Any] = []
+            for stream, rivals in plan.polled.items():  # a better peer may be free any moment
+                answer = answer or await read_unless_rivals_idle(self.db, stream, rivals, self.name)
+            if not answer:
+                answer = await self._read(plan.blocking, block=250 if plan.deferring else 1000)
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
@@ -116,6 +121,15 @@ class FleetWorker:
                 return name, *entry
         return None
 
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.engine.config.models)
+
+    async def _read(self, streams: list[str], block: int) -> Any:
+        return await self.db.xreadgroup(
+            protocol.GROUP, self.name, dict.fromkeys(streams, ">"), count=1, block=block
+        )
+
     async def _serve_entry(self, stream: str, entry_id: bytes, fields: dict[Any, Any]) -> None:
         try:
             request = protocol.field(fields, "request")
@@ -125,6 +139,7 @@ class FleetWorker:
             return
         batch = request["batch"]
         self.busy = batch
+        await self.publish()  # at once: peers and the bot route by it (routing.py)
         renewing = asyncio.create_task(self._renew(stream, entry_id))
         started = time.monotonic()
         try:
@@ -134,6 +149,7 @@ class FleetWorker:
             self.busy = ""
         self.served += 1
         self.seconds += time.monotonic() - started
+        await self.publish()  # idle before the outcome is heard, so the bot finds it free
         # The outcome is in Redis before the batch is acknowledged: a worker that dies in
         # between has its batch run again, and the bot keeps the first outcome it hears.
         await self._emit({**event, "batch": batch})
@@ -173,7 +189,8 @@ class FleetWorker:
             cancels.extend(job.cancel for job in jobs)
             return protocol.result_message(await self.engine.generate(jobs))
         if kind == "train":
-            return await self._train(request, cancels)
+            report = self._reporter(batch, int(request["job_id"]))
+            return await train(self.engine, self.workdir, request, report, cancels)
         if kind == "safety":
             return await self.engine.check_safety(request["source"], list(request["images"]))
         if kind == "describe":
@@ -181,34 +198,6 @@ class FleetWorker:
         if kind == "preload":
             return asdict(await self.engine.preload(str(request["model"])))
         raise BadMessage(f"unknown request {kind!r}")
-
-    async def _train(self, request: dict[str, Any], cancels: list[Any]) -> dict[str, Any]:
-        job_id = int(request["job_id"])
-        params = TrainingParams.from_dict(request["params"])
-        # This machine's folders, named as the bot names its own (bot/training/folders.py):
-        # nothing of a path comes from the message but the job id.
-        folders = TrainingFolders(self.workdir)
-        job = TrainingJob(
-            job_id,
-            params,
-            str(folders.workdir(job_id)),
-            str(folders.class_dir(params)) if params.prior_preservation else None,
-            report=self._reporter(request["batch"], job_id),
-            inputs=dict(request["inputs"]),
-        )
-        cancels.append(job.cancel)
-        outcome = await self.engine.train(job)
-        result = outcome.result
-        copy = a1111_copy(Path(result.path))  # the file for A1111, Forge and ComfyUI
-        return {
-            "file": await asyncio.to_thread(Path(result.path).read_bytes),
-            "a1111_file": await asyncio.to_thread(_read_if_there, copy),
-            "metadata": result.metadata,
-            "seconds": result.seconds,
-            "final_loss": result.final_loss,
-            "resumed_from": result.resumed_from,
-            "samples": [asdict(image) for image in outcome.samples],
-        }
 
     def _reporter(self, batch: str, job_id: int) -> Any:
         def report(progress: Any) -> None:
@@ -253,29 +242,32 @@ class FleetWorker:
                         event.set()
                     return
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    def state(self) -> dict[str, str]:
+        """What the heartbeat says: models, the one loaded, the batch it runs, its speed."""
+        speed = self.seconds / self.served if self.served else 0.0
+        return {
+            "name": self.name,
+            "models": ",".join(sorted(self.engine.config.models)),
+            "loaded": self.engine.loaded_model or "",
+            "busy": self.busy,
+            "served": str(self.served),
+            "seconds_per_batch": f"{speed:.3f}",
+            "seen": f"{time.time():.0f}",
+        }
+
+    async def publish(self) -> None:
         key = protocol.WORKERS + self.name
+        with contextlib.suppress(RedisError):
+            await self.db.hset(key, mapping=self.state())
+            await self.db.expire(key, protocol.WORKER_TTL_SECONDS)
+            self.heartbeats += 1
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            speed = self.seconds / self.served if self.served else 0.0
-            state = {
-                "name": self.name,
-                "models": ",".join(sorted(self.engine.config.models)),
-                "busy": self.busy,
-                "served": str(self.served),
-                "seconds_per_batch": f"{speed:.3f}",
-                "seen": f"{time.time():.0f}",
-            }
-            with contextlib.suppress(RedisError):
-                await self.db.hset(key, mapping=state)
-                await self.db.expire(key, protocol.WORKER_TTL_SECONDS)
-                self.heartbeats += 1
+            await self.publish()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(protocol.HEARTBEAT_SECONDS):
                     await stop.wait()
-
-
-def _read_if_there(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
 
 
 def default_name() -> str:

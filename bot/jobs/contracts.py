@@ -134,6 +134,7 @@ class QueueEntry:
     params: GenerationParams
     wait_seconds: float | None
     training: bool = False  # `params` then only describe it (its handler's `shown`)
+    paused: bool = False  # waiting, and the engine cannot be reached (GPU workers' Redis)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ class Scheduler:
         self.handlers = dict(handlers)
         self.outbox = Outbox(jobs, idle_wait)
         self.audience = Audience()
-        self.waits = Waits(self.handlers)
+        self.waits = Waits(self.handlers, lambda: self.engine.pace())
         self._stopping = False
         self._batches: set[asyncio.Task[None]] = set()  # running, each in an engine slot
         self._paused: set[int] = set()  # stopped by a shutdown, to resume at the next start

@@ -8,6 +8,7 @@ batches to GPU workers on other machines is another. Torch-free: the bot imports
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -26,6 +27,27 @@ class WorkerState:
     served: int  # batches since it started
     seconds_per_batch: float | None  # its measured speed; None before its first batch
     seen_seconds_ago: float  # 0 for the bot's own engine thread
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How the engine serves the queue now, for the waits members are shown."""
+
+    # Batches it runs at once, each counted at the typical measured speed: 1 for the
+    # engine thread; for GPU workers, the live ones, a GPU twice as fast counting twice.
+    lanes: float = 1.0
+    paused: bool = False  # it cannot be reached: nothing runs until it can
+
+
+class SteadyPace:
+    """The pace of an engine that is always there and runs one batch at a time."""
+
+    def pace(self) -> Pace:
+        return Pace()
+
+    async def pace_changed(self, seen: Pace) -> Pace:
+        await asyncio.Event().wait()  # it never changes
+        return seen
 
 
 class EnginePort(Protocol):
@@ -76,3 +98,9 @@ class EnginePort(Protocol):
 
     async def preload(self, model: str) -> ModelInfo:
         """Load a model ahead of its first job (or find it loaded) and describe it."""
+
+    def pace(self) -> Pace:
+        """How it serves the queue now (what the waits in /queue are made from)."""
+
+    async def pace_changed(self, seen: Pace) -> Pace:
+        """The pace once it differs from `seen` in whether it is paused."""
