@@ -381,13 +381,14 @@ def test_offload_hooks_follow_the_pipeline_about_to_run() -> None:
 
 
 async def test_a_training_out_of_memory_is_the_members_sentence(tiny_sd1: Path, monkeypatch):
-    import engine.training.trainer
+    import engine.training.samples
     from engine.api.jobs import TrainingJob
 
     def out_of_memory(*args: Any, **kwargs: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(engine.training.trainer, "train", out_of_memory)
+    # Where the engine thread's training looks it up (train_and_sample).
+    monkeypatch.setattr(engine.training.samples, "train", out_of_memory)
     engine = EngineWorker(EngineConfig({"tiny": ModelSpec("tiny", str(tiny_sd1))}, device="cpu"))
     job = TrainingJob(1, replace(training_params(), model="tiny"), workdir="unused")
     async with engine:
