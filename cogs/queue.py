@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.contracts import JobRefused, QueueEntry
+from bot.jobs.waits import PAUSED
 from cogs.ui.rendering import describe
 from engine.api.params import GenerationParams
 
@@ -27,9 +28,8 @@ def wait_text(seconds: float | None) -> str:
 
 
 def entry_line(entry: QueueEntry, mine: bool) -> str:
-    where = (
-        "running" if entry.position == 0 else f"#{entry.position}, {wait_text(entry.wait_seconds)}"
-    )
+    wait = "paused" if entry.paused else wait_text(entry.wait_seconds)
+    where = "running" if entry.position == 0 else f"#{entry.position}, {wait}"
     if not mine:
         # Anyone's /queue lists it, from any server: neither who asked nor what they named
         # their training is theirs to read; the size and model are what a wait depends on.
@@ -60,6 +60,8 @@ class Queue(commands.Cog):
             lines += [entry_line(e, mine=False) for e in running[:SHOWN_OTHERS]]
         waiting = sum(1 for e in entries if e.position > 0)
         lines.append(f"{waiting} job(s) waiting in all.")
+        if any(entry.paused for entry in entries):
+            lines.append(PAUSED)
         await interaction.response.send_message(
             "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )

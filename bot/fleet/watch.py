@@ -19,6 +19,9 @@ from engine.api.port import Pace
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 1.0
+# Failed reads in a row that pause the queue: one alone is most often a pooled connection
+# that a restarted Redis closed, which the next read opens afresh.
+PAUSE_AFTER = 2
 
 
 def lanes(peers: Sequence[Peer]) -> float:
@@ -38,6 +41,7 @@ class FleetWatch:
     def __init__(self) -> None:
         self.peers: list[Peer] = []
         self.paused = False
+        self._failures = 0  # reads in a row that Redis did not answer
         self._change = asyncio.Event()  # replaced at each change: whoever waits wakes once
 
     def pace(self) -> Pace:
@@ -49,9 +53,13 @@ class FleetWatch:
         return self.pace()
 
     def answered(self) -> None:
+        self._failures = 0
         self._set_paused(False)
 
     def unreachable(self, error: BaseException) -> None:
+        self._failures += 1
+        if self._failures < PAUSE_AFTER:
+            return
         if not self.paused:
             log.warning("Redis does not answer (%s): the queue is paused until it does", error)
         self._set_paused(True)

@@ -242,7 +242,8 @@ class DreamService:
             job.cost,
             position,
         )
-        return Ticket(job, params, position, balance, note=admission.note)
+        note = self.scheduler.waits.paused_note(admission.note)
+        return Ticket(job, params, position, balance, note=note)
 
     async def _admit(
         self,

@@ -223,7 +223,8 @@ class TrainingService:
             job.cost,
             position,
         )
-        return Ticket(job, training_as_shown(params), position, balance)
+        note = self.scheduler.waits.paused_note()
+        return Ticket(job, training_as_shown(params), position, balance, note=note)
 
     async def _terms(
         self,
