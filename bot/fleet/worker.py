@@ -149,11 +149,8 @@ class FleetWorker:
             self.busy = ""
         self.served += 1
         self.seconds += time.monotonic() - started
-        await self.publish()  # idle before the outcome is heard, so the bot finds it free
-        # The outcome is in Redis before the batch is acknowledged: a worker that dies in
-        # between has its batch run again, and the bot keeps the first outcome it hears.
-        await self._emit({**event, "batch": batch})
-        await self.db.xack(stream, protocol.GROUP, entry_id)
+        await finish(self.db, self.name, self.state(), {**event, "batch": batch}, stream, entry_id)
+        self.heartbeats += 1
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
         batch = request["batch"]
@@ -210,20 +207,15 @@ class FleetWorker:
         return report
 
     async def _emit(self, event: dict[str, Any]) -> None:
-        while True:
-            try:
-                await self.db.xadd(
-                    protocol.EVENTS,
-                    {"event": protocol.dumps(event)},
-                    maxlen=protocol.STREAM_LENGTH,
-                    approximate=True,
-                )
-                return
-            except (ConnectionError, OSError, RedisError) as error:
-                if event.get("kind") == "progress":
-                    return  # a lost progress line costs nothing
-                log.warning("Redis unreachable with an outcome in hand (%s); retrying", error)
-                await asyncio.sleep(2.0)
+        """A progress event; one lost while Redis does not answer costs nothing (the
+        outcome goes by `finish`, which retries)."""
+        with contextlib.suppress(ConnectionError, OSError, RedisError):
+            await self.db.xadd(
+                protocol.EVENTS,
+                {"event": protocol.dumps(event)},
+                maxlen=protocol.STREAM_LENGTH,
+                approximate=True,
+            )
 
     async def _renew(self, stream: str, entry_id: bytes) -> None:
         """Keep the claim on the batch fresh while it runs: a claim left idle past the lease
@@ -258,8 +250,12 @@ class FleetWorker:
     async def publish(self) -> None:
         key = protocol.WORKERS + self.name
         with contextlib.suppress(RedisError):
-            await self.db.hset(key, mapping=self.state())
-            await self.db.expire(key, protocol.WORKER_TTL_SECONDS)
+            # One round trip, and atomic: a heartbeat is never there without its TTL. It is
+            # on the path between two batches twice (busy, then idle).
+            async with self.db.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=self.state())
+                pipe.expire(key, protocol.WORKER_TTL_SECONDS)
+                await pipe.execute()
             self.heartbeats += 1
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
@@ -291,3 +287,31 @@ async def run_worker(
             await FleetWorker(db, engine, name, workdir, lease).serve()
         finally:
             await db.aclose()
+
+
+async def finish(
+    db: Any, name: str, state: dict[str, str], event: dict[str, Any], stream: str, entry_id: bytes
+) -> None:
+    """A worker's heartbeat idle (before the outcome is heard, so the bot finds it free), the
+    batch's outcome, then its acknowledgement, in one transaction: one round trip on the
+    path between two batches. The outcome is in Redis before (never without) the
+    acknowledgement: a worker that dies first has its batch run again, and the bot keeps
+    the first outcome it hears, so a retry after a lost reply changes nothing."""
+    key = protocol.WORKERS + name
+    while True:
+        try:
+            async with db.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=state)
+                pipe.expire(key, protocol.WORKER_TTL_SECONDS)
+                pipe.xadd(
+                    protocol.EVENTS,
+                    {"event": protocol.dumps(event)},
+                    maxlen=protocol.STREAM_LENGTH,
+                    approximate=True,
+                )
+                pipe.xack(stream, protocol.GROUP, entry_id)
+                await pipe.execute()
+            return
+        except (ConnectionError, OSError, RedisError) as error:
+            log.warning("Redis unreachable with an outcome in hand (%s); retrying", error)
+            await asyncio.sleep(2.0)
