@@ -107,10 +107,17 @@ async def fleet_bot(
 ) -> AsyncIterator[tuple[Any, Fleet]]:
     """The bot's objects, as `python -m bot` builds them with SDBOT_QUEUE_URL, without
     Discord; its dispatcher running, and a fleet to start workers in."""
-    settings = fleet_settings
+    async with running_fleet(fleet_settings, redis_server.url) as (bot, fleet):
+        assert isinstance(bot.engine, RedisEngine)
+        yield bot, fleet
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(settings: Settings, url: str) -> AsyncIterator[tuple[Any, Fleet]]:
+    """The bot built from `settings` with its dispatcher running, and a fleet at `url` to
+    start workers in; all stopped on the way out."""
     bot = build_bot(settings)
-    assert isinstance(bot.engine, RedisEngine)
-    fleet = Fleet(settings, redis_server.url, lease=1.0)
+    fleet = Fleet(settings, url, lease=1.0)
     async with bot.store, bot.engine:
         dispatcher = asyncio.create_task(bot.scheduler.run())
         try:
@@ -385,31 +392,20 @@ async def test_doctor_shows_redis_and_the_workers_there(fleet_bot, redis_server)
     assert "✓ GPU workers: gpu-1" in lines
 
 
-async def test_a_model_only_one_worker_can_load_goes_only_to_that_worker(
-    make_settings, redis_server, tiny_sd1
-):
-    tiny = {"source": str(tiny_sd1), "default_size": (64, 64)}
-    settings = make_settings(queue_url=redis_server.url, models={"tiny": tiny, "rare": tiny})
-    bot = build_bot(settings)
-    fleet = Fleet(settings, redis_server.url, lease=1.0)
-    async with bot.store, bot.engine:
-        dispatcher = asyncio.create_task(bot.scheduler.run())
-        try:
-            specs = settings.model_specs()
-            common = await fleet.start("common", local_engine(settings, {"tiny": specs["tiny"]}))
-            both = await fleet.start("both", local_engine(settings, specs))
-            observers = [Recorder() for _ in range(4)]
-            for index, observer in enumerate(observers):
-                await submit(bot, 10 + index, observer, model="rare", seed=index, steps=2)
-            for observer in observers:
-                await asyncio.wait_for(observer.ended.wait(), DEADLINE)
-            assert all(observer.outcomes for observer in observers)
-            assert both.served == 4
-            assert common.served == 0, "it cannot load rare, so it never got one"
-        finally:
-            await bot.scheduler.stop(dispatcher, grace=5.0)
-            await bot.scheduler.drain()
-            await fleet.stop_all()
+async def test_a_model_only_one_worker_can_load_goes_only_to_that_worker(two_models_bot):
+    bot, fleet = two_models_bot
+    settings = fleet.settings
+    specs = settings.model_specs()
+    common = await fleet.start("common", local_engine(settings, {"tiny": specs["tiny"]}))
+    both = await fleet.start("both", local_engine(settings, specs))
+    observers = [Recorder() for _ in range(4)]
+    for index, observer in enumerate(observers):
+        await submit(bot, 10 + index, observer, model="rare", seed=index, steps=2)
+    for observer in observers:
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+    assert all(observer.outcomes for observer in observers)
+    assert both.served == 4
+    assert common.served == 0, "it cannot load rare, so it never got one"
 
 
 async def test_redis_restarted_without_its_data_the_fleet_serves_again(fleet_bot, redis_server):
@@ -547,16 +543,8 @@ async def two_models_bot(
     """The bot and a fleet with two models of the tiny one's files, "tiny" and "rare"."""
     tiny = {"source": str(tiny_sd1), "default_size": (64, 64)}
     settings = make_settings(queue_url=redis_server.url, models={"tiny": tiny, "rare": tiny})
-    bot = build_bot(settings)
-    fleet = Fleet(settings, redis_server.url, lease=1.0)
-    async with bot.store, bot.engine:
-        dispatcher = asyncio.create_task(bot.scheduler.run())
-        try:
-            yield bot, fleet
-        finally:
-            await bot.scheduler.stop(dispatcher, grace=5.0)
-            await bot.scheduler.drain()
-            await fleet.stop_all()
+    async with running_fleet(settings, redis_server.url) as (bot, fleet):
+        yield bot, fleet
 
 
 class HeldEngine:
