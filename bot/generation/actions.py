@@ -156,11 +156,7 @@ class ResultActions(Results):
             key += f":{digest}"
         if region is not None:
             key += f":{region.digest()}"
-        # A click in a DM on a server's result (results by DM) is still under that server's
-        # rules: only its channel rules cannot apply there.
-        guild_id, requester = presser.guild_id, presser.requester
-        if guild_id is None and job.guild_id is not None:
-            guild_id, requester = job.guild_id, replace(requester, in_dm=True)
+        guild_id, requester = presser.rules_for(job)
         return await self.dreams.submit(
             params,
             user_id=presser.user_id,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 
 from bot.community.policy import CommunityPolicy
 from bot.community.prefs import PreferenceService
@@ -141,11 +140,7 @@ class Descriptions:
             options, user_id=presser.user_id, guild_id=described.guild_id
         )
         params = self.dreams.build_params(filled.options)
-        # A click in a DM on prompts asked for in a server is still under that server's
-        # rules (as for a result's buttons), only its channel rules cannot apply there.
-        guild_id, requester = presser.guild_id, presser.requester
-        if guild_id is None and described.guild_id is not None:
-            guild_id, requester = described.guild_id, replace(requester, in_dm=True)
+        guild_id, requester = presser.rules_for(described)
         key = f"{ACTION}:{description_id}:{number}"
         return await self.dreams.submit(
             params,

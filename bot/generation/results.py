@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -49,6 +49,14 @@ class Presser:
         return self.is_owner or (
             self.is_admin and job.guild_id is not None and job.guild_id == self.guild_id
         )
+
+    def rules_for(self, posted: Posted) -> tuple[int | None, Requester]:
+        """The server whose rules a job this press starts is under, and the requester they
+        judge: a press in a DM on what a server's member asked for there (results by DM) is
+        still under that server's rules; only its channel rules cannot apply."""
+        if self.guild_id is None and posted.guild_id is not None:
+            return posted.guild_id, replace(self.requester, in_dm=True)
+        return self.guild_id, self.requester
 
 
 @dataclass(frozen=True, slots=True)
