@@ -1,14 +1,18 @@
-"""What the GPU-worker tests share: a stand-in for the member's presenter, a wait on work
-done elsewhere, and the environment `python -m bot` is started with."""
+"""What the GPU-worker tests share: stand-ins for the member's presenters, a training photo,
+a wait on work done elsewhere, and the environment `python -m bot` is started with."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from tests.conftest import DEADLINE
 
@@ -37,6 +41,36 @@ class Recorder:
         self.ended.set()
 
 
+class TrainingRecorder:
+    """Stands where /train's presenter does."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+        self.failures: list[str] = []
+        self.steps: list[int] = []
+        self.ended = asyncio.Event()
+
+    def progress(self, job_id: int, progress: Any) -> None:
+        self.steps.append(progress.step)
+
+    async def trained(self, outcome: Any) -> int | None:
+        self.outcomes.append(outcome)
+        self.ended.set()
+        return None
+
+    async def failed(self, job: Any, message: str, refunded: int) -> None:
+        self.failures.append(message)
+        self.ended.set()
+
+
+def photo(seed: int, size: int = 64) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 async def until(predicate: Callable[[], Any]) -> None:
     """Wait for what another thread or process does (`predicate` may be async); DEADLINE
     only tells a hang."""
@@ -59,7 +93,11 @@ def bot_environment(
             "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(ROOT),
             "SDBOT_QUEUE_URL": url,
-            "SDBOT_MODELS": json.dumps({name: {"source": src} for name, src in models.items()}),
+            # The tiny models at the tests' settings' size (make_settings), as an owner
+            # gives the workers the bot's own SDBOT_MODELS.
+            "SDBOT_MODELS": json.dumps(
+                {name: {"source": src, "default_size": [64, 64]} for name, src in models.items()}
+            ),
             "SDBOT_DEFAULT_MODEL": next(iter(models)),
             "SDBOT_DATA_DIR": str(data_dir),
             "SDBOT_DEVICE": "cpu",

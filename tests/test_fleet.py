@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis.asyncio as redis
 import torch
@@ -40,7 +39,7 @@ from engine.imaging.images import read_png_infotext
 from engine.pipelines.loading import load_model
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
-from tests.fleet_helpers import Recorder, bot_environment, until
+from tests.fleet_helpers import Recorder, TrainingRecorder, bot_environment, photo, until
 from tests.kohya_files import addnet_hash, kohya_state, write_kohya
 
 
@@ -282,35 +281,6 @@ def test_messages_carry_bytes_and_refuse_what_is_not_theirs():
         protocol.field({}, "event")
     with pytest.raises(TypeError):
         protocol.dumps({"batch": "b", "value": object()})
-
-
-class TrainingRecorder:
-    """Stands where /train's presenter does."""
-
-    def __init__(self) -> None:
-        self.outcomes: list[Any] = []
-        self.failures: list[str] = []
-        self.ended = asyncio.Event()
-
-    def progress(self, job_id: int, progress: Any) -> None:
-        pass
-
-    async def trained(self, outcome: Any) -> int | None:
-        self.outcomes.append(outcome)
-        self.ended.set()
-        return None
-
-    async def failed(self, job: Any, message: str, refunded: int) -> None:
-        self.failures.append(message)
-        self.ended.set()
-
-
-def photo(seed: int, size: int = 64) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):

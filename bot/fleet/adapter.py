@@ -17,23 +17,21 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from bot.fleet import outcomes, protocol
+from bot.fleet import checkpoints, outcomes, protocol, training
 from bot.fleet.files import FileSender
 from bot.fleet.outcomes import Sent, ensure_group
 from bot.fleet.routing import free_workers, read_peers
 from bot.fleet.watch import FleetWatch
 from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
-from engine.api.lora_files import a1111_copy
 from engine.api.params import (
-    GeneratedImage,
     GenerationParams,
     GenerationResult,
     ModelInfo,
     Progress,
 )
 from engine.api.port import Pace, WorkerState
-from engine.api.training_params import TrainingProgress, TrainingResult
+from engine.api.training_params import CHECKPOINT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -178,29 +176,11 @@ class RedisEngine:
         return protocol.results_from(outcome)
 
     async def train(self, job: TrainingJob) -> TrainingOutcome:
-        request = {
-            "kind": "train",
-            "job_id": job.job_id,
-            "params": job.params.to_dict(),
-            "inputs": job.inputs,
-        }
-        reports = {job.job_id: job.report}
-        outcome = await self._send(
-            request, job.params.model, reports, TrainingProgress, [job.cancel]
-        )
-        # The trained file comes back with the outcome: nothing assumes a shared disk.
-        path = Path(job.workdir) / "trained.safetensors"
-        if outcome.get("a1111_file"):  # its copy for A1111 first, as the engine writes them
-            await asyncio.to_thread(_write, a1111_copy(path), outcome["a1111_file"])
-        await asyncio.to_thread(_write, path, outcome["file"])
-        result = TrainingResult(
-            path,
-            dict(outcome["metadata"]),
-            float(outcome["seconds"]),
-            float(outcome["final_loss"]),
-            int(outcome["resumed_from"]),
-        )
-        return TrainingOutcome(result, [GeneratedImage(**image) for image in outcome["samples"]])
+        # The bot's copy of its checkpoint where the worker looks (Redis may have lost it).
+        checkpoint = Path(job.workdir) / CHECKPOINT_FILE
+        offer = partial(checkpoints.offer, self._db, job.job_id, checkpoint)
+        await self._redis_answering("a checkpoint", offer)
+        return await training.send(self._db, self._send, job)
 
     async def check_safety(self, source: str, images: Sequence[bytes]) -> list[bool]:
         outcome = await self._send({"kind": "safety", "source": source, "images": list(images)})
@@ -325,8 +305,3 @@ def worker_state(values: dict[str, str], now: float) -> WorkerState:
         float(values["seconds_per_batch"]) if served else None,
         max(0.0, now - float(values["seen"])),
     )
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)

@@ -187,7 +187,7 @@ class FleetWorker:
             return protocol.result_message(await self.engine.generate(jobs))
         if kind == "train":
             report = self._reporter(batch, int(request["job_id"]))
-            return await train(self.engine, self.workdir, request, report, cancels)
+            return await train(self.db, self.engine, self.workdir, request, report, cancels)
         if kind == "safety":
             return await self.engine.check_safety(request["source"], list(request["images"]))
         if kind == "describe":

@@ -133,6 +133,10 @@ class TrainingParams:
         return cls(**values)
 
 
+# A training job's checkpoint, in its folder (engine/training/checkpoint.py writes it).
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
 @dataclass(frozen=True, slots=True)
 class TrainingProgress:
     """Reported after every step (the caller throttles). `phase` is "class images" while
@@ -143,6 +147,9 @@ class TrainingProgress:
     loss: float | None
     seconds_left: float | None
     phase: str = "training"
+    # This step's checkpoint was just written (CHECKPOINT_FILE in the job's folder): a GPU
+    # worker sends it back to the bot, so another worker can resume from it.
+    checkpointed: bool = False
 
     @property
     def fraction(self) -> float:

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from engine.api.training_params import TrainingParams
+from engine.api.training_params import CHECKPOINT_FILE, TrainingParams
 from engine.pipelines.loading import LoadedModel
 from engine.training.methods import write_atomically
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "job_fingerprint"]
+
 CHECKPOINT_VERSION = 1
 
 

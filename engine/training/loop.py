@@ -122,10 +122,12 @@ class TrainingLoop:
             self.loss = self.train_step(self.step)
             self.step += 1
             session_steps += 1
-            if self.step % self.params.checkpoint_every == 0 or self.step == total:
+            saved = self.step % self.params.checkpoint_every == 0 or self.step == total
+            if saved:
                 self.save_checkpoint()
             per_step = (time.perf_counter() - session_start) / session_steps
-            report(TrainingProgress(self.step, total, self.loss, per_step * (total - self.step)))
+            left = per_step * (total - self.step)
+            report(TrainingProgress(self.step, total, self.loss, left, checkpointed=saved))
         return self.loss
 
     def train_step(self, step: int) -> float:
