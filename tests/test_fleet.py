@@ -304,6 +304,9 @@ class TrainingRecorder:
         self.failures.append(message)
         self.ended.set()
 
+    async def waiting(self, entry: Any) -> None:
+        pass
+
 
 def photo(seed: int, size: int = 64) -> bytes:
     rng = np.random.default_rng(seed)
