@@ -25,6 +25,8 @@ from tests.conftest import DEADLINE, EngineGate, simulated, wait_until
 from tests.discord_helpers import has_result, original_edits
 from tests.factories import tiny_params
 from tests.fleet_helpers import Recorder, until
+from tests.test_results_discord import answer, replies_to, reply_result
+from tests.test_results_discord import dream as finished_dream
 from tests.test_train_discord import bot_messages, photos
 
 
@@ -56,15 +58,22 @@ def pausable(settings: Settings) -> PausableEngine:
 
 
 @pytest_asyncio.fixture
-async def held(settings: Settings) -> AsyncIterator[tuple[Any, PausableEngine, EngineGate]]:
-    """A SimCord world whose engine can pause, held on a first piece of work."""
+async def pausing(settings: Settings) -> AsyncIterator[tuple[Any, PausableEngine]]:
+    """A SimCord world whose engine can pause."""
     engine = pausable(settings)
     async with simulated(settings, engine) as world:
-        gate = EngineGate(engine)
-        try:
-            yield world, engine, gate
-        finally:
-            await gate.open()
+        yield world, engine
+
+
+@pytest_asyncio.fixture
+async def held(pausing: Any) -> AsyncIterator[tuple[Any, PausableEngine, EngineGate]]:
+    """The same, its engine held on a first piece of work until the test opens it."""
+    world, engine = pausing
+    gate = EngineGate(engine)
+    try:
+        yield world, engine, gate
+    finally:
+        await gate.open()
 
 
 async def dream(sim: Any, member: Any, prompt: str, seed: int) -> Any:
@@ -180,6 +189,38 @@ async def test_a_waiting_training_is_told_of_the_pause_in_its_own_message(held):
     await gate.open()
     await wait_until(sim.env, lambda: bot_messages(sim, "**rex** is ready"))
     await sim.bot.scheduler.drain()
+
+
+async def test_a_buttons_waiting_job_is_told_in_its_reply_and_its_presser_privately(pausing):
+    sim, engine = pausing
+    alice = sim.member("alice")
+    message = await finished_dream(sim, alice)
+    gate = EngineGate(engine)
+    try:
+        await dream(sim, alice, "a lighthouse", 1)
+        await alice.click(message, label="Reroll")
+        [reply] = replies_to(sim, message)
+        assert reply.content.startswith(f"Reroll for {alice.mention}: Queued: position 2. ")
+
+        engine.redis_stops()
+        await wait_until(sim.env, lambda: PAUSED in replies_to(sim, message)[0].content)
+        assert replies_to(sim, message)[0].content.endswith(f"\n{PAUSED}")
+        pressed = await alice.click(message, label="Vary (subtle)")
+        assert answer(pressed).startswith("Queued as job "), answer(pressed)
+        assert answer(pressed).endswith(f" {PAUSED}"), "a press while paused is told so"
+
+        engine.redis_answers()
+        await wait_until(
+            sim.env, lambda: all(PAUSED not in m.content for m in replies_to(sim, message))
+        )
+        contents = sorted(m.content for m in replies_to(sim, message))
+        assert contents[0].startswith(f"Reroll for {alice.mention}: Queued: position 2. ")
+        assert contents[1].startswith(
+            f"Variation of image 1 for {alice.mention}: Queued: position 3. "
+        )
+    finally:
+        await gate.open()
+    await reply_result(sim, message, count=2)
 
 
 # -- the notices, without Discord -------------------------------------------------------
