@@ -23,7 +23,7 @@ from bot.jobs.kinds import JobKind
 from bot.training.outcomes import TrainedOutcome
 from cogs.ui.buttons import NO_SUCH_BUTTON, job_id_of
 from cogs.ui.context import requester_of
-from cogs.ui.live import LiveMessage
+from cogs.ui.live import LiveMessage, with_pause
 from cogs.ui.options import model_autocomplete
 from cogs.ui.presenter import DreamPresenter
 from cogs.ui.rendering import credits_text, failure_text
@@ -168,7 +168,9 @@ class TrainingPresenter(LiveMessage):
         money = f"cost {credits_text(ticket.job.cost)}"
         if ticket.balance is not None:
             money += f", balance {ticket.balance}"
-        return f"queued as job {ticket.job.id}, position {ticket.position} ({money})."
+        notes = with_pause(ticket.note, ticket.paused)
+        tail = f" {notes}" if notes else ""
+        return f"queued as job {ticket.job.id}, position {ticket.position} ({money}).{tail}"
 
     async def trained(self, outcome: TrainedOutcome) -> int | None:
         async with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -106,11 +107,18 @@ async def wait_until(env: Any, predicate: Callable[[], bool], limit: float = DEA
 @pytest_asyncio.fixture
 async def sim(settings: Settings) -> AsyncIterator[Any]:
     """A SimCord world with our bot logged in, a guild, a channel and two members."""
+    async with simulated(settings) as world:
+        yield world
+
+
+@contextlib.asynccontextmanager
+async def simulated(settings: Settings, engine: Any = None) -> AsyncIterator[SimWorld]:
+    """The `sim` fixture's world, with the bot built on `engine` when one is given."""
     import simcord
 
     from bot.client.runner import build_bot
 
-    bot = build_bot(settings)
+    bot = build_bot(settings, engine)
     env = simcord.Env(bot, settle_timeout=DEADLINE)
     bot.scheduler.idle_wait = env.external_wait
     await env.start()

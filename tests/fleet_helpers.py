@@ -26,6 +26,7 @@ class Recorder:
         self.outcomes: list[Any] = []
         self.failures: list[tuple[int, str]] = []
         self.steps: list[int] = []
+        self.waits: list[Any] = []  # the QueueEntry of each pause and resume told
         self.ended = asyncio.Event()
 
     def progress(self, job_id: int, progress: Any) -> None:
@@ -39,6 +40,9 @@ class Recorder:
     async def failed(self, job: Any, message: str, refunded: int) -> None:
         self.failures.append((job.id, message))
         self.ended.set()
+
+    async def waiting(self, entry: Any) -> None:
+        self.waits.append(entry)
 
 
 class TrainingRecorder:
@@ -61,6 +65,9 @@ class TrainingRecorder:
     async def failed(self, job: Any, message: str, refunded: int) -> None:
         self.failures.append(message)
         self.ended.set()
+
+    async def waiting(self, entry: Any) -> None:
+        pass
 
 
 def photo(seed: int, size: int = 64) -> bytes:

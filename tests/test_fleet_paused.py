@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 from bot.jobs.contracts import QueueEntry
-from bot.jobs.waits import PAUSED
 from cogs.queue import entry_line
 from data.jobs import JobStatus
 from tests.conftest import DEADLINE
@@ -19,13 +18,18 @@ async def test_jobs_queued_while_redis_is_down_are_told_so_and_run_once_it_is_ba
     redis_server,
 ):
     bot, fleet = fleet_bot
-    before = await submit(bot, 10, Recorder(), steps=2)
-    assert PAUSED not in before.note, "Redis answers: nothing paused"
+    waiting = Recorder()
+    before = await submit(bot, 10, waiting, steps=2)
+    assert not before.paused, "Redis answers: nothing paused"
     redis_server.kill()
     await until(lambda: bot.engine.pace().paused)
+    # Already waiting (no worker yet) when the pause began: told now, not only at its end.
+    await until(lambda: waiting.waits)
+    [told] = waiting.waits
+    assert (told.job_id, told.position, told.paused) == (before.job.id, 1, True)
     observer = Recorder()
     ticket = await submit(bot, 11, observer, steps=2, seed=5)
-    assert ticket.note.endswith(PAUSED), "the member hears it with their queue position"
+    assert ticket.paused, "the member hears it with their queue position"
     [entry] = [e for e in bot.scheduler.queue_entries() if e.job_id == ticket.job.id]
     assert isinstance(entry, QueueEntry)
     assert entry.paused
@@ -34,11 +38,19 @@ async def test_jobs_queued_while_redis_is_down_are_told_so_and_run_once_it_is_ba
     assert ", paused: " in entry_line(entry, mine=True)
     redis_server.start()
     await until(lambda: not bot.engine.pace().paused)
+    # Both told the pause is over, each with its position as it is now.
+    await until(lambda: len(waiting.waits) == 2 and observer.waits)
+    assert [(e.position, e.paused) for e in (waiting.waits[-1], *observer.waits)] == [
+        (1, False),
+        (2, False),
+    ]
     await fleet.start("late")
-    await asyncio.wait_for(observer.ended.wait(), DEADLINE)
-    assert observer.outcomes
-    assert not observer.failures
+    for recorder in (waiting, observer):
+        await asyncio.wait_for(recorder.ended.wait(), DEADLINE)
+        assert recorder.outcomes
+        assert not recorder.failures
     job = await bot.scheduler.jobs.get(ticket.job.id)
     assert job.status is JobStatus.SUCCEEDED
+    assert (len(waiting.waits), len(observer.waits)) == (2, 1), "told once per flip"
     after = await submit(bot, 12, Recorder(), steps=2, seed=6)
-    assert PAUSED not in after.note
+    assert not after.paused

@@ -242,8 +242,8 @@ class DreamService:
             job.cost,
             position,
         )
-        note = self.scheduler.waits.paused_note(admission.note)
-        return Ticket(job, params, position, balance, note=note)
+        paused = self.scheduler.waits.paused
+        return Ticket(job, params, position, balance, note=admission.note, paused=paused)
 
     async def _admit(
         self,

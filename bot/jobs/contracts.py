@@ -57,6 +57,9 @@ class Ticket:
     balance: int | None = None
     duplicate: bool = False
     note: str = ""  # what the server's rules changed (e.g. words moved to the negative)
+    # Queued while the engine cannot be reached (GPU workers' Redis): it waits until it can.
+    # Said apart from `note`, which stays with the result: the pause does not.
+    paused: bool = False
 
 
 class JobRefused(Exception):
@@ -153,6 +156,10 @@ class JobObserver(Protocol):
         """Show the result; returns the id of the message that holds it, if any."""
 
     async def failed(self, job: Job, message: str, refunded: int) -> None: ...
+
+    async def waiting(self, entry: QueueEntry) -> None:
+        """The job still waits, at `entry.position`, and the queue has just paused or gone
+        on (`entry.paused`; bot/jobs/pace_notices.py). Not told once the job runs."""
 
 
 class IdleWait(Protocol):

@@ -25,6 +25,7 @@ from bot.jobs.contracts import (
 )
 from bot.jobs.delivery import Outbox
 from bot.jobs.kinds import JobHandler, JobKind, Post, Work
+from bot.jobs.pace_notices import PaceNotices
 from bot.jobs.queue import JobQueue, QueuedJob
 from bot.jobs.waits import Waits
 from data.jobs import Job, JobRepository, JobStatus
@@ -58,6 +59,7 @@ class Scheduler:
         self.outbox = Outbox(jobs, idle_wait)
         self.audience = Audience()
         self.waits = Waits(self.handlers, lambda: self.engine.pace())
+        self.pace_notices = PaceNotices(self)  # waiting members told of pauses, with run()
         self._stopping = False
         self._batches: set[asyncio.Task[None]] = set()  # running, each in an engine slot
         self._paused: set[int] = set()  # stopped by a shutdown, to resume at the next start
@@ -127,17 +129,18 @@ class Scheduler:
     async def run(self) -> None:
         """The dispatcher: each batch, in the queue's fair order, to its kind's handler as
         soon as the engine has a free slot (one for the engine thread, one per idle GPU
-        worker with Redis), until stop()."""
-        while not self._stopping:
-            release = await self.idle(self.engine.free_slot(), reason="waiting for a free GPU")
-            try:
-                batch = await self.idle(self.queue.take_batch(), reason="waiting for jobs")
-            except BaseException:
-                release()
-                raise
-            task = asyncio.create_task(self._run_in_slot(batch, release))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+        worker with Redis), until stop(); members of waiting jobs hear of pauses meanwhile."""
+        async with self.pace_notices.watching():
+            while not self._stopping:
+                release = await self.idle(self.engine.free_slot(), reason="waiting for a free GPU")
+                try:
+                    batch = await self.idle(self.queue.take_batch(), reason="waiting for jobs")
+                except BaseException:
+                    release()
+                    raise
+                task = asyncio.create_task(self._run_in_slot(batch, release))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
 
     async def _run_in_slot(self, batch: list[QueuedJob], release: Callable[[], None]) -> None:
         try:

@@ -12,7 +12,7 @@ from bot.jobs.kinds import JobHandler, JobKind
 from bot.jobs.queue import JobQueue, QueuedJob
 from engine.api.port import Pace
 
-# Told with each job queued while the engine cannot be reached (GPU workers whose Redis
+# Told with each job waiting while the engine cannot be reached (GPU workers whose Redis
 # does not answer): nothing is lost, it only waits.
 PAUSED = (
     "The queue is paused: the GPU workers cannot be reached. Your job is kept and runs when "
@@ -37,9 +37,10 @@ class Waits:
         # An exponential moving average: recent jobs count most, one outlier does not rule.
         self.seconds_per_unit = sample if previous is None else 0.7 * previous + 0.3 * sample
 
-    def paused_note(self, note: str = "") -> str:
-        """`note`, and the word that the queue is paused while the engine cannot be reached."""
-        return f"{note} {PAUSED}".strip() if self._pace().paused else note
+    @property
+    def paused(self) -> bool:
+        """Nothing runs until the engine can be reached again (a member is told PAUSED)."""
+        return self._pace().paused
 
     def entries(self, queue: JobQueue) -> list[QueueEntry]:
         """Everything running (position 0) and waiting, in the order it will be served, with

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from bot.jobs.contracts import QueueEntry
 from data.jobs import Job
 from data.loras import Lora
 from engine.api.lora_files import SAFETENSORS, a1111_copy
@@ -60,3 +61,6 @@ class TrainingObserver(Protocol):
     async def trained(self, outcome: TrainedOutcome) -> int | None: ...
 
     async def failed(self, job: Job, message: str, refunded: int) -> None: ...
+
+    async def waiting(self, entry: QueueEntry) -> None:
+        """As JobObserver.waiting (bot/jobs/contracts.py)."""

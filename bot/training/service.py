@@ -223,8 +223,8 @@ class TrainingService:
             job.cost,
             position,
         )
-        note = self.scheduler.waits.paused_note()
-        return Ticket(job, training_as_shown(params), position, balance, note=note)
+        paused = self.scheduler.waits.paused
+        return Ticket(job, training_as_shown(params), position, balance, paused=paused)
 
     async def _terms(
         self,

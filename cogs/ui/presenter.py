@@ -12,7 +12,7 @@ from typing import Any
 import discord
 
 from bot.client.replies import CHANNEL_FALLBACK, mention_only, reply_ephemeral
-from bot.jobs.contracts import JobOutcome
+from bot.jobs.contracts import JobOutcome, QueueEntry
 from bot.jobs.delivery import worth_retrying
 from cogs.ui.live import LiveMessage
 from cogs.ui.rendering import (
@@ -253,6 +253,9 @@ class ChannelPresenter:
 
     def progress(self, job_id: int, progress: Progress) -> None:
         """No message to edit: the member hears when it is done."""
+
+    async def waiting(self, entry: QueueEntry) -> None:
+        """No message shows it waiting: nothing to edit when the queue pauses."""
 
     async def _channel(self) -> discord.abc.Messageable | None:
         if self.job.channel_id is None:

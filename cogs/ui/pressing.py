@@ -12,6 +12,7 @@ from bot.generation.results import Presser
 from bot.jobs.contracts import JobRefused, Ticket
 from cogs.ui.buttons import view_factory
 from cogs.ui.context import presser_of
+from cogs.ui.live import with_pause
 from cogs.ui.presenter import ReplyPresenter, previews_allowed
 from cogs.ui.rendering import credits_text
 from engine.api.params import InvalidParams
@@ -62,7 +63,8 @@ async def acknowledge(bot: SDBot, ticket: Ticket, observer: ReplyPresenter) -> s
     message_id = await observer.queued(ticket)
     if message_id is not None:
         await bot.scheduler.set_message(ticket.job.id, message_id)
-    note = f" {ticket.note}" if ticket.note else ""
+    notes = with_pause(ticket.note, ticket.paused)
+    note = f" {notes}" if notes else ""
     if ticket.params.mask_preview:
         return (
             f"Mask preview queued as job {ticket.job.id}, position {ticket.position}: "
