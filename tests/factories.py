@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from engine.api.params import GenerationParams
 
@@ -28,3 +32,12 @@ def standard_params(**overrides: Any) -> GenerationParams:
 
 def tiny_params(**overrides: Any) -> GenerationParams:
     return GenerationParams(**{**TINY, **overrides})
+
+
+def photo(seed: int, size: int = 64) -> bytes:
+    """A member's training photo: random colours, a PNG of `size` pixels a side."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

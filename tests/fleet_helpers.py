@@ -1,20 +1,17 @@
-"""What the GPU-worker tests share: stand-ins for the member's presenters, a training photo,
-a wait on work done elsewhere, and the environment `python -m bot` is started with."""
+"""What the GPU-worker tests share: stand-ins for the member's presenters, a wait on
+work done elsewhere, and the environment `python -m bot` is started with."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from tests.conftest import DEADLINE
+from tests.factories import photo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,12 +67,20 @@ class TrainingRecorder:
         pass
 
 
-def photo(seed: int, size: int = 64) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+async def submit_training(bot: Any, observer: TrainingRecorder, steps: int) -> Any:
+    """A member's /train of three photos on `bot`, heard by `observer`; its ticket."""
+    photos = [(f"rex{seed}.png", photo(seed)) for seed in range(3)]
+    params, _ = await bot.training.prepare(
+        photos, name="rex", user_id=10, class_word="dog", steps=steps
+    )
+    return await bot.training.submit(
+        params,
+        user_id=10,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=observer,
+    )
 
 
 async def until(predicate: Callable[[], Any]) -> None:

@@ -39,7 +39,7 @@ from engine.imaging.images import read_png_infotext
 from engine.pipelines.loading import load_model
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
-from tests.fleet_helpers import Recorder, TrainingRecorder, bot_environment, photo, until
+from tests.fleet_helpers import Recorder, TrainingRecorder, bot_environment, submit_training, until
 from tests.kohya_files import addnet_hash, kohya_state, write_kohya
 
 
@@ -286,19 +286,8 @@ def test_messages_carry_bytes_and_refuse_what_is_not_theirs():
 async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
     bot, fleet = fleet_bot
     await fleet.start("one")
-    photos = [(f"rex{seed}.png", photo(seed)) for seed in range(3)]
-    params, _ = await bot.training.prepare(
-        photos, name="rex", user_id=10, class_word="dog", steps=2
-    )
     observer = TrainingRecorder()
-    ticket = await bot.training.submit(
-        params,
-        user_id=10,
-        guild_id=None,
-        channel_id=None,
-        interaction_id=None,
-        observer=observer,
-    )
+    ticket = await submit_training(bot, observer, steps=2)
     await asyncio.wait_for(observer.ended.wait(), DEADLINE)
     assert observer.failures == []
     [outcome] = observer.outcomes

@@ -18,7 +18,14 @@ from data.jobs import JobStatus
 from engine.api.training_params import CHECKPOINT_FILE
 from tests.conftest import DEADLINE
 from tests.factories import tiny_params
-from tests.fleet_helpers import ROOT, Recorder, TrainingRecorder, bot_environment, photo, until
+from tests.fleet_helpers import (
+    ROOT,
+    Recorder,
+    TrainingRecorder,
+    bot_environment,
+    submit_training,
+    until,
+)
 
 
 def worker_process(url: str, model: Path, data: Path, name: str) -> subprocess.Popen[str]:
@@ -104,19 +111,8 @@ async def test_a_training_whose_worker_is_killed_resumes_from_its_checkpoint_els
                 return [worker.name for worker in await bot.engine.workers()]
 
             await until(lambda: _has(names, "first"))
-            photos = [(f"rex{seed}.png", photo(seed)) for seed in range(3)]
-            params, _ = await bot.training.prepare(
-                photos, name="rex", user_id=10, class_word="dog", steps=40
-            )
             observer = TrainingRecorder()
-            ticket = await bot.training.submit(
-                params,
-                user_id=10,
-                guild_id=None,
-                channel_id=None,
-                interaction_id=None,
-                observer=observer,
-            )
+            ticket = await submit_training(bot, observer, steps=40)
             # The first checkpoint on the bot's disk: the worker sent it back as written.
             copy = settings.data_dir / "training" / str(ticket.job.id) / CHECKPOINT_FILE
             await until(copy.is_file)

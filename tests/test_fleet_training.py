@@ -19,23 +19,8 @@ from bot.jobs import recovery
 from data.jobs import JobStatus
 from engine.api.training_params import CHECKPOINT_FILE
 from tests.conftest import DEADLINE
-from tests.fleet_helpers import TrainingRecorder, photo, until
+from tests.fleet_helpers import TrainingRecorder, submit_training, until
 from tests.test_fleet import Fleet
-
-
-async def _submit_training(bot: Any, steps: int) -> Any:
-    photos = [(f"rex{seed}.png", photo(seed)) for seed in range(3)]
-    params, _ = await bot.training.prepare(
-        photos, name="rex", user_id=10, class_word="dog", steps=steps
-    )
-    return await bot.training.submit(
-        params,
-        user_id=10,
-        guild_id=None,
-        channel_id=None,
-        interaction_id=None,
-        observer=TrainingRecorder(),
-    )
 
 
 def _step(path: Any) -> int:
@@ -51,7 +36,7 @@ async def test_a_training_paused_by_a_shutdown_resumes_from_the_bots_copy_after_
     async with bot.store, bot.engine:
         dispatcher = asyncio.create_task(bot.scheduler.run())
         await fleet.start("one")
-        ticket = await _submit_training(bot, steps=400)
+        ticket = await submit_training(bot, TrainingRecorder(), steps=400)
         job_id = ticket.job.id
         copy = settings.data_dir / "training" / str(job_id) / CHECKPOINT_FILE
         await until(copy.is_file)  # a checkpoint the worker wrote, on the bot's disk

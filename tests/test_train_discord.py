@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load as safetensors_load
@@ -19,19 +18,12 @@ from engine.api.lora_files import a1111_copy
 from engine.imaging.images import read_png_infotext
 from tests.conftest import wait_until
 from tests.discord_helpers import ephemeral_followups, has_result
+from tests.factories import photo
 
 
 @pytest.fixture
 def settings(make_settings):
     return make_settings(train_checkpoint_every=3)
-
-
-def photo(seed: int, size: int = 64) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def photos(count: int) -> dict[str, tuple[str, bytes]]:
