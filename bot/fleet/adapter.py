@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from bot.fleet import outcomes, protocol
+from bot.fleet import heartbeats, outcomes, protocol
 from bot.fleet.files import FileSender
 from bot.fleet.outcomes import Sent, ensure_group
 from bot.fleet.routing import free_workers, read_peers
@@ -308,9 +308,8 @@ async def _waiting_out_redis(
 async def live_workers(db: Any) -> list[WorkerState]:
     """Each worker whose heartbeat is in Redis, by name."""
     found = []
-    async for key in db.scan_iter(match=protocol.WORKERS + "*"):
-        values = {k.decode(): v.decode() for k, v in (await db.hgetall(key)).items()}
-        with contextlib.suppress(KeyError, ValueError):  # a heartbeat half written
+    for values, _age in await heartbeats.read_all(db):
+        with contextlib.suppress(KeyError, ValueError):  # a hash that is not a heartbeat
             found.append(worker_state(values, time.time()))
     return sorted(found, key=lambda worker: worker.name)
 
