@@ -96,12 +96,12 @@ class DispatchClock:
     def watching(self) -> Iterator[None]:
         hear, add = outcomes.hear, outcomes.add
 
-        def timed_hear(sent: dict[str, outcomes.Sent], fields: dict[Any, Any]) -> None:
+        def timed_hear(sent: dict[str, outcomes.Sent], fields: dict[Any, Any]) -> bool:
             arrived = time.perf_counter()
-            waiting = sum(not request.outcome.done() for request in sent.values())
-            hear(sent, fields)
-            if sum(not request.outcome.done() for request in sent.values()) < waiting:
+            outcome = hear(sent, fields)
+            if outcome:
                 self.heard.append(arrived)
+            return outcome
 
         async def timed_add(db: Any, batch: str, stream: str, fields: dict[str, str]) -> None:
             await add(db, batch, stream, fields)

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from bot.fleet import heartbeats, protocol
+from bot.fleet import heartbeats, protocol, slots
 from bot.fleet.routing import read_peers
 from bot.fleet.worker import FleetWorker
 from bot.jobs.engines import local_engine
@@ -143,3 +143,41 @@ async def test_a_busy_heartbeat_slow_to_land_never_lands_after_the_idle_one(
             await serving
         await engine.stop()
         await db.aclose()
+
+
+class LookOvertaken:
+    """The bot's client, its first look at the heartbeats overtaken by a worker going idle
+    (its heartbeat, then its outcome heard) before the answer is back."""
+
+    def __init__(self, db: Any, overtaken: Any) -> None:
+        self.db = db
+        self.overtaken = overtaken
+        self.looks = 0
+
+    async def eval(self, *args: Any) -> Any:
+        answer = await self.db.eval(*args)
+        self.looks += 1
+        if self.looks == 1:
+            await self.overtaken()
+        return answer
+
+
+async def test_a_worker_freed_while_the_bot_looks_is_taken_at_once(redis_server, monkeypatch):
+    db: Any = redis.Redis.from_url(redis_server.url)
+    # No second look unless woken: a wake-up lost would hang here until DEADLINE.
+    monkeypatch.setattr(slots, "POLL_SECONDS", 10 * DEADLINE)
+    fleet_slots: slots.Slots
+
+    async def worker_goes_idle() -> None:
+        state = {"name": "one", "models": "tiny", "busy": "", "served": "0"}
+        async with db.pipeline(transaction=True) as pipe:
+            heartbeats.write(pipe, "one", {**state, "seconds_per_batch": "0", "seen": "0"})
+            await pipe.execute()
+        fleet_slots.freed()
+
+    client = LookOvertaken(db, worker_goes_idle)
+    fleet_slots = slots.Slots(lambda: client, {})
+    release = await asyncio.wait_for(fleet_slots.take(), DEADLINE)
+    assert client.looks == 2, "the first look saw nobody; the wake-up brought the second"
+    release()
+    await db.aclose()
