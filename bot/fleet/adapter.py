@@ -17,10 +17,10 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from bot.fleet import checkpoints, outcomes, protocol, training
+from bot.fleet import checkpoints, heartbeats, outcomes, protocol, training
 from bot.fleet.files import FileSender
 from bot.fleet.outcomes import Sent, ensure_group
-from bot.fleet.routing import free_workers, read_peers
+from bot.fleet.slots import POLL_SECONDS, Slots
 from bot.fleet.watch import FleetWatch
 from engine.api.errors import EngineError, EngineStopped
 from engine.api.jobs import EngineJob, TrainingJob, TrainingOutcome
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 UNREACHABLE = "The GPU workers cannot be reached right now."
-# How often the bot looks for a freed or newly started worker, and for cancels to pass on.
-POLL_SECONDS = 0.5
 
 
 class RedisEngine:
@@ -51,11 +49,7 @@ class RedisEngine:
         self._reader: asyncio.Task[None] | None = None
         self.watch = FleetWatch()  # the live workers, and whether Redis answers
         self._watching: asyncio.Task[None] | None = None
-        # Slots the scheduler holds whose batch is not sent yet: each keeps an idle worker
-        # for itself (the requests out on the streams are counted from self._sent).
-        self._reserved = 0
-        self._sent_in_slot = 0
-        self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
+        self.slots = Slots(lambda: self._db, self._sent)  # one per idle worker
         self._started = False
         self._stopping = False
         self.files = FileSender()  # the LoRA and embedding files batches need
@@ -108,38 +102,10 @@ class RedisEngine:
 
     async def free_slot(self) -> Callable[[], None]:
         """Wait for a worker with nothing to do (one batch each) that no batch waiting in
-        Redis could go to (routing.py): woken at once when an outcome arrives (the worker is
+        Redis could go to (slots.py): woken at once when an outcome arrives (the worker is
         free before the bot has stored it), and every POLL_SECONDS for workers that start,
         stop or take a batch elsewhere."""
-        while await self._free_workers() <= 0:
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
-                    await self._freed.wait()
-        self._reserved += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            if self._sent_in_slot:  # its batch went out; its outcome freed the worker
-                self._sent_in_slot -= 1
-            else:
-                self._reserved -= 1
-                self._freed.set()
-
-        return release
-
-    async def _free_workers(self) -> int:
-        try:
-            peers = await read_peers(self._db)
-        except RedisError:
-            return 0  # Redis is down: nothing is released until it answers again
-        running = {peer.busy for peer in peers}
-        waiting = [sent.model for batch, sent in self._sent.items() if batch not in running]
-        return free_workers(peers, waiting, self._reserved)
+        return await self.slots.take()
 
     def pace(self) -> Pace:
         return self.watch.pace()
@@ -215,9 +181,7 @@ class RedisEngine:
             asyncio.get_running_loop().create_future(), reports or {}, progress, model, stream
         )
         self._sent[batch] = sent
-        if self._reserved:  # the batch of a slot: from now on the request holds the worker
-            self._reserved -= 1
-            self._sent_in_slot += 1
+        self.slots.sent()
         try:
             fields = {"request": protocol.dumps({**request, "batch": batch})}
             await self._redis_answering(
@@ -231,7 +195,7 @@ class RedisEngine:
                 watch.cancel()
         finally:
             self._sent.pop(batch, None)
-            self._freed.set()
+            self.slots.freed()
             with contextlib.suppress(RedisError, EngineStopped):  # a mark left costs nothing
                 await self._db.srem(outcomes.SENT_MARKS, batch)
 
@@ -269,7 +233,8 @@ class RedisEngine:
             for _stream, entries in answer:
                 for entry_id, fields in entries:
                     last = entry_id
-                    outcomes.hear(self._sent, fields)
+                    if outcomes.hear(self._sent, fields):
+                        self.slots.freed()  # its worker is idle: the next batch goes at once
 
 
 async def _waiting_out_redis(
@@ -288,9 +253,8 @@ async def _waiting_out_redis(
 async def live_workers(db: Any) -> list[WorkerState]:
     """Each worker whose heartbeat is in Redis, by name."""
     found = []
-    async for key in db.scan_iter(match=protocol.WORKERS + "*"):
-        values = {k.decode(): v.decode() for k, v in (await db.hgetall(key)).items()}
-        with contextlib.suppress(KeyError, ValueError):  # a heartbeat half written
+    for values, _age in await heartbeats.read_all(db):
+        with contextlib.suppress(KeyError, ValueError):  # a hash that is not a heartbeat
             found.append(worker_state(values, time.time()))
     return sorted(found, key=lambda worker: worker.name)
 

@@ -62,23 +62,26 @@ async def send_lost_again(db: Any, sent: dict[str, Sent]) -> None:
         await add(db, batch, request.stream, request.fields)
 
 
-def hear(sent: dict[str, Sent], fields: dict[Any, Any]) -> None:
-    """An entry of `sdbot:events`, delivered to whoever waits for its batch."""
+def hear(sent: dict[str, Sent], fields: dict[Any, Any]) -> bool:
+    """An entry of `sdbot:events`, delivered to whoever waits for its batch: True when it
+    was the batch's outcome (its worker is idle again), False for a progress line or an
+    entry ignored."""
     try:
         event = protocol.field(fields, "event")
     except BadMessage as bad:
         log.warning("ignored a message on %s: %s", protocol.EVENTS, bad)
-        return
+        return False
     request = sent.get(event["batch"])
     if request is None or request.outcome.done():
         # Not one this bot is waiting for: sent before a restart (recovery sent it
         # again), already answered by a worker thought dead, or not ours at all.
         log.info("ignored an outcome for batch %s, which nobody waits for", event["batch"])
-        return
+        return False
     try:
         _apply(request, event)
     except (BadMessage, KeyError, TypeError, ValueError) as bad:
         log.warning("ignored a malformed outcome for batch %s: %s", event["batch"], bad)
+    return request.outcome.done()
 
 
 def _apply(sent: Sent, event: dict[str, Any]) -> None:

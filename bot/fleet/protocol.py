@@ -5,8 +5,8 @@ load that model: one entry per batch the bot releases. A worker keeps its claim 
 while it runs (XCLAIM of its own entry), so an entry idle for longer than the lease
 belongs to a worker that died and another takes it (XAUTOCLAIM). `sdbot:events` carries
 progress and outcomes back; the bot reads it. Each worker's heartbeat is a hash that
-expires. Messages are JSON, bytes as base64; never pickle, so a worker can send nothing
-but data.
+expires, its name in a set beside it (bot/fleet/heartbeats.py). Messages are JSON, bytes
+as base64; never pickle, so a worker can send nothing but data.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def model_stream(model: str) -> str:
 EVENTS = "sdbot:events"
 GROUP = "workers"
 WORKERS = "sdbot:worker:"  # + name: a hash with the worker's models, state and speed
+WORKER_NAMES = "sdbot:workers"  # a set of the names of the workers with such a hash
 CANCELLED = "sdbot:cancel:"  # + batch id: set when a member cancels a job of that batch
 # A batch whose worker has not renewed its claim for this long is run by another worker.
 LEASE_SECONDS = 30.0

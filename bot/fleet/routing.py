@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from bot.fleet import protocol
+from bot.fleet import heartbeats, protocol
 
 # A batch waits at most this long (after the round that saw it) for the better worker.
 DEFER_SECONDS = 2.0
@@ -67,22 +67,13 @@ class Peer:
 
 
 async def read_peers(db: Any) -> list[Peer]:
-    """Every worker with a heartbeat in Redis (RedisError when Redis does not answer)."""
-    keys = [key async for key in db.scan_iter(match=protocol.WORKERS + "*")]
-    if not keys:
-        return []
-    pipe = db.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
-        pipe.pttl(key)
-    answers = await pipe.execute()
+    """Every worker with a heartbeat in Redis, in one round trip (RedisError when Redis
+    does not answer)."""
     peers = []
-    for values, ttl in zip(answers[::2], answers[1::2], strict=True):
-        decoded = {k.decode(): v.decode() for k, v in values.items()}
-        age = protocol.WORKER_TTL_SECONDS - max(0, ttl) / 1000
+    for values, age in await heartbeats.read_all(db):
         try:
-            peers.append(Peer.from_heartbeat(decoded, age))
-        except (KeyError, ValueError):  # a heartbeat half written, or expired meanwhile
+            peers.append(Peer.from_heartbeat(values, age))
+        except (KeyError, ValueError):  # a hash there that is not a heartbeat of ours
             continue
     return peers
 

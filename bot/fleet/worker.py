@@ -22,11 +22,12 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from bot.fleet import protocol
+from bot.fleet import heartbeats, protocol
 from bot.fleet.files import FileCache
 from bot.fleet.outcomes import ensure_group
 from bot.fleet.protocol import BadMessage
 from bot.fleet.routing import Deferral, Peer, read_unless_rivals_idle
+from bot.fleet.takeover import Takeover
 from bot.fleet.training import train
 from engine.api.errors import EngineError, JobCancelled
 from engine.api.jobs import EngineJob
@@ -57,6 +58,7 @@ class FleetWorker:
         self._emitting: set[asyncio.Task[None]] = set()  # progress lines on their way
         self.heartbeats = 0
         self.deferral = Deferral(db)  # leaves a batch to a better idle peer (routing.py)
+        self.takeover = Takeover(db, name, lease)  # the batches of workers that died
         self.rounds = 0  # reads of the streams, each after a look at the peers
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
@@ -75,7 +77,7 @@ class FleetWorker:
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await beating
             with contextlib.suppress(RedisError):
-                await self.db.delete(protocol.WORKERS + self.name)
+                await heartbeats.forget(self.db, self.name)
 
     @property
     def streams(self) -> list[str]:
@@ -86,21 +88,18 @@ class FleetWorker:
 
     async def _next(self) -> Any:
         try:
-            for stream in self.streams:
-                # A batch whose worker stopped renewing its claim (it died): this one takes it.
-                _, claimed, _ = await self.db.xautoclaim(
-                    stream, protocol.GROUP, self.name, int(self.lease * 1000), "0-0", 1
-                )
-                if claimed:
-                    log.warning("took over %s %s from a worker that stopped", stream, claimed[0][0])
-                    return stream, *claimed[0]
+            # A batch whose worker stopped renewing its claim (it died) first, when it is
+            # time to look (takeover.py).
+            if (left := await self.takeover.take(self.streams)) is not None:
+                return left
             plan = await self.deferral.round(Peer.from_heartbeat(self.state()), self.models)
             self.rounds += 1
             answer: list[Any] = []
             for stream, rivals in plan.polled.items():  # a better peer may be free any moment
                 answer = answer or await read_unless_rivals_idle(self.db, stream, rivals, self.name)
             if not answer:
-                answer = await self._read(plan.blocking, block=250 if plan.deferring else 1000)
+                block = self.takeover.wait_ms(250 if plan.deferring else 1000)
+                answer = await self._read(plan.blocking, block)
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
@@ -139,13 +138,18 @@ class FleetWorker:
             return
         batch = request["batch"]
         self.busy = batch
-        await self.publish()  # at once: peers and the bot route by it (routing.py)
+        # Said at once (peers and the bot route by it, routing.py), while the batch starts:
+        # Redis's answer is not waited for before the GPU works, only before `finish`, so
+        # the idle heartbeat always lands after the busy one.
+        saying_busy = asyncio.create_task(self.publish())
         renewing = asyncio.create_task(self._renew(stream, entry_id))
         started = time.monotonic()
         try:
             event = await self._run(request)
+            await saying_busy
         finally:
             renewing.cancel()
+            saying_busy.cancel()
             self.busy = ""
         self.served += 1
         self.seconds += time.monotonic() - started
@@ -248,13 +252,10 @@ class FleetWorker:
         }
 
     async def publish(self) -> None:
-        key = protocol.WORKERS + self.name
         with contextlib.suppress(RedisError):
-            # One round trip, and atomic: a heartbeat is never there without its TTL. It is
-            # on the path between two batches twice (busy, then idle).
+            # One round trip, and atomic (heartbeats.py).
             async with self.db.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=self.state())
-                pipe.expire(key, protocol.WORKER_TTL_SECONDS)
+                heartbeats.write(pipe, self.name, self.state())
                 await pipe.execute()
             self.heartbeats += 1
 
@@ -297,12 +298,10 @@ async def finish(
     path between two batches. The outcome is in Redis before (never without) the
     acknowledgement: a worker that dies first has its batch run again, and the bot keeps
     the first outcome it hears, so a retry after a lost reply changes nothing."""
-    key = protocol.WORKERS + name
     while True:
         try:
             async with db.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=state)
-                pipe.expire(key, protocol.WORKER_TTL_SECONDS)
+                heartbeats.write(pipe, name, state)
                 pipe.xadd(
                     protocol.EVENTS,
                     {"event": protocol.dumps(event)},
