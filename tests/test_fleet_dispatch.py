@@ -181,3 +181,21 @@ async def test_a_worker_freed_while_the_bot_looks_is_taken_at_once(redis_server,
     assert client.looks == 2, "the first look saw nobody; the wake-up brought the second"
     release()
     await db.aclose()
+
+
+async def test_a_worker_that_starts_is_given_the_waiting_job_without_waiting_for_a_poll(
+    fleet_settings,  # noqa: F811
+    redis_server,
+    monkeypatch,
+):
+    # The bot's poll for workers that started never comes in this test: the worker's
+    # ready event is what wakes it.
+    monkeypatch.setattr(slots, "POLL_SECONDS", 3600.0)
+    async with running_fleet(fleet_settings, redis_server.url) as (bot, fleet):
+        observer = Recorder()
+        await submit(bot, 10, observer, steps=2)
+        # The dispatcher has looked, found no worker, and waits (for an hour, unwoken).
+        await until(lambda: bot.engine.slots.looks > 0)
+        await fleet.start("late")
+        await asyncio.wait_for(observer.ended.wait(), DEADLINE)
+        assert observer.outcomes

@@ -63,20 +63,23 @@ async def send_lost_again(db: Any, sent: dict[str, Sent]) -> None:
 
 
 def hear(sent: dict[str, Sent], fields: dict[Any, Any]) -> bool:
-    """An entry of `sdbot:events`, delivered to whoever waits for its batch: True when it
-    was the batch's outcome (its worker is idle again), False for a progress line or an
-    entry ignored."""
+    """An entry of `sdbot:events`, delivered to whoever waits for its batch: True when a
+    worker is idle now (a batch's outcome, or a worker that has just started), False for a
+    progress line or an entry ignored."""
     try:
         event = protocol.field(fields, "event")
     except BadMessage as bad:
         log.warning("ignored a message on %s: %s", protocol.EVENTS, bad)
         return False
+    kind = event.get("kind")
+    if kind == protocol.READY:  # its heartbeat is in Redis: a slot may be free at once
+        return True
     request = sent.get(event["batch"])
     if request is None or request.outcome.done():
         # Not one this bot is waiting for: sent before a restart (recovery sent it
         # again), already answered by a worker thought dead, or not ours at all.
         log.info("ignored an outcome for batch %s, which nobody waits for", event["batch"])
-        return False
+        return kind in ("done", "failed")  # its worker is idle all the same
     try:
         _apply(request, event)
     except (BadMessage, KeyError, TypeError, ValueError) as bad:

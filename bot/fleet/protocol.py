@@ -29,6 +29,9 @@ def model_stream(model: str) -> str:
 
 
 EVENTS = "sdbot:events"
+# The event a worker sends once it has started and its heartbeat is in Redis (batch ""):
+# the bot looks for a free slot at once rather than at its next poll.
+READY = "ready"
 GROUP = "workers"
 WORKERS = "sdbot:worker:"  # + name: a hash with the worker's models, state and speed
 WORKER_NAMES = "sdbot:workers"  # a set of the names of the workers with such a hash

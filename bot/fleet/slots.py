@@ -33,6 +33,7 @@ class Slots:
         self._reserved = 0
         self._sent_in_slot = 0
         self._freed = asyncio.Event()  # a batch of ours ended: its worker is free again
+        self.looks = 0  # reads of the heartbeats for a free worker (the tests wait on it)
 
     async def take(self) -> Callable[[], None]:
         """Wait for a free slot and hold it; the release to call when its batch has ended
@@ -69,10 +70,12 @@ class Slots:
             self._sent_in_slot += 1
 
     def freed(self) -> None:
-        """A batch of ours ended (its outcome heard, or its sender gave up): look again."""
+        """A worker is idle now (an outcome heard, a worker started) or a batch of ours
+        ended: look again."""
         self._freed.set()
 
     async def _free_workers(self) -> int:
+        self.looks += 1
         try:
             peers = await read_peers(self._db())
         except RedisError:

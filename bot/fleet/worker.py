@@ -66,6 +66,8 @@ class FleetWorker:
         stop = stop or asyncio.Event()
         for stream in self.streams:
             await ensure_group(self.db, stream)
+        await self.publish()
+        await self._emit({"kind": protocol.READY, "batch": ""})  # the bot need not poll
         beating = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
