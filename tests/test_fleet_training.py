@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from typing import Any
 
 import redis.asyncio as redis
@@ -18,6 +19,7 @@ from bot.fleet.checkpoints import Relay
 from bot.jobs import recovery
 from data.jobs import JobStatus
 from engine.api.training_params import CHECKPOINT_FILE
+from engine.training.loop import TrainingLoop
 from tests.conftest import DEADLINE
 from tests.fleet_helpers import TrainingRecorder, submit_training, until
 from tests.test_fleet import Fleet
@@ -27,19 +29,45 @@ def _step(path: Any) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
 
 
+def _busy_from_step_five_until_paused(monkeypatch: Any) -> None:
+    """The first run's fifth step takes until the pause reaches the worker (a GPU busy for
+    as long as it takes), so it pauses at step 5 with step 4's checkpoint the latest."""
+    run = TrainingLoop.run
+    runs = 0
+
+    def paced(loop: TrainingLoop, report: Any, cancel: threading.Event) -> float:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            step = loop.train_step
+
+            def slow(index: int) -> float:
+                if index == 4:
+                    cancel.wait()
+                return step(index)
+
+            loop.train_step = slow  # type: ignore[method-assign]
+        return run(loop, report, cancel)
+
+    monkeypatch.setattr(TrainingLoop, "run", paced)
+
+
 async def test_a_training_paused_by_a_shutdown_resumes_from_the_bots_copy_after_redis_lost_it(
-    make_settings, redis_server, caplog
+    make_settings, redis_server, caplog, monkeypatch
 ):
+    _busy_from_step_five_until_paused(monkeypatch)
     settings = make_settings(queue_url=redis_server.url, train_checkpoint_every=2)
     bot = build_bot(settings)
     fleet = Fleet(settings, redis_server.url, lease=1.0)
     async with bot.store, bot.engine:
         dispatcher = asyncio.create_task(bot.scheduler.run())
         await fleet.start("one")
-        ticket = await submit_training(bot, TrainingRecorder(), steps=400)
+        observer = TrainingRecorder()
+        ticket = await submit_training(bot, observer, steps=12)
         job_id = ticket.job.id
         copy = settings.data_dir / "training" / str(job_id) / CHECKPOINT_FILE
-        await until(copy.is_file)  # a checkpoint the worker wrote, on the bot's disk
+        await until(lambda: 4 in observer.steps)
+        await until(lambda: copy.is_file() and _step(copy) == 4)  # on the bot's disk
         # A clean shutdown pauses the training: it stops at its next step, and the latest
         # checkpoint is kept both in Redis and on the bot's disk.
         await bot.scheduler.stop(dispatcher, grace=DEADLINE)
@@ -50,8 +78,7 @@ async def test_a_training_paused_by_a_shutdown_resumes_from_the_bots_copy_after_
         await db.aclose()
     await fleet.stop_all()
     paused_at = _step(copy)
-    assert 2 <= paused_at < 400
-    assert paused_at % 2 == 0
+    assert paused_at == 4
     assert not list((settings.data_dir / "one").glob("training/*")), "the worker kept nothing"
 
     # Redis restarts without its data; the bot starts again, with a worker that never saw
