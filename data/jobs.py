@@ -171,15 +171,12 @@ class JobRepository:
 
     async def mark_running(self, job_id: int) -> bool:
         """Claim a queued job; False if it is no longer queued (cancelled meanwhile)."""
-        async with (
-            self._store.transaction() as db,
-            db.execute(
-                "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1"
-                " WHERE id = ? AND status = ?",
-                (JobStatus.RUNNING, time.time(), job_id, JobStatus.QUEUED),
-            ) as cursor,
-        ):
-            return cursor.rowcount == 1
+        claimed = await self._store.write_one(
+            "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1"
+            " WHERE id = ? AND status = ?",
+            (JobStatus.RUNNING, time.time(), job_id, JobStatus.QUEUED),
+        )
+        return claimed == 1
 
     async def requeue(self, job_id: int) -> bool:
         """Put a job a crash left running back in the queue (its charge stands)."""

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Self
@@ -66,6 +66,20 @@ class Store:
                 raise
             await db.execute("COMMIT")
 
+    async def write_one(self, sql: str, parameters: tuple[object, ...]) -> int:
+        """One statement in a transaction of its own (SQLite makes a lone statement atomic),
+        in one hop to the database thread instead of BEGIN, the statement and COMMIT: for
+        the claim on the path between two batches. Its row count; StoreBusy as for
+        `transaction`, tried again only while nothing was written."""
+        async with self._write_lock:
+            pauses = iter(BUSY_RETRY_PAUSES)
+            while True:
+                try:
+                    async with self.db.execute(sql, parameters) as cursor:
+                        return cursor.rowcount
+                except sqlite3.OperationalError as error:
+                    await self._wait_out_lock(error, pauses)
+
     async def _begin(self, db: aiosqlite.Connection) -> None:
         """BEGIN IMMEDIATE, tried again while another connection holds the write lock.
 
@@ -79,15 +93,21 @@ class Store:
                 await db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as error:
-                if getattr(error, "sqlite_errorcode", None) not in _BUSY_CODES:
-                    raise
-                pause = next(pauses, None)
-                if pause is None:
-                    raise StoreBusy(
-                        f"the database stayed locked by another connection ({error})"
-                    ) from error
-                log.warning("database locked by another connection; trying again in %ss", pause)
-                await asyncio.sleep(pause)
+                await self._wait_out_lock(error, pauses)
+
+    @staticmethod
+    async def _wait_out_lock(error: sqlite3.OperationalError, pauses: Iterator[float]) -> None:
+        """A pause before trying again while another connection holds the write lock;
+        `error` again when it is not that, StoreBusy when the pauses are used up."""
+        if getattr(error, "sqlite_errorcode", None) not in _BUSY_CODES:
+            raise error
+        pause = next(pauses, None)
+        if pause is None:
+            raise StoreBusy(
+                f"the database stayed locked by another connection ({error})"
+            ) from error
+        log.warning("database locked by another connection; trying again in %ss", pause)
+        await asyncio.sleep(pause)
 
     @property
     def db(self) -> aiosqlite.Connection:
