@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -81,12 +82,23 @@ async def serve(args: argparse.Namespace) -> list[tuple[float, float]]:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    orphaned = asyncio.create_task(stop_when_orphaned(stop))
     async with engine:
         try:
             await FleetWorker(db, engine, args.name, args.workdir, args.lease).serve(stop)
         finally:
+            orphaned.cancel()
             await db.aclose()
     return engine.spans
+
+
+async def stop_when_orphaned(stop: asyncio.Event) -> None:
+    """The bench that started this worker died without stopping it (SIGKILL, a test's
+    timeout): leave too, rather than serve on for nobody."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 (nothing tells of a parent's death)
+        await asyncio.sleep(1.0)
+    stop.set()
 
 
 def main() -> None:
