@@ -1,12 +1,14 @@
 """Does the bot scale out? Throughput with 1, 2, 4 and 8 GPU workers on Redis Streams, the
 bot's dispatch overhead per job, and how long a batch whose worker died waits to run again.
 
-On a 2-core machine real diffusion would only measure CPU contention, so the workers run
-the real worker code (bot/fleet/worker.py: consumer group, claims renewed, outcomes
-streamed back) around an engine stand-in that takes a fixed time per image on its own
-engine thread. Everything else is the bot's: the service (caps, charge and row in one
-SQLite transaction), the fair queue, the scheduler holding one slot per idle worker, the
-Redis adapter, images written, jobs completed. A real redis-server is started for it.
+Each worker is an OS process of its own (bench/standin_worker.py), as on a fleet: the real
+worker code (bot/fleet/worker.py: consumer group, claims renewed, outcomes streamed back)
+around an engine stand-in that takes a fixed time per image on its own engine thread, since
+on a 2-core machine real diffusion would only measure CPU contention. Everything in this
+process is the bot's: the service (caps, charge and row in one SQLite transaction), the fair
+queue, the scheduler holding one slot per idle worker, the Redis adapter, images written,
+jobs completed. A real redis-server is started for it. Before each timed count the bot
+sees every worker and each has served one untimed job, so no process's start is timed.
 
     python bench/scale_out.py                # 1, 2, 4, 8 workers, 0.2 s per image
     python bench/scale_out.py --per-image 1  # slower images, less noise
@@ -16,8 +18,10 @@ Targets: N workers serve at least 0.9 x N the one-worker throughput; the bot's d
 overhead under 5 ms per job. The gaps between two batches are measured with the first
 count's workers (one, by default) two ways: the bot's own share (from hearing an outcome on
 sdbot:events to the next batch's XADD returning), and as the worker's GPU feels it (from
-the end of one batch on the stand-in engine to the start of the next), which adds the
-worker's outcome and its read of the next batch.
+the end of one batch on the stand-in engine to the start of the next, which each worker
+process writes down when it is stopped), which adds the worker's outcome and its read of
+the next batch. Last, a worker process is killed with SIGKILL mid-batch and the time from
+the kill to its batch starting on another worker process is printed beside the lease.
 """
 
 from __future__ import annotations
@@ -29,52 +33,29 @@ import itertools
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis.asyncio as redis
-
-from bench.common import InstantEngine, Waiter, running_service
+from bench.common import Waiter, running_service
 from bot.fleet import outcomes
 from bot.fleet.adapter import RedisEngine
-from bot.fleet.worker import FleetWorker
 from bot.settings import Settings
 from data.store import Store
-from engine.api.jobs import EngineJob
-from engine.api.params import GenerationParams, GenerationResult
+from engine.api.params import GenerationParams, Progress
 from tests.redis_server import RedisServer
 
 MODEL = "standin"
 MEMBERS = 8
-
-
-class TimedEngine(InstantEngine):
-    """The engine thread, taking `seconds` per image as a GPU would. It notes when each
-    batch starts and ends, so the time its GPU sits idle between two batches (the bot's
-    dispatch overhead as a worker feels it) can be read off."""
-
-    def __init__(self, settings: Settings, seconds: float) -> None:
-        super().__init__(settings)
-        self.seconds = seconds
-        self.spans: list[tuple[float, float]] = []
-
-    def _generate(self, jobs: Sequence[EngineJob]) -> list[GenerationResult]:
-        started = time.perf_counter()
-        time.sleep(self.seconds * sum(job.params.count for job in jobs))
-        results = super()._generate(jobs)
-        self.spans.append((started, time.perf_counter()))
-        return results
-
-    def idle_gaps(self) -> list[float]:
-        """Seconds from each batch's end to the next one's start."""
-        return [begin - end for (_, end), (begin, _) in itertools.pairwise(self.spans)]
+STANDIN = Path(__file__).resolve().parent / "standin_worker.py"
+DOOMED_PER_IMAGE = 3600.0  # the killed worker's batch: it would never end by itself
+Span = tuple[float, float]  # a batch's start and end on a stand-in engine (time.monotonic)
 
 
 class DispatchClock:
@@ -130,11 +111,8 @@ def job_params(number: int) -> GenerationParams:
     return GenerationParams("a lighthouse", "", number, 20, 7.0, 64, 64, "Euler a", 1, MODEL)
 
 
-Running = list[tuple[asyncio.Task[None], asyncio.Event, FleetWorker]]
-
-
 async def poll(predicate: Any) -> None:
-    """Until `predicate` (what other threads and Redis do) holds."""
+    """Until `predicate` (what other processes and Redis do) holds."""
     while not await _value(predicate()):  # noqa: ASYNC110 (nothing here is told)
         await asyncio.sleep(0.01)
 
@@ -143,30 +121,93 @@ async def _value(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
 
 
-async def start_workers(
-    settings: Settings, url: str, count: int, per_image: float, lease: float
-) -> Running:
-    started = []
-    for index in range(count):
-        engine = TimedEngine(settings, per_image)
-        engine.start()
-        worker = FleetWorker(
-            redis.Redis.from_url(url), engine, f"w{index}", settings.data_dir / f"w{index}", lease
-        )
-        stop = asyncio.Event()
-        started.append((asyncio.create_task(worker.serve(stop)), stop, worker))
-    await poll(lambda: all(worker.heartbeats for _, _, worker in started))
-    return started
+class WorkerProcess:
+    """One worker, an OS process of its own (bench/standin_worker.py) serving from Redis."""
+
+    def __init__(self, workdir: Path, url: str, name: str, per_image: float, lease: float) -> None:
+        self.name = name
+        self.gaps_file = workdir / f"{name}.json"
+        argv = [
+            *("--url", url, "--name", name, "--models", MODEL),
+            *("--per-image", f"{per_image}", "--lease", f"{lease}"),
+            *("--workdir", str(workdir / name), "--gaps", str(self.gaps_file)),
+        ]
+        self.process = subprocess.Popen([sys.executable, str(STANDIN), *argv])
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited ({self.process.returncode})")
+
+    async def stop(self) -> list[Span]:
+        """SIGTERM, as an owner stops `python -m bot worker`: it finishes the batch in
+        hand, removes its heartbeat, and leaves the spans of the batches it ran."""
+        self.process.terminate()
+        if await asyncio.to_thread(self.process.wait, 60.0):
+            raise RuntimeError(f"worker {self.name} did not stop cleanly")
+        return [(start, end) for start, end in json.loads(self.gaps_file.read_text())["spans"]]
+
+    def kill(self) -> None:
+        """SIGKILL: no outcome, no acknowledgement, its heartbeat left to expire."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
-async def stop_workers(workers: Running) -> None:
-    for task, stop, worker in workers:
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.engine.stop()
-        await worker.db.aclose()
+@contextlib.asynccontextmanager
+async def worker_processes(
+    service: Any, workdir: Path, url: str, names: list[str], per_image: float, lease: float
+) -> AsyncIterator[tuple[list[WorkerProcess], list[Span]]]:
+    """The worker processes, once the bot sees each one's heartbeat; on the way out each
+    still running is stopped, and the spans of all their batches are in the list given."""
+    workers = [WorkerProcess(workdir, url, name, per_image, lease) for name in names]
+    spans: list[Span] = []
+    try:
+        await poll(lambda: _all_seen(service, workers))
+        yield workers, spans
+        for worker in workers:
+            if worker.process.poll() is None:
+                spans += await worker.stop()
+    finally:
+        for worker in workers:
+            worker.kill()  # only those a failure left running
+
+
+async def _all_seen(service: Any, workers: list[WorkerProcess]) -> bool:
+    for worker in workers:
+        worker.check_alive()
+    return {w.name for w in workers} <= {s.name for s in await service.scheduler.engine.workers()}
+
+
+async def warm_up(service: Any, workers: list[WorkerProcess]) -> None:
+    """Untimed jobs until each worker has served one: the bot has heard from every worker
+    and each process has run a batch, as in a fleet that is running (a worker that joins is
+    noticed within POLL_SECONDS)."""
+    names = {worker.name for worker in workers}
+    served: set[str] = set()
+    for _ in range(10):
+        await throughput(service, len(workers))
+        served = {s.name for s in await service.scheduler.engine.workers() if s.served}
+        if served >= names:
+            return
+    raise RuntimeError(f"workers {sorted(names - served)} served no job")
+
+
+def idle_gaps(spans: Sequence[Span], since: float) -> list[float]:
+    """Seconds from each batch's end to the next one's start, of the batches started after
+    `since` (the warm-up's left out)."""
+    timed = sorted(span for span in spans if span[0] >= since)
+    return [begin - end for (_, end), (begin, _) in itertools.pairwise(timed)]
+
+
+async def submit(service: Any, number: int, waiter: Waiter) -> None:
+    await service.submit(
+        service.check(job_params(number)),
+        user_id=1 + number % MEMBERS,
+        guild_id=None,
+        channel_id=None,
+        interaction_id=None,
+        observer=waiter,
+    )
 
 
 async def throughput(service: Any, jobs: int) -> float:
@@ -174,14 +215,7 @@ async def throughput(service: Any, jobs: int) -> float:
     waiters = [Waiter() for _ in range(jobs)]
     started = time.perf_counter()
     for number, waiter in enumerate(waiters):
-        await service.submit(
-            service.check(job_params(number)),
-            user_id=1 + number % MEMBERS,
-            guild_id=None,
-            channel_id=None,
-            interaction_id=None,
-            observer=waiter,
-        )
+        await submit(service, number, waiter)
     for waiter in waiters:
         await waiter.done.wait()
         if waiter.error:
@@ -189,39 +223,37 @@ async def throughput(service: Any, jobs: int) -> float:
     return jobs / (time.perf_counter() - started)
 
 
-async def takeover(settings: Settings, url: str, service: Any, lease: float) -> float:
-    """Seconds from a worker's death mid-batch to its batch running on another worker."""
-    held = threading.Event()
-    doomed_engine = TimedEngine(settings, 0.0)
-    doomed_engine.start()
-    hold = asyncio.ensure_future(doomed_engine.call(held.wait))  # it never finishes
-    doomed = FleetWorker(
-        redis.Redis.from_url(url), doomed_engine, "doomed", settings.data_dir, lease
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(doomed.serve(stop))
-    waiter = Waiter()
-    await service.submit(
-        service.check(job_params(0)),
-        user_id=1,
-        guild_id=None,
-        channel_id=None,
-        interaction_id=None,
-        observer=waiter,
-    )
-    await poll(lambda: doomed.busy)
-    task.cancel()  # as SIGKILL leaves it: no outcome, no acknowledgement
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    died = time.perf_counter()
-    survivors = await start_workers(settings, url, 1, 0.0, lease)
-    await waiter.done.wait()
-    elapsed = time.perf_counter() - died
-    await stop_workers(survivors)
-    held.set()
-    await hold
-    await doomed_engine.stop()
-    await doomed.db.aclose()
+class ProgressWaiter(Waiter):
+    """A Waiter told of each progress line of its job, as the bot hears it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progressed = asyncio.Event()
+
+    def progress(self, job_id: int, progress: Progress) -> None:
+        self.progressed.set()
+
+
+async def takeover(service: Any, workdir: Path, url: str, per_image: float, lease: float) -> float:
+    """Seconds from a worker process's SIGKILL mid-batch to its batch starting (its first
+    progress line heard) on another worker process."""
+    waiter = ProgressWaiter()
+    async with worker_processes(service, workdir, url, ["doomed"], DOOMED_PER_IMAGE, lease) as (
+        (doomed,),
+        _,
+    ):
+        await submit(service, 0, waiter)
+        await waiter.progressed.wait()  # its batch runs on the doomed worker's engine
+        # The survivor is up before the kill, so its start is not timed.
+        async with worker_processes(service, workdir, url, ["survivor"], per_image, lease):
+            waiter.progressed.clear()
+            doomed.kill()
+            died = time.perf_counter()
+            await waiter.progressed.wait()
+            elapsed = time.perf_counter() - died
+            await waiter.done.wait()
+    if waiter.error:
+        raise RuntimeError(waiter.error)
     return elapsed
 
 
@@ -246,16 +278,18 @@ async def measure(
             queue_url=server.url,
         )
         store = Store(settings.db_path)
+        workers = workdir / "workers"
+        workers.mkdir()
         with clock.watching():
             async with running_service(settings, RedisEngine(server.url, [MODEL]), store) as bot:
                 figures = Figures(per_image, jobs)
                 for count in counts:
-                    await figures.run(bot, settings, server.url, count, lease, clock)
+                    await figures.run(bot, workers, server.url, count, lease, clock)
                 figures.report()
-                seconds = await takeover(settings, server.url, bot, lease)
+                seconds = await takeover(bot, workers, server.url, per_image, lease)
                 print(
-                    f"a worker killed mid-batch: its batch ran elsewhere {seconds:.1f} s later "
-                    f"(lease {lease:g} s)"
+                    f"a worker process killed (SIGKILL) mid-batch: its batch ran elsewhere "
+                    f"{seconds:.1f} s later (lease {lease:g} s)"
                 )
     finally:
         server.stop()
@@ -269,30 +303,35 @@ class Figures:
         self.per_image = per_image
         self.jobs = jobs
         self.rates: dict[int, float] = {}
-        self.gaps: list[float] = []
+        self.gaps: list[float] | None = None
         self.shares: list[tuple[float, int]] = []
 
     async def run(
-        self, service: Any, settings: Settings, url: str, count: int, lease: float, clock: Any
+        self, service: Any, workdir: Path, url: str, count: int, lease: float, clock: Any
     ) -> None:
-        workers = await start_workers(settings, url, count, self.per_image, lease)
-        # One job per worker first, untimed: the bot has seen every worker, as in a fleet
-        # that is running (a worker that joins is noticed within POLL_SECONDS).
-        await throughput(service, count)
-        engines = [w.engine for _, _, w in workers if isinstance(w.engine, TimedEngine)]
-        for engine in engines:
-            engine.spans.clear()
-        clock.clear()
-        self.rates[count] = await throughput(service, max(self.jobs, 4 * count))
-        if not self.gaps:
-            self.gaps = [gap for engine in engines for gap in engine.idle_gaps()]
-            self.shares = clock.shares()
-        await stop_workers(workers)
+        names = [f"n{count}-w{index}" for index in range(count)]
+        async with worker_processes(service, workdir, url, names, self.per_image, lease) as (
+            workers,
+            spans,
+        ):
+            await warm_up(service, workers)
+            clock.clear()
+            since = time.monotonic()  # the stand-ins' clock, one for the whole machine
+            self.rates[count] = await throughput(service, max(self.jobs, 4 * count))
+            shares = clock.shares()
+        # Each process's spans are written when it stops: read once they all have.
+        if self.gaps is None:
+            self.gaps = idle_gaps(spans, since)
+            self.shares = shares
         await poll(lambda: _none(service.scheduler.engine.workers()))
 
     def report(self) -> None:
         counts = list(self.rates)
         one = self.rates[counts[0]]
+        print(
+            f"workers: {'/'.join(map(str, counts))} separate OS processes (bench/standin_worker.py"
+            ": the real FleetWorker.serve around the stand-in), the bot in this process"
+        )
         print(f"stand-in engine: {self.per_image:.2f} s per 64x64 image on its own thread")
         print(f"{'workers':>8} {'jobs/s':>8} {'x one':>7} {'target':>7}")
         for count, rate in self.rates.items():
@@ -309,10 +348,8 @@ class Figures:
             f"returning, batches of {'/'.join(map(str, sizes))} job): {spread(per_job)} "
             f"over {len(per_job)} batches (target < 5)"
         )
-        print(
-            f"a worker's GPU idle between two batches: {spread(self.gaps)} over "
-            f"{len(self.gaps)} gaps"
-        )
+        gaps = self.gaps or []
+        print(f"a worker's GPU idle between two batches: {spread(gaps)} over {len(gaps)} gaps")
 
 
 def spread(seconds: Sequence[float]) -> str:
