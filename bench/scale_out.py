@@ -258,7 +258,7 @@ async def takeover(service: Any, workdir: Path, url: str, per_image: float, leas
 
 
 async def measure(
-    workdir: Path, counts: list[int], per_image: float, lease: float, jobs: int = 16
+    workdir: Path, counts: list[int], per_image: float, lease: float, jobs: int = 20
 ) -> None:
     executable = shutil.which("redis-server")
     if executable is None:
@@ -317,7 +317,7 @@ class Figures:
             await warm_up(service, workers)
             clock.clear()
             since = time.monotonic()  # the stand-ins' clock, one for the whole machine
-            self.rates[count] = await throughput(service, max(self.jobs, 4 * count))
+            self.rates[count] = await throughput(service, self.jobs * count)
             shares = clock.shares()
         # Each process's spans are written when it stops: read once they all have.
         if self.gaps is None:
@@ -369,7 +369,10 @@ def main() -> None:
     parser.add_argument("--per-image", type=float, default=0.2, help="seconds per image")
     parser.add_argument("--lease", type=float, default=2.0, help="a dead worker's lease, s")
     parser.add_argument(
-        "--jobs", type=int, default=16, help="timed jobs per count, at least 4 per worker"
+        "--jobs",
+        type=int,
+        default=20,
+        help="timed jobs per worker (each count runs jobs x workers: every count about as long)",
     )
     args = parser.parse_args()
     counts = [int(part) for part in args.workers.split(",")]
