@@ -283,7 +283,7 @@ def test_messages_carry_bytes_and_refuse_what_is_not_theirs():
         protocol.dumps({"batch": "b", "value": object()})
 
 
-async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
+async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot, caplog):
     bot, fleet = fleet_bot
     await fleet.start("one")
     observer = TrainingRecorder()
@@ -296,6 +296,7 @@ async def test_train_runs_on_a_worker_and_the_file_comes_back(fleet_bot):
     assert size > 0, "the trained file is on the bot's disk"
     assert outcome.a1111_file is not None, "and its copy for A1111"
     assert outcome.samples, "its sample images came back too"
+    assert "malformed" not in caplog.text, "the samples' progress lines are read as such"
     assert (await bot.scheduler.jobs.get(ticket.job.id)).status is JobStatus.SUCCEEDED
 
 

@@ -131,7 +131,7 @@ async def send(db: Any, send: Send, job: TrainingJob) -> TrainingOutcome:
         lambda: checkpoints.get(db, job.job_id, checkpoint), f"job {job.job_id}'s checkpoint"
     )
 
-    def report(progress: TrainingProgress) -> None:
+    def report(progress: TrainingProgress | Progress) -> None:
         if getattr(progress, "checkpointed", False):  # in Redis now: the bot's copy too
             relay.changed()
         else:
@@ -145,7 +145,7 @@ async def send(db: Any, send: Send, job: TrainingJob) -> TrainingOutcome:
     }
     try:
         outcome = await send(
-            request, job.params.model, {job.job_id: report}, TrainingProgress, [job.cancel]
+            request, job.params.model, {job.job_id: report}, _progress_of, [job.cancel]
         )
     except JobCancelled:
         await relay.flush()  # a shutdown's pause resumes from the latest at the next start
@@ -157,6 +157,14 @@ async def send(db: Any, send: Send, job: TrainingJob) -> TrainingOutcome:
         await relay.close()
     await checkpoints.forget(db, job.job_id)
     return await _written(workdir, outcome)
+
+
+def _progress_of(**values: Any) -> TrainingProgress | Progress:
+    """A progress line of the training, or of one of its sample images (generation's, as
+    the engine thread reports them in this process too)."""
+    if "loss" in values:
+        return TrainingProgress(**values)
+    return Progress(**values)
 
 
 async def _written(workdir: Path, outcome: dict[str, Any]) -> TrainingOutcome:

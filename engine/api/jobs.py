@@ -37,7 +37,8 @@ class TrainingJob:
     params: TrainingParams
     workdir: str
     class_dir: str | None = None
-    report: Callable[[TrainingProgress], None] = lambda progress: None
+    # The training's steps, then its sample images' (generation's Progress).
+    report: Callable[[TrainingProgress | Progress], None] = lambda progress: None
     cancel: threading.Event = field(default_factory=threading.Event)
     # The prepared training images, by the keys `params.image_keys` names.
     inputs: dict[str, bytes] = field(default_factory=dict)
