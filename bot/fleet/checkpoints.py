@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from bot.fleet.files import CHUNK_BYTES
+from engine.api.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def get(db: Any, job_id: int, path: Path) -> bool:
     chunks = await db.lrange(key(job_id), 0, -1)
     if not chunks:
         return False
-    await asyncio.to_thread(_write_atomically, path, b"".join(chunks))
+    await asyncio.to_thread(write_atomically, path, b"".join(chunks))
     return True
 
 
@@ -81,16 +81,6 @@ async def forget(db: Any, job_id: int) -> None:
     """The job ended: its checkpoint is of no more use (a failed delete expires)."""
     with contextlib.suppress(*COPY_ERRORS):
         await db.delete(key(job_id))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class Relay:

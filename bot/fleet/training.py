@@ -17,6 +17,7 @@ from bot.fleet import checkpoints
 from bot.fleet.checkpoints import COPY_ERRORS, Relay
 from bot.training.folders import TrainingFolders
 from engine.api.errors import EngineError, JobCancelled
+from engine.api.files import write_atomically
 from engine.api.jobs import TrainingJob, TrainingOutcome
 from engine.api.lora_files import a1111_copy
 from engine.api.params import GeneratedImage, Progress
@@ -171,8 +172,8 @@ async def _written(workdir: Path, outcome: dict[str, Any]) -> TrainingOutcome:
     """The outcome with its files on the bot's disk: nothing assumes a shared disk."""
     path = workdir / "trained.safetensors"
     if outcome.get("a1111_file"):  # its copy for A1111 first, as the engine writes them
-        await asyncio.to_thread(_write, a1111_copy(path), outcome["a1111_file"])
-    await asyncio.to_thread(_write, path, outcome["file"])
+        await asyncio.to_thread(write_atomically, a1111_copy(path), outcome["a1111_file"])
+    await asyncio.to_thread(write_atomically, path, outcome["file"])
     result = TrainingResult(
         path,
         dict(outcome["metadata"]),
@@ -181,8 +182,3 @@ async def _written(workdir: Path, outcome: dict[str, Any]) -> TrainingOutcome:
         int(outcome["resumed_from"]),
     )
     return TrainingOutcome(result, [GeneratedImage(**image) for image in outcome["samples"]])
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)

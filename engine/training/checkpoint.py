@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from engine.api.files import write_atomically
 from engine.api.training_params import CHECKPOINT_FILE, TrainingParams
 from engine.pipelines.loading import LoadedModel
-from engine.training.methods import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
 
 from engine.api.errors import JobCancelled
+from engine.api.files import write_atomically
 from engine.api.training_params import TrainingParams, TrainingProgress
 from engine.pipelines.loading import LoadedModel
-from engine.training.methods import write_atomically
 
 CLASS_IMAGE_CFG = 7.0
 

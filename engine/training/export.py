@@ -27,9 +27,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from engine.api.files import write_atomically
 from engine.api.hashes import tensor_data_sha256
 from engine.api.lora_files import a1111_copy
-from engine.training.methods import write_atomically
 
 COPY_DTYPE = torch.float16
 # kohya's `ss_base_model_version` per family, which A1111 reads to tell SDXL LoRAs apart.

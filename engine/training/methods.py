@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import safetensors.torch
 import torch
 
 from engine.api.families import family
+from engine.api.files import write_atomically
 from engine.api.hashes import A1111_HASH_KEY
 from engine.api.training_params import TrainingParams
 from engine.pipelines.flow_prompts import FlowPromptEncoder
@@ -346,13 +346,3 @@ def write_safetensors(
 def tensor_data_sha256(data: bytes) -> str:
     header_length = int.from_bytes(data[:8], "little")
     return hashlib.sha256(data[8 + header_length :]).hexdigest()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """A crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
